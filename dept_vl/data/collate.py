@@ -1,0 +1,106 @@
+"""Records → tensors: task prefix, tokenisation with dynamic padding, image transform, targets.
+
+Knows nothing of models: the tokenizer, the image transform and the image loader are handed in.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import Any, Callable, Sequence
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from dept_vl.data.records import Record, VQARecord, load_image
+from dept_vl.tasks import task_input
+
+
+class RecordDataset(Dataset):
+    """A list of records as a map-style dataset; the collator does the work."""
+
+    def __init__(self, records: Sequence[Record]):
+        self.records = list(records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Record:
+        return self.records[index]
+
+
+def sample_answer(answers: Sequence[str], rng: random.Random) -> str:
+    """One training target, drawn in proportion to its VQA soft score min(1, count/3) (VL-T5)."""
+    counts = Counter(answers)
+    choices = sorted(counts)
+    weights = [min(1.0, counts[a] / 3) for a in choices]
+    return rng.choices(choices, weights=weights)[0]
+
+
+def target_text(record: Record, rng: random.Random | None) -> str:
+    """The decoder target: a sampled (training) or the most common (eval) reference."""
+    references = record.answers if isinstance(record, VQARecord) else record.captions
+    if rng is None:
+        return Counter(references).most_common(1)[0][0]
+    if isinstance(record, VQARecord):
+        return sample_answer(references, rng)
+    return rng.choice(list(references))
+
+
+def input_text(record: Record) -> str:
+    return task_input(record.task, record.question if isinstance(record, VQARecord) else "")
+
+
+class VLCollator:
+    """Batch of records → `input_ids`, `attention_mask` (padded to the batch's longest text, never
+    to a fixed length), `pixel_values`, `labels` (-100 on padding) and the records themselves."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        image_transform: Callable[[Image.Image], torch.Tensor],
+        max_length: int,
+        max_target_length: int = 48,
+        train: bool = True,
+        seed: int = 0,
+        cache_images: bool = False,
+    ):
+        self.tokenizer = tokenizer
+        self.image_transform = image_transform
+        self.max_length = max_length
+        self.max_target_length = max_target_length
+        self.rng = random.Random(seed) if train else None
+        self._pixels: dict[str, torch.Tensor] | None = {} if cache_images else None
+
+    def pixels(self, record: Record) -> torch.Tensor:
+        key = record.image if isinstance(record.image, str) else None
+        if self._pixels is not None and key is not None and key in self._pixels:
+            return self._pixels[key]
+        tensor = self.image_transform(load_image(record))
+        if self._pixels is not None and key is not None:
+            self._pixels[key] = tensor
+        return tensor
+
+    def __call__(self, records: Sequence[Record]) -> dict[str, Any]:
+        inputs = self.tokenizer(
+            [input_text(r) for r in records], padding="longest", truncation=True,
+            max_length=self.max_length, return_tensors="pt",
+        )
+        targets = self.tokenizer(
+            [target_text(r, self.rng) for r in records], padding="longest", truncation=True,
+            max_length=self.max_target_length, return_tensors="pt",
+        )
+        labels = targets["input_ids"].masked_fill(targets["attention_mask"] == 0, -100)
+        return {
+            "input_ids": inputs["input_ids"],
+            "attention_mask": inputs["attention_mask"],
+            "pixel_values": torch.stack([self.pixels(r) for r in records]),
+            "labels": labels,
+            "records": list(records),
+        }
+
+
+def references(record: Record) -> tuple[str, ...]:
+    return record.answers if isinstance(record, VQARecord) else record.captions
+

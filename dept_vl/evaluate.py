@@ -1,0 +1,113 @@
+"""Evaluation: generate for a split and score it (VQA accuracy per question type; BLEU-4 and
+CIDEr over the whole split, since CIDEr's IDF needs every reference at once).
+
+CLI: `python -m dept_vl.evaluate --backbone DIR --adapter DIR --data FILE [--out FILE]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from dept_vl.data.collate import RecordDataset, VLCollator, references
+from dept_vl.data.records import CaptionRecord, Record, VQARecord, load_records
+from dept_vl.metrics import caption_scores, vqa_accuracy, vqa_accuracy_by_type
+from dept_vl.model import VLT5
+
+
+def _predict(
+    model: VLT5, records: Sequence[Record], adapter: str | None, task: str, batch_size: int,
+    max_length: int,
+) -> list[str]:
+    collator = VLCollator(model.tokenizer, model.vision.transform, max_length, train=False)
+    loader = DataLoader(RecordDataset(records), batch_size=batch_size, collate_fn=collator)
+    device = next(model.parameters()).device
+    predictions: list[str] = []
+    for batch in loader:
+        predictions += model.generate_from_batch(
+            batch["input_ids"].to(device), batch["attention_mask"].to(device),
+            batch["pixel_values"].to(device), adapter=adapter, task=task,
+        )
+    return predictions
+
+
+def _one_per_image(records: Sequence[CaptionRecord]) -> list[CaptionRecord]:
+    """Caption each image once, with every reference caption any row gives it."""
+    merged: dict[Any, CaptionRecord] = {}
+    for record in records:
+        key = record.image if isinstance(record.image, str) else record.id
+        if key in merged:
+            previous = merged[key]
+            merged[key] = CaptionRecord(previous.id, previous.image,
+                                        previous.captions + record.captions, previous.source)
+        else:
+            merged[key] = record
+    return list(merged.values())
+
+
+@torch.no_grad()
+def evaluate(
+    model: VLT5,
+    records: Sequence[Record],
+    adapter: str | None = None,
+    batch_size: int = 64,
+    max_length: int = 64,
+    max_examples: int | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Metrics and per-example predictions for `records` (VQA and caption rows may be mixed)."""
+    was_training = model.training
+    model.eval()
+    metrics: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    vqa = [r for r in records if isinstance(r, VQARecord)][:max_examples]
+    captions = _one_per_image([r for r in records if isinstance(r, CaptionRecord)])[:max_examples]
+    if vqa:
+        predicted = _predict(model, vqa, adapter, "vqa", batch_size, max_length)
+        refs = [references(r) for r in vqa]
+        metrics["vqa_accuracy"] = vqa_accuracy(predicted, refs)
+        types = [r.question_type or "all" for r in vqa]
+        metrics["vqa_accuracy_by_type"] = vqa_accuracy_by_type(predicted, refs, types)
+        metrics["num_questions"] = len(vqa)
+        rows += [{"id": r.id, "question": r.question, "prediction": p, "answers": list(r.answers),
+                  "question_type": r.question_type} for r, p in zip(vqa, predicted)]
+    if captions:
+        predicted = _predict(model, captions, adapter, "caption", batch_size, max_length)
+        metrics.update(caption_scores(predicted, [references(r) for r in captions]))
+        metrics["num_images"] = len(captions)
+        rows += [{"id": r.id, "prediction": p, "captions": list(r.captions)}
+                 for r, p in zip(captions, predicted)]
+    metrics["eval_seconds"] = round(time.perf_counter() - start, 2)
+    model.train(was_training)
+    return metrics, rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Evaluate a dept_vl adapter on a dataset.")
+    parser.add_argument("--backbone", required=True, help="backbone directory")
+    parser.add_argument("--adapter", help="adapter directory (omit: the bare backbone)")
+    parser.add_argument("--data", required=True, help="dataset file (JSONL or another format)")
+    parser.add_argument("--task", choices=["vqa", "caption"], help="default: the adapter's task")
+    parser.add_argument("--format", default="auto")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--out", help="write metrics and predictions to this JSON file")
+    args = parser.parse_args(argv)
+    model = VLT5.from_pretrained(args.backbone)
+    name = model.load_adapter(args.adapter) if args.adapter else None
+    task = args.task or model.adapter_task(name) or "vqa"
+    records = load_records(args.data, task, args.format)
+    max_length = model.adapters[name].config.max_length if name else model.max_text_length
+    metrics, rows = evaluate(model, records, name, args.batch_size, max_length)
+    print(json.dumps(metrics, indent=2))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"metrics": metrics, "predictions": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,527 @@
+"""VLT5: a frozen T5 encoder-decoder reading `[prompt | text + A·B | visual tokens]`, a frozen timm
+image encoder, a small visual projection, and any number of named DePT adapters on top.
+
+The backbone is loaded once; adapters are small modules switched by name, so one process can
+serve VQA and captioning side by side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5Config, T5ForConditionalGeneration
+
+from dept_vl.dept import DePTConfig, DePTPrompt, dept_budget, init_prompt_from_embeddings
+from dept_vl.tasks import get_task, task_input
+from dept_vl.vision import ImageEncoder, VisionConfig, VisualProjection
+
+logger = logging.getLogger(__name__)
+
+BACKBONE_MANIFEST = "dept_vl_backbone.json"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+FORMAT_VERSION = 1
+
+
+def _version() -> str:
+    from dept_vl import __version__
+
+    return __version__
+
+
+class AdapterMismatchError(ValueError):
+    """An adapter that does not fit this backbone (other d_model, other weights)."""
+
+
+class DePTAdapter(nn.Module):
+    """One task's trainable state: the DePT prompt and (by default) its own visual projection."""
+
+    def __init__(self, config: DePTConfig, prompt: DePTPrompt, projection: VisualProjection | None):
+        super().__init__()
+        self.config = config
+        self.prompt = prompt
+        self.projection = projection
+
+    @property
+    def method(self) -> str:
+        return "pt" if self.config.rank == 0 else "dept"
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """Tensors under the names of the adapter file format (DESIGN.md §4)."""
+        tensors = {
+            name: param.detach().contiguous()
+            for name, param in self.prompt.named_parameters()
+        }
+        if self.projection is not None:
+            for name, param in self.projection.state_dict().items():
+                tensors[f"visual_projection.{name}"] = param.detach().contiguous()
+        return tensors
+
+
+class VLT5(nn.Module):
+    """Frozen T5 + frozen timm encoder + visual projection + named DePT adapters."""
+
+    def __init__(
+        self,
+        t5: T5ForConditionalGeneration,
+        tokenizer: PreTrainedTokenizerBase,
+        vision: ImageEncoder,
+        num_visual_tokens: int | None = None,
+        base_model: str = "",
+        max_text_length: int = 64,
+    ):
+        super().__init__()
+        self.t5 = t5
+        self.tokenizer = tokenizer
+        self.vision = vision
+        self.projection = VisualProjection(vision.feature_dim, self.d_model, num_visual_tokens)
+        self.adapters = nn.ModuleDict()
+        self.active_adapter: str | None = None
+        self.base_model = base_model
+        self.max_text_length = max_text_length
+        self.backbone_trainable = False
+        self.metadata: dict[str, Any] = {}  # saved in the manifest, e.g. pretraining question types
+        self.freeze_backbone()
+
+    # ------------------------------------------------------------------ construction
+    @property
+    def d_model(self) -> int:
+        return self.t5.config.d_model
+
+    @classmethod
+    def from_components(
+        cls,
+        t5: str | os.PathLike | T5Config | T5ForConditionalGeneration,
+        vision: str | VisionConfig,
+        tokenizer: PreTrainedTokenizerBase | str | None = None,
+        num_visual_tokens: int | None = None,
+        max_text_length: int = 64,
+        **vision_options: Any,
+    ) -> "VLT5":
+        """Build from a T5 (hub name, local directory, config for a fresh model, or a model) and
+        a timm encoder (a name plus VisionConfig options, or a VisionConfig)."""
+        base_model = ""
+        if isinstance(t5, T5Config):
+            t5_model = T5ForConditionalGeneration(t5)
+        elif isinstance(t5, T5ForConditionalGeneration):
+            t5_model = t5
+            base_model = str(t5.config.name_or_path or "")
+        else:
+            base_model = str(t5)
+            t5_model = T5ForConditionalGeneration.from_pretrained(base_model)
+            if tokenizer is None:
+                tokenizer = AutoTokenizer.from_pretrained(base_model)
+        if tokenizer is None:
+            raise ValueError("a tokenizer is needed when T5 is given as a config or model")
+        if isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+        vision_config = vision if isinstance(vision, VisionConfig) else VisionConfig(
+            model_name=vision, **vision_options
+        )
+        model = cls(t5_model, tokenizer, ImageEncoder(vision_config), num_visual_tokens,
+                    base_model=base_model, max_text_length=max_text_length)
+        return model
+
+    # ------------------------------------------------------------------ freezing
+    def freeze_backbone(self) -> None:
+        """T5, image encoder and the base projection stop learning and stay in eval mode."""
+        self.backbone_trainable = False
+        for module in (self.t5, self.vision, self.projection):
+            module.requires_grad_(False)
+        self.train(self.training)
+
+    def unfreeze_backbone(self) -> None:
+        """Full fine-tuning / pretraining: every backbone weight learns, dropout and BN active."""
+        self.backbone_trainable = True
+        for module in (self.t5, self.vision, self.projection):
+            module.requires_grad_(True)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "VLT5":
+        # A frozen backbone stays in eval mode: dropout off and a CNN's BatchNorm statistics
+        # untouched while an adapter trains.
+        super().train(mode)
+        if not self.backbone_trainable:
+            self.t5.eval()
+            self.vision.eval()
+            self.projection.eval()
+        return self
+
+    # ------------------------------------------------------------------ adapters
+    def add_adapter(
+        self,
+        name: str,
+        config: DePTConfig,
+        train_projection: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> DePTAdapter:
+        """A new adapter; its projection starts as a copy of the backbone's."""
+        if name in self.adapters:
+            raise ValueError(f"adapter {name!r} already exists; delete_adapter it first")
+        if not name.isidentifier():
+            raise ValueError(f"adapter name must be a Python identifier, got {name!r}")
+        get_task(self._task_of_prefix(config.task_prefix))
+        text_ids = None
+        if config.prompt_init == "text":
+            text_ids = self.tokenizer(config.prompt_init_text, add_special_tokens=False)["input_ids"]
+        init = init_prompt_from_embeddings(
+            config, self.t5.get_input_embeddings().weight, text_ids, generator
+        )
+        prompt = DePTPrompt(config, self.d_model, init)
+        projection = None
+        if train_projection:
+            projection = VisualProjection(
+                self.vision.feature_dim, self.d_model, self.projection.num_tokens
+            )
+            projection.load_state_dict(self.projection.state_dict())
+        adapter = DePTAdapter(config, prompt, projection).to(self.t5.device)
+        self.adapters[name] = adapter
+        if self.active_adapter is None:
+            self.active_adapter = name
+        return adapter
+
+    def delete_adapter(self, name: str) -> None:
+        self._adapter(name)
+        del self.adapters[name]
+        if self.active_adapter == name:
+            self.active_adapter = next(iter(self.adapters), None)
+
+    def set_adapter(self, name: str | None) -> None:
+        if name is not None:
+            self._adapter(name)
+        self.active_adapter = name
+
+    def _adapter(self, name: str) -> DePTAdapter:
+        if name not in self.adapters:
+            raise KeyError(f"no adapter named {name!r}; loaded adapters: {list(self.adapters)}")
+        return self.adapters[name]
+
+    @staticmethod
+    def _task_of_prefix(prefix: str) -> str:
+        return prefix.rstrip(":").strip()
+
+    def adapter_task(self, name: str | None) -> str | None:
+        return None if name is None else self._task_of_prefix(self._adapter(name).config.task_prefix)
+
+    # ------------------------------------------------------------------ forward
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) → raw visual tokens (B, N, Dv); no graph when the encoder is frozen."""
+        with torch.set_grad_enabled(self.backbone_trainable and torch.is_grad_enabled()):
+            return self.vision(pixel_values)
+
+    def build_inputs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        visual_features: torch.Tensor | None = None,
+        adapter: str | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder input `[P | E + scale·(A·B)[:L] | Vis]` and its mask."""
+        if visual_features is None:
+            if pixel_values is None:
+                raise ValueError("pass pixel_values or visual_features")
+            visual_features = self.encode_images(pixel_values)
+        dept = self._adapter(adapter) if adapter is not None else None
+        projection = dept.projection if dept is not None and dept.projection is not None \
+            else self.projection
+        visual = projection(visual_features)
+        embeds = self.t5.get_input_embeddings()(input_ids)
+        mask = attention_mask
+        if dept is not None:
+            embeds, mask = dept.prompt(embeds, mask)
+        visual = visual.to(embeds.dtype)
+        inputs = torch.cat([embeds, visual], dim=1)
+        mask = torch.cat([mask, mask.new_ones(visual.shape[:2])], dim=1)
+        return inputs, mask
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        visual_features: torch.Tensor | None = None,
+        adapter: str | None = "active",
+        **_: Any,
+    ):
+        """Seq2seq output of T5 (`.loss` when labels are given)."""
+        adapter = self.active_adapter if adapter == "active" else adapter
+        inputs, mask = self.build_inputs(input_ids, attention_mask, pixel_values,
+                                         visual_features, adapter)
+        return self.t5(inputs_embeds=inputs, attention_mask=mask, labels=labels)
+
+    # ------------------------------------------------------------------ generation
+    def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
+        """Right-padded to the longest text (dynamic padding), truncated to max_length."""
+        return self.tokenizer(
+            list(texts), padding="longest", truncation=True,
+            max_length=max_length or self.max_text_length, return_tensors="pt",
+        )
+
+    @torch.no_grad()
+    def generate_from_batch(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        visual_features: torch.Tensor | None = None,
+        adapter: str | None = "active",
+        task: str | None = None,
+        num_beams: int | None = None,
+        max_new_tokens: int | None = None,
+    ) -> list[str]:
+        """Decode answers for an already collated batch."""
+        adapter = self.active_adapter if adapter == "active" else adapter
+        task = task or self.adapter_task(adapter) or "vqa"
+        spec = get_task(task)
+        inputs, mask = self.build_inputs(input_ids, attention_mask, pixel_values,
+                                         visual_features, adapter)
+        output = self.t5.generate(
+            inputs_embeds=inputs, attention_mask=mask,
+            num_beams=num_beams or spec.num_beams,
+            max_new_tokens=max_new_tokens or spec.max_new_tokens,
+            do_sample=False,
+        )
+        return [text.strip() for text in self.tokenizer.batch_decode(output, skip_special_tokens=True)]
+
+    @torch.no_grad()
+    def generate(
+        self,
+        images: Sequence[Image.Image],
+        texts: Sequence[str] | None = None,
+        adapter: str | None = "active",
+        task: str | None = None,
+        **generation: Any,
+    ) -> list[str]:
+        """Answers (VQA, greedy) or captions (beam search) for PIL images and questions."""
+        adapter = self.active_adapter if adapter == "active" else adapter
+        task = task or self.adapter_task(adapter) or "vqa"
+        texts = list(texts) if texts is not None else [""] * len(images)
+        if len(texts) != len(images):
+            raise ValueError(f"got {len(images)} images but {len(texts)} texts")
+        if get_task(task).uses_text:
+            for i, text in enumerate(texts):
+                if not text or not text.strip():
+                    raise ValueError(f"text {i} is empty: task {task!r} needs a question")
+        max_length = self._adapter(adapter).config.max_length if adapter else None
+        batch = self.tokenize([task_input(task, t) for t in texts], max_length)
+        device = self.t5.device
+        pixels = self.vision.preprocess(list(images)).to(device)
+        return self.generate_from_batch(
+            batch["input_ids"].to(device), batch["attention_mask"].to(device), pixels,
+            adapter=adapter, task=task, **generation,
+        )
+
+    # ------------------------------------------------------------------ parameters
+    def trainable_parameters(self) -> tuple[int, int]:
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        return trainable, total
+
+    def print_trainable_parameters(self) -> str:
+        trainable, total = self.trainable_parameters()
+        line = (f"trainable params: {trainable:,} || all params: {total:,} || "
+                f"trainable%: {100 * trainable / max(total, 1):.4f}")
+        print(line)
+        return line
+
+    def backbone_fingerprint(self) -> str:
+        """A short hash of the backbone's configs and a strided sample of every weight, so an
+        adapter trained on other weights is recognised without hashing gigabytes."""
+        digest = hashlib.sha256()
+        digest.update(json.dumps(self.t5.config.to_dict(), sort_keys=True, default=str).encode())
+        digest.update(json.dumps(self.vision.config.model_name).encode())
+        modules = {"t5": self.t5, "vision": self.vision, "projection": self.projection}
+        for prefix, module in modules.items():
+            for name, tensor in sorted(module.state_dict().items()):
+                if "lora_" in name:
+                    continue
+                flat = tensor.detach().float().flatten()
+                step = max(1, flat.numel() // 4096)
+                digest.update(f"{prefix}.{name}{tuple(tensor.shape)}".encode())
+                digest.update(flat[::step].cpu().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    # ------------------------------------------------------------------ save / load: backbone
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """T5 + tokenizer files, `vision/`, the projection and a manifest (DESIGN.md §4)."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        self.t5.save_pretrained(out)
+        self.tokenizer.save_pretrained(out)
+        (out / "vision").mkdir(exist_ok=True)
+        vision_config = {**self.vision.config.to_dict(), "pretrained": False, "weights_file": None}
+        (out / "vision" / "config.json").write_text(json.dumps(vision_config, indent=2))
+        save_file(_contiguous(self.vision.model.state_dict()), out / "vision" / "model.safetensors")
+        save_file(_contiguous(self.projection.state_dict()), out / "projection.safetensors")
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "base_model": self.base_model or str(out),
+            "vision_model": self.vision.config.model_name,
+            "num_visual_tokens": self.projection.num_tokens,
+            "max_text_length": self.max_text_length,
+            "backbone_fingerprint": self.backbone_fingerprint(),
+            "metadata": self.metadata,
+            "dept_vl_version": _version(),
+        }
+        (out / BACKBONE_MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> "VLT5":
+        """Load a backbone directory written by `save_pretrained`."""
+        path = Path(directory)
+        manifest_file = path / BACKBONE_MANIFEST
+        if not manifest_file.is_file():
+            raise FileNotFoundError(
+                f"{path} is not a dept_vl backbone directory (no {BACKBONE_MANIFEST}); "
+                "build one with `accelerate launch dept_vl/train.py --config configs/backbone_shapes.yaml` or VLT5.save_pretrained"
+            )
+        manifest = json.loads(manifest_file.read_text())
+        vision_config = VisionConfig(**json.loads((path / "vision" / "config.json").read_text()))
+        encoder = ImageEncoder(vision_config)
+        encoder.model.load_state_dict(load_file(path / "vision" / "model.safetensors"))
+        t5 = T5ForConditionalGeneration.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = cls(t5, tokenizer, encoder, manifest.get("num_visual_tokens"),
+                    base_model=manifest.get("base_model") or str(path),
+                    max_text_length=manifest.get("max_text_length", 64))
+        model.projection.load_state_dict(load_file(path / "projection.safetensors"))
+        model.metadata = manifest.get("metadata", {})
+        model.freeze_backbone()
+        return model
+
+    # ------------------------------------------------------------------ save / load: adapters
+    def save_adapter(
+        self, name: str, directory: str | os.PathLike, metrics: dict[str, Any] | None = None,
+        command: str | None = None,
+    ) -> None:
+        """adapter_config.json + adapter_model.safetensors + a README model card."""
+        adapter = self._adapter(name)
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        config = adapter.config
+        meta = {
+            "method": adapter.method,
+            "prompt_length": config.prompt_length,
+            "rank": config.rank,
+            "max_length": config.max_length,
+            "alpha": config.alpha,
+            "prompt_init": config.prompt_init,
+            "prompt_init_text": config.prompt_init_text,
+            "d_model": self.d_model,
+            "task_prefix": config.task_prefix,
+            "train_projection": adapter.projection is not None,
+            "trainable_parameters": sum(t.numel() for t in adapter.weights().values()),
+            "base_model": self.base_model,
+            "backbone_fingerprint": self.backbone_fingerprint(),
+            "extra": config.extra,
+            "dept_vl_version": _version(),
+        }
+        (out / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2))
+        save_file(adapter.weights(), out / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+        (out / "README.md").write_text(_model_card(name, meta, metrics, command))
+
+    def load_adapter(
+        self, directory: str | os.PathLike, name: str | None = None, strict: bool = True
+    ) -> str:
+        """Load a saved adapter under `name` (default: the folder name). It stays trainable.
+
+        An adapter saved for another backbone is refused (strict) or warned about.
+        """
+        path = Path(directory)
+        config_file = path / ADAPTER_CONFIG
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{path}: no {ADAPTER_CONFIG}; not a dept_vl adapter directory")
+        meta = json.loads(config_file.read_text())
+        if meta.get("method") not in ("dept", "pt"):
+            raise AdapterMismatchError(
+                f"{config_file}: method {meta.get('method')!r} cannot be loaded as a prompt adapter"
+            )
+        if meta.get("d_model") != self.d_model:
+            raise AdapterMismatchError(
+                f"{config_file}: adapter was trained for d_model={meta.get('d_model')}, "
+                f"this backbone ({self.base_model}) has d_model={self.d_model}"
+            )
+        fingerprint = self.backbone_fingerprint()
+        if meta.get("backbone_fingerprint") != fingerprint:
+            message = (
+                f"{config_file}: adapter was trained on backbone {meta.get('base_model')!r} "
+                f"(fingerprint {meta.get('backbone_fingerprint')}), but this backbone is "
+                f"{self.base_model!r} (fingerprint {fingerprint})"
+            )
+            if strict:
+                raise AdapterMismatchError(message + "; pass strict=False to load it anyway")
+            logger.warning(message)
+        name = name or path.name.replace("-", "_")
+        config = DePTConfig(
+            prompt_length=meta["prompt_length"], rank=meta["rank"], max_length=meta["max_length"],
+            alpha=meta["alpha"], prompt_init="random", task_prefix=meta["task_prefix"],
+            extra=meta.get("extra", {}),
+        )
+        tensors = load_file(path / ADAPTER_WEIGHTS)
+        if name in self.adapters:
+            self.delete_adapter(name)
+        adapter = self.add_adapter(name, config, train_projection=meta.get("train_projection", True))
+        expected = adapter.weights()
+        missing = sorted(set(expected) - set(tensors))
+        unexpected = sorted(set(tensors) - set(expected))
+        if missing or unexpected:
+            self.delete_adapter(name)
+            raise AdapterMismatchError(
+                f"{path / ADAPTER_WEIGHTS}: missing tensors {missing}, unexpected {unexpected}"
+            )
+        for key, value in tensors.items():
+            if value.shape != expected[key].shape:
+                self.delete_adapter(name)
+                raise AdapterMismatchError(
+                    f"{path / ADAPTER_WEIGHTS}: tensor {key} has shape {tuple(value.shape)}, "
+                    f"expected {tuple(expected[key].shape)}"
+                )
+        with torch.no_grad():
+            for key, param in adapter.prompt.named_parameters():
+                param.copy_(tensors[key])
+            if adapter.projection is not None:
+                adapter.projection.load_state_dict(
+                    {k.removeprefix("visual_projection."): v for k, v in tensors.items()
+                     if k.startswith("visual_projection.")}
+                )
+        return name
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous() for k, v in state.items()}
+
+
+def _model_card(name: str, meta: dict[str, Any], metrics: dict[str, Any] | None,
+                command: str | None) -> str:
+    budget = dept_budget(meta["prompt_length"], meta["rank"], meta["max_length"], meta["d_model"])
+    lines = [
+        f"# dept_vl adapter `{name}`",
+        "",
+        f"- method: {meta['method']} (prompt length m={meta['prompt_length']}, rank r={meta['rank']}, "
+        f"max length s={meta['max_length']}, alpha={meta['alpha']})",
+        f"- base model: `{meta['base_model']}` (fingerprint `{meta['backbone_fingerprint']}`)",
+        f"- task prefix: `{meta['task_prefix']}`",
+        f"- DePT budget m·d + r·(s+d): {budget:,} parameters; with the visual projection: "
+        f"{meta['trainable_parameters']:,}",
+        f"- dept_vl version: {meta['dept_vl_version']}",
+    ]
+    if metrics:
+        lines += ["", "## Metrics", ""]
+        lines += [f"- {key}: {value}" for key, value in metrics.items()]
+    if command:
+        lines += ["", "## Reproduce", "", "```", command, "```"]
+    lines += ["", "Load with:", "", "```python", "from dept_vl import VLT5",
+              "model = VLT5.from_pretrained(BACKBONE_DIR)",
+              f"model.load_adapter(ADAPTER_DIR, name={name!r})", "```", ""]
+    return "\n".join(lines)

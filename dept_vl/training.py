@@ -1,0 +1,232 @@
+"""The pieces `train.py` stands on: data from config entries, the backbone (loaded, bootstrapped
+or fresh), per-method trainable parameters and optimizer groups, the CSV tracker, and the
+small state a checkpoint needs beyond what `accelerator.save_state` keeps."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.tracking import GeneralTracker, on_main_process
+from safetensors.torch import save_file
+from transformers import T5Config
+
+from dept_vl.config import TrainConfig
+from dept_vl.data import shapes
+from dept_vl.data.records import Record, VQARecord, load_records, validate_images
+from dept_vl.dept import DePTConfig, dept_budget, dept_param_groups
+from dept_vl.model import ADAPTER_CONFIG, ADAPTER_WEIGHTS, VLT5
+from dept_vl.tasks import get_task
+from dept_vl.tokenization import build_word_tokenizer
+from dept_vl.vision import VisionConfig
+
+ADAPTER_NAME = "default"
+
+
+# ---------------------------------------------------------------------------- data
+def ensure_corpus(cfg: TrainConfig) -> None:
+    """Write the built-in corpus when the config asks for one that is not on disk yet."""
+    if not cfg.corpus:
+        return
+    spec = {"n_images": 3000, "seed": 0, "image_size": 64, **cfg.corpus}
+    out = spec.pop("dir")
+    if not shapes.corpus_matches(out, **spec):
+        print(f"[dept_vl] writing the built-in corpus to {out} ({spec})", flush=True)
+        shapes.write_corpus(out, **spec)
+
+
+def load_split(entry: Any, cfg: TrainConfig, filter_types: bool = True) -> list[Record]:
+    """Records from a config entry: a path, a mapping of load_records options, or a list of them.
+
+    Images are checked (exist, readable) now, before any step is taken.
+    """
+    if entry is None:
+        return []
+    entries = entry if isinstance(entry, list) else [entry]
+    records: list[Record] = []
+    for item in entries:
+        options = dict(item) if isinstance(item, dict) else {"path": item}
+        path = options.pop("path")
+        task = options.pop("task", cfg.task)
+        records += load_records(path, task, options.pop("format", "auto"), **options)
+    if filter_types and cfg.question_types is not None:
+        wanted = set(cfg.question_types)
+        records = [r for r in records if not isinstance(r, VQARecord) or r.question_type in wanted]
+    validate_images(records)
+    return records
+
+
+def corpus_texts(records: list[Record]) -> list[str]:
+    """Every question, answer and caption: what a tokenizer built here must cover."""
+    texts = [get_task(task).prefix for task in ("vqa", "caption")]
+    for record in records:
+        if isinstance(record, VQARecord):
+            texts += [record.question, *record.answers]
+        else:
+            texts += list(record.captions)
+    return texts
+
+
+# ---------------------------------------------------------------------------- model
+def build_model(cfg: TrainConfig, tokenizer_records: list[Record]) -> VLT5:
+    """The backbone this run starts from: fresh from `cfg.model` (pretraining) or loaded."""
+    if cfg.model is None:
+        return VLT5.from_pretrained(cfg.backbone)
+    spec = dict(cfg.model)
+    tokenizer = build_word_tokenizer(corpus_texts(tokenizer_records))
+    t5_config = T5Config(
+        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
+        **spec.get("t5", {}),
+    )
+    model = VLT5.from_components(
+        t5_config, VisionConfig(**spec["vision"]), tokenizer=tokenizer,
+        num_visual_tokens=spec.get("num_visual_tokens"), max_text_length=cfg.max_length,
+    )
+    model.base_model = spec.get("name", "dept_vl-shapes-backbone")
+    return model
+
+
+def adapter_config(cfg: TrainConfig, d_model: int) -> DePTConfig:
+    """DePT as configured, or (method pt) vanilla prompt tuning with the same budget."""
+    prefix = get_task(cfg.task).prefix
+    common = dict(max_length=cfg.max_length, alpha=cfg.alpha, prompt_init=cfg.prompt_init,
+                  prompt_init_text=cfg.prompt_init_text, task_prefix=prefix)
+    if cfg.method == "dept":
+        return DePTConfig(prompt_length=cfg.prompt_length, rank=cfg.rank, **common)
+    length = cfg.pt_prompt_length
+    if length is None:
+        budget = dept_budget(cfg.prompt_length, cfg.rank, cfg.max_length, d_model)
+        length = round(budget / d_model)
+        if length * d_model != budget:
+            print(f"[dept_vl] note: PT length {length} gives {length * d_model:,} parameters, "
+                  f"DePT({cfg.prompt_length},{cfg.rank}) has {budget:,}", flush=True)
+    return DePTConfig(prompt_length=length, rank=0, **common)
+
+
+def setup_method(model: VLT5, cfg: TrainConfig) -> tuple[list[dict[str, Any]], str | None]:
+    """Make exactly the method's parameters trainable; return optimizer groups and the adapter
+    name the forward pass uses (None for lora / full)."""
+    if cfg.method in ("dept", "pt"):
+        generator = torch.Generator().manual_seed(cfg.seed)
+        adapter = model.add_adapter(ADAPTER_NAME, adapter_config(cfg, model.d_model),
+                                    train_projection=cfg.train_projection, generator=generator)
+        others = []
+        if adapter.projection is not None:
+            others.append({"name": "projection", "params": list(adapter.projection.parameters()),
+                           "lr": cfg.lr_projection, "weight_decay": cfg.weight_decay})
+        return dept_param_groups(adapter.prompt, cfg.lr_prompt, cfg.lr_lowrank, others), ADAPTER_NAME
+    if cfg.method == "lora":
+        from peft import LoraConfig, inject_adapter_in_model
+
+        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+                          lora_dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules)
+        inject_adapter_in_model(lora, model.t5)
+        model.projection.requires_grad_(True)
+        lora_params = [p for n, p in model.t5.named_parameters() if "lora_" in n]
+        return [
+            {"name": "lora", "params": lora_params, "lr": cfg.lr, "weight_decay": 0.0},
+            {"name": "projection", "params": list(model.projection.parameters()),
+             "lr": cfg.lr_projection, "weight_decay": cfg.weight_decay},
+        ], None
+    model.unfreeze_backbone()
+    return [{"name": "all", "params": [p for p in model.parameters() if p.requires_grad],
+             "lr": cfg.lr, "weight_decay": cfg.weight_decay}], None
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of what training changes, to keep the best evaluation's weights in memory."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def restore_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
+
+
+def save_result_model(model: VLT5, cfg: TrainConfig, out: Path, metrics: dict[str, Any],
+                      command: str) -> Path:
+    """What a run leaves behind: `adapter/` (dept, pt, lora) or `model/` (full)."""
+    if cfg.method in ("dept", "pt"):
+        target = out / "adapter"
+        model.save_adapter(ADAPTER_NAME, target, metrics=metrics, command=command)
+    elif cfg.method == "lora":
+        target = out / "adapter"
+        target.mkdir(parents=True, exist_ok=True)
+        tensors = {n: p.detach().contiguous() for n, p in model.named_parameters()
+                   if p.requires_grad}
+        save_file(tensors, target / ADAPTER_WEIGHTS)
+        meta = {"method": "lora", "lora_rank": cfg.lora_rank, "lora_alpha": cfg.lora_alpha,
+                "target_modules": cfg.lora_target_modules, "base_model": model.base_model,
+                "task_prefix": get_task(cfg.task).prefix,
+                "trainable_parameters": sum(t.numel() for t in tensors.values())}
+        (target / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2))
+    else:
+        target = out / "model"
+        model.save_pretrained(target)
+    return target
+
+
+# ---------------------------------------------------------------------------- logging
+class CSVTracker(GeneralTracker):
+    """accelerate has no CSV tracker: one `step,name,value` row per logged scalar."""
+
+    name = "csv"
+    requires_logging_directory = True
+
+    @on_main_process
+    def __init__(self, run_name: str, logging_dir: str | os.PathLike):
+        super().__init__()
+        self.run_name = run_name
+        self.path = Path(logging_dir) / "metrics.csv"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            self.path.write_text("step,name,value\n")
+
+    @property
+    def tracker(self) -> Path:
+        return self.path
+
+    @on_main_process
+    def store_init_configuration(self, values: dict) -> None:
+        (self.path.parent / "config.json").write_text(json.dumps(values, indent=2, default=str))
+
+    @on_main_process
+    def log(self, values: dict, step: int | None = None, **kwargs: Any) -> None:
+        with self.path.open("a", newline="") as f:
+            writer = csv.writer(f)
+            for key, value in values.items():
+                if isinstance(value, (int, float)):
+                    writer.writerow([step, key, value])
+
+
+TRAINER_STATE = "trainer_state.json"
+
+
+def write_trainer_state(checkpoint: str | os.PathLike, state: dict[str, Any]) -> None:
+    (Path(checkpoint) / TRAINER_STATE).write_text(json.dumps(state, indent=2))
+
+
+def find_checkpoint(out: Path, resume: str) -> Path:
+    """`latest` → the newest `checkpoints/checkpoint_N`; else the given directory."""
+    if resume != "latest":
+        path = Path(resume)
+        if not (path / TRAINER_STATE).is_file():
+            raise FileNotFoundError(f"{path}: not a dept_vl checkpoint (no {TRAINER_STATE})")
+        return path
+    found = sorted((out / "checkpoints").glob("checkpoint_*"),
+                   key=lambda p: int(p.name.rsplit("_", 1)[-1]))
+    found = [p for p in found if (p / TRAINER_STATE).is_file()]
+    if not found:
+        raise FileNotFoundError(f"no checkpoint to resume from under {out / 'checkpoints'}")
+    return found[-1]
+
+
+def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
+    return json.loads((checkpoint / TRAINER_STATE).read_text())
