@@ -92,13 +92,17 @@ class TrainConfig:
             if getattr(self, key) < (0 if key == "max_steps" else 1):
                 raise ConfigError(f"{key}: must be positive, got {getattr(self, key)}")
         for name, job in self.jobs.items():
-            unknown = sorted(set(job) - _field_names() - {"jobs"})
+            unknown = sorted(set(job) - _field_names() - {"jobs", "output_dir"})
             if unknown:
                 raise ConfigError(f"jobs.{name}: unknown keys {unknown}")
+            if "output_dir" in job or "jobs" in job:
+                raise ConfigError(f"jobs.{name}: a job cannot set output_dir or jobs "
+                                  "(it writes to <output_dir>/<job name>)")
 
     def for_job(self, name: str) -> "TrainConfig":
-        """This config with job `name`'s keys applied (and no jobs of its own)."""
-        values = {**dataclasses.asdict(self), **self.jobs[name], "jobs": {}}
+        """This config with job `name`'s keys applied, writing to `<output_dir>/<name>`."""
+        values = {**dataclasses.asdict(self), **self.jobs[name], "jobs": {},
+                  "output_dir": str(Path(self.output_dir) / name)}
         return TrainConfig(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,7 +138,8 @@ def _check_type(key: str, value: Any, source: str) -> Any:
 
 
 def parse_overrides(argv: list[str]) -> dict[str, Any]:
-    """`--key value`, `--key=value`, or a bare `--flag` (True) → {key: YAML-parsed value}."""
+    """`--key value`, `--key=value`, or a bare `--flag` (True) → {key: raw text}; `load_config`
+    turns the text into the field's type."""
     values: dict[str, Any] = {}
     i = 0
     while i < len(argv):
@@ -148,10 +153,24 @@ def parse_overrides(argv: list[str]) -> dict[str, Any]:
                 raw = argv[i + 1]
                 i += 1
             else:
-                raw = "true"
-        values[key] = yaml.safe_load(raw) if raw != "" else None
+                raw = True
+        values[key] = raw
         i += 1
     return values
+
+
+def _from_cli(key: str, raw: Any) -> Any:
+    """A command-line string → the value for `key`: kept as text for text fields (so `--mixed_precision
+    no` stays "no"), YAML-parsed otherwise (numbers, booleans, lists, mappings)."""
+    if not isinstance(raw, str) or key not in _field_names():
+        return raw
+    hint = typing.get_type_hints(TrainConfig)[key]
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if raw in ("null", "None", "~") and type(None) in allowed:
+        return None
+    if str in allowed:
+        return raw
+    return yaml.safe_load(raw)
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -165,10 +184,11 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{file}: top level must be a mapping of keys to values")
         values.update(_validated(loaded, str(file)))
-    cli = _validated(overrides or {}, "command line")
+    cli = _validated({k: _from_cli(k, v) for k, v in (overrides or {}).items()}, "command line")
     values.update(cli)
     # the command line beats the file, the jobs' own keys included
-    values["jobs"] = {name: {**job, **cli} for name, job in values.get("jobs", {}).items()}
+    job_cli = {k: v for k, v in cli.items() if k != "output_dir"}
+    values["jobs"] = {name: {**job, **job_cli} for name, job in values.get("jobs", {}).items()}
     return TrainConfig(**values)
 
 

@@ -239,10 +239,7 @@ class VLT5(nn.Module):
         mask = attention_mask
         if dept is not None:
             embeds, mask = dept.prompt(embeds, mask)
-        visual = visual.to(embeds.dtype)
-        inputs = torch.cat([embeds, visual], dim=1)
-        mask = torch.cat([mask, mask.new_ones(visual.shape[:2])], dim=1)
-        return inputs, mask
+        return pack_tokens(embeds, mask, visual.to(embeds.dtype))
 
     def forward(
         self,
@@ -336,11 +333,11 @@ class VLT5(nn.Module):
         return line
 
     def backbone_fingerprint(self) -> str:
-        """A short hash of the backbone's configs and a strided sample of every weight, so an
-        adapter trained on other weights is recognised without hashing gigabytes."""
+        """A short hash of every weight's name, shape and a strided sample of its values, so an
+        adapter trained on other weights is recognised without hashing gigabytes. (Configs are
+        left out: their bookkeeping fields change on a save / load round trip.)"""
         digest = hashlib.sha256()
-        digest.update(json.dumps(self.t5.config.to_dict(), sort_keys=True, default=str).encode())
-        digest.update(json.dumps(self.vision.config.model_name).encode())
+        digest.update(self.vision.config.model_name.encode())
         modules = {"t5": self.t5, "vision": self.vision, "projection": self.projection}
         for prefix, module in modules.items():
             for name, tensor in sorted(module.state_dict().items()):
@@ -496,6 +493,27 @@ class VLT5(nn.Module):
                      if k.startswith("visual_projection.")}
                 )
         return name
+
+
+def pack_tokens(
+    text: torch.Tensor, text_mask: torch.Tensor, visual: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[P | text | Vis] with each example's padding moved to the very end.
+
+    T5's attention bias depends on relative positions, so padding left between an example's text
+    and its visual tokens would make its output depend on the longest text in the batch. Packing
+    real tokens first (prompt and text, then visual, then padding) keeps every example's output
+    independent of how far the batch is padded: dynamic padding and padding to s agree.
+    """
+    batch, text_len, dim = text.shape
+    visual_mask = text_mask.new_ones(batch, visual.shape[1])
+    tokens = torch.cat([text, visual], dim=1)
+    mask = torch.cat([text_mask, visual_mask], dim=1)
+    # sort key: real text 0, visual 1, padding 2 (stable, so order within a group is kept)
+    groups = torch.cat([(1 - text_mask.clamp(max=1)) * 2, visual_mask], dim=1)
+    order = torch.argsort(groups, dim=1, stable=True)
+    tokens = tokens.gather(1, order.unsqueeze(-1).expand(-1, -1, dim))
+    return tokens, mask.gather(1, order)
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

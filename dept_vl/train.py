@@ -71,21 +71,25 @@ def run(cfg: TrainConfig, command: str) -> dict[str, Any]:
     set_seed(cfg.seed)
     log = accelerator.print
 
-    # ---- data (validated before anything trains)
-    with accelerator.main_process_first():
-        ensure_corpus(cfg)
-    train_records = load_split(cfg.train_file, cfg, filter_types=False)
-    tokenizer_records = train_records
-    if cfg.question_types is not None:
-        train_records = load_split(cfg.train_file, cfg)
-    eval_records = load_split(cfg.eval_file, cfg)
-    test_records = load_split(cfg.test_file, cfg)
-    if not train_records:
-        raise ValueError("train_file: no training records (check the path and question_types)")
-    log(f"[dept_vl] {cfg.method} on {cfg.task}: {len(train_records)} train, "
-        f"{len(eval_records)} eval, {len(test_records)} test records")
+    # ---- data (validated before anything trains; a dry run reads none)
+    train_records, tokenizer_records, eval_records, test_records = [], [], [], []
+    if not cfg.dry_run:
+        with accelerator.main_process_first():
+            ensure_corpus(cfg)
+        tokenizer_records = train_records = load_split(cfg.train_file, cfg, filter_types=False)
+        if cfg.question_types is not None:
+            train_records = load_split(cfg.train_file, cfg)
+        eval_records = load_split(cfg.eval_file, cfg)
+        test_records = load_split(cfg.test_file, cfg)
+        if not train_records:
+            raise ValueError("train_file: no training records (check the path and question_types)")
+        log(f"[dept_vl] {cfg.method} on {cfg.task}: {len(train_records)} train, "
+            f"{len(eval_records)} eval, {len(test_records)} test records")
 
     # ---- backbone and what trains
+    if cfg.dry_run and cfg.model is None and not (Path(cfg.backbone) / BACKBONE_MANIFEST).is_file():
+        log(f"[dept_vl] dry run: backbone {cfg.backbone} not built yet; nothing more to check")
+        return {}
     model = build_model(cfg, tokenizer_records)
     if cfg.model is not None and cfg.question_types is not None:
         model.metadata["pretrain_question_types"] = list(cfg.question_types)
@@ -95,8 +99,8 @@ def run(cfg: TrainConfig, command: str) -> dict[str, Any]:
         log(f"  group {group['name']}: {sum(p.numel() for p in group['params']):,} params, "
             f"lr {group['lr']}")
     if cfg.dry_run:
-        log("[dept_vl] dry run: config, data and model built; no step taken")
-        return {}
+        log("[dept_vl] dry run: config and model built; no data read, no step taken")
+        return {"trainable_parameters": model.trainable_parameters()[0]}
 
     collator = VLCollator(model.tokenizer, model.vision.transform, cfg.max_length,
                           cfg.max_target_length, train=True, seed=cfg.seed,
@@ -219,7 +223,7 @@ def run(cfg: TrainConfig, command: str) -> dict[str, Any]:
 
 def ensure_backbone(cfg: TrainConfig, command: str) -> None:
     """Build the backbone with its bootstrap config when the run needs one that is missing."""
-    if cfg.model is not None or (Path(cfg.backbone) / BACKBONE_MANIFEST).is_file():
+    if cfg.dry_run or cfg.model is not None or (Path(cfg.backbone) / BACKBONE_MANIFEST).is_file():
         return
     if not cfg.bootstrap:
         raise FileNotFoundError(

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from accelerate.tracking import GeneralTracker, on_main_process
 from safetensors.torch import save_file
-from transformers import T5Config
+from transformers import AutoTokenizer, T5Config
 
 from dept_vl.config import TrainConfig
 from dept_vl.data import shapes
@@ -73,21 +73,35 @@ def corpus_texts(records: list[Record]) -> list[str]:
 
 # ---------------------------------------------------------------------------- model
 def build_model(cfg: TrainConfig, tokenizer_records: list[Record]) -> VLT5:
-    """The backbone this run starts from: fresh from `cfg.model` (pretraining) or loaded."""
+    """The backbone this run starts from: loaded from `cfg.backbone`, or built from `cfg.model`:
+    `t5` a hub name / local directory (pretrained weights and tokenizer) or a mapping of
+    T5Config fields (fresh weights, word-level tokenizer learnt from the training texts);
+    `vision` the VisionConfig fields of a timm model."""
     if cfg.model is None:
         return VLT5.from_pretrained(cfg.backbone)
     spec = dict(cfg.model)
-    tokenizer = build_word_tokenizer(corpus_texts(tokenizer_records))
-    t5_config = T5Config(
-        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
-        **spec.get("t5", {}),
-    )
-    model = VLT5.from_components(
-        t5_config, VisionConfig(**spec["vision"]), tokenizer=tokenizer,
-        num_visual_tokens=spec.get("num_visual_tokens"), max_text_length=cfg.max_length,
-    )
-    model.base_model = spec.get("name", "dept_vl-shapes-backbone")
+    unknown = sorted(set(spec) - {"name", "t5", "vision", "num_visual_tokens", "tokenizer"})
+    if unknown or "t5" not in spec or "vision" not in spec:
+        raise ValueError(f"model: needs keys t5 and vision (optional: name, num_visual_tokens, "
+                         f"tokenizer); unknown keys {unknown}")
+    vision = spec["vision"]
+    vision = VisionConfig(**vision) if isinstance(vision, dict) else VisionConfig(model_name=vision)
+    t5 = spec["t5"]
+    tokenizer = spec.get("tokenizer")
+    if isinstance(t5, dict):
+        if tokenizer is None:
+            tokenizer = build_word_tokenizer(corpus_texts(tokenizer_records))
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        t5 = T5Config(
+            vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
+            **t5,
+        )
+    model = VLT5.from_components(t5, vision, tokenizer=tokenizer,
+                                 num_visual_tokens=spec.get("num_visual_tokens"),
+                                 max_text_length=cfg.max_length)
+    model.base_model = spec.get("name") or model.base_model or "dept_vl-backbone"
     return model
 
 

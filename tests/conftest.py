@@ -1,0 +1,48 @@
+"""Shared tiny components: a word tokenizer, a tiny T5 config, timm test encoders, a small corpus.
+
+Everything is built locally (no hub), small enough for the whole suite to run in minutes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from transformers import T5Config
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+torch.set_num_threads(2)
+
+from dept_vl.data import shapes  # noqa: E402
+from dept_vl.model import VLT5  # noqa: E402
+from dept_vl.tokenization import build_word_tokenizer  # noqa: E402
+from dept_vl.vision import VisionConfig  # noqa: E402
+
+WORDS = ("vqa: caption: what color shape is the a an object objects circle square triangle red "
+         "green blue yellow purple orange white how many are there one two three four yes no "
+         "left of right above below small large : ?")
+
+
+def tiny_t5_config(tokenizer, d_model: int = 32) -> T5Config:
+    return T5Config(
+        vocab_size=len(tokenizer), d_model=d_model, d_kv=8, d_ff=64, num_layers=2,
+        num_decoder_layers=2, num_heads=4, dropout_rate=0.0, pad_token_id=0, eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+
+
+def tiny_model(vision: str = "test_vit", d_model: int = 32, seed: int = 0, **kwargs) -> VLT5:
+    torch.manual_seed(seed)
+    tokenizer = build_word_tokenizer([WORDS])
+    return VLT5.from_components(
+        tiny_t5_config(tokenizer, d_model), VisionConfig(model_name=vision, image_size=32),
+        tokenizer=tokenizer, max_text_length=24, **kwargs,
+    )
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("shapes")
+    shapes.write_corpus(out, n_images=40, seed=3, image_size=32)
+    return str(out)
