@@ -77,6 +77,7 @@ class TrainConfig:
     checkpoints_total_limit: int = 2
     cache_images: bool = True  # keep transformed images in memory (small corpora)
     num_workers: int = 0
+    num_threads: int | None = None  # CPU threads per process; None: the cores split over processes
     resume_from_checkpoint: str | None = None  # a checkpoint dir, or "latest"
     dry_run: bool = False  # build everything, run no step
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)

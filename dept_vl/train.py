@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shlex
 import sys
 import time
@@ -56,9 +57,19 @@ def reserved_type_report(metrics: dict[str, Any], rows: list[dict], pretrained: 
     return report
 
 
+def use_cpu_threads(requested: int | None) -> None:
+    """`accelerate launch` pins OMP_NUM_THREADS=1, which leaves all but one core idle on a CPU
+    machine; give each process its share of the cores unless the config says otherwise."""
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    threads = requested or max(1, (os.cpu_count() or 1) // processes)
+    if not torch.cuda.is_available() and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def run(cfg: TrainConfig, command: str) -> dict[str, Any]:
     """One training job; returns the test metrics written to eval_results.json."""
     out = Path(cfg.output_dir)
+    use_cpu_threads(cfg.num_threads)
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         mixed_precision=cfg.mixed_precision,
