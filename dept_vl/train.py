@@ -32,7 +32,8 @@ from dept_vl.evaluate import evaluate
 from dept_vl.model import BACKBONE_MANIFEST
 from dept_vl.tasks import get_task
 from dept_vl.training import (
-    CSVTracker, build_model, ensure_corpus, find_checkpoint, load_split, read_trainer_state,
+    CSVTracker, build_model, ensure_corpus, find_checkpoint, load_split, prune_checkpoints,
+    read_trainer_state,
     restore_state, save_result_model, setup_method, trainable_state, write_trainer_state,
 )
 
@@ -74,10 +75,7 @@ def run(cfg: TrainConfig, command: str) -> dict[str, Any]:
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         mixed_precision=cfg.mixed_precision,
         log_with=["tensorboard", CSVTracker(run_name="train", logging_dir=out / "logs")],
-        project_config=ProjectConfiguration(
-            project_dir=str(out), logging_dir=str(out / "logs"),
-            automatic_checkpoint_naming=True, total_limit=cfg.checkpoints_total_limit,
-        ),
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
     set_seed(cfg.seed)
     log = accelerator.print
@@ -134,8 +132,6 @@ def run(cfg: TrainConfig, command: str) -> dict[str, Any]:
         accelerator.load_state(str(checkpoint))
         state = read_trainer_state(checkpoint)
         step, best, best_metrics = state["step"], state["best"], state["best_metrics"]
-        # accelerate does not restore its checkpoint counter (see REFERENCE.md)
-        accelerator.project_configuration.iteration = int(checkpoint.name.rsplit("_", 1)[-1]) + 1
         log(f"[dept_vl] resumed from {checkpoint} at step {step}")
     best_state = trainable_state(unwrapped)
 
@@ -190,10 +186,14 @@ def run(cfg: TrainConfig, command: str) -> dict[str, Any]:
                         best_state = trainable_state(unwrapped)
                 accelerator.wait_for_everyone()
             if step % cfg.save_steps == 0 and step < cfg.max_steps:
-                saved = accelerator.save_state()
+                # named by step, not by accelerate's automatic naming: with several processes
+                # its existence check races the main process creating the folder
+                saved = out / "checkpoints" / f"checkpoint_{step}"
+                accelerator.save_state(str(saved))
                 if accelerator.is_main_process:
                     write_trainer_state(saved, {"step": step, "best": best,
                                                 "best_metrics": best_metrics})
+                    prune_checkpoints(out, cfg.checkpoints_total_limit)
                 accelerator.wait_for_everyone()
             if step >= cfg.max_steps:
                 break

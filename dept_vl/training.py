@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -227,16 +228,26 @@ def write_trainer_state(checkpoint: str | os.PathLike, state: dict[str, Any]) ->
     (Path(checkpoint) / TRAINER_STATE).write_text(json.dumps(state, indent=2))
 
 
+def _checkpoints(out: Path) -> list[Path]:
+    """Complete `checkpoints/checkpoint_<step>` folders, oldest first."""
+    found = sorted((out / "checkpoints").glob("checkpoint_*"),
+                   key=lambda p: int(p.name.rsplit("_", 1)[-1]))
+    return [p for p in found if (p / TRAINER_STATE).is_file()]
+
+
+def prune_checkpoints(out: Path, keep: int) -> None:
+    for old in _checkpoints(out)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old)
+
+
 def find_checkpoint(out: Path, resume: str) -> Path:
-    """`latest` → the newest `checkpoints/checkpoint_N`; else the given directory."""
+    """`latest` → the newest `checkpoints/checkpoint_<step>`; else the given directory."""
     if resume != "latest":
         path = Path(resume)
         if not (path / TRAINER_STATE).is_file():
             raise FileNotFoundError(f"{path}: not a dept_vl checkpoint (no {TRAINER_STATE})")
         return path
-    found = sorted((out / "checkpoints").glob("checkpoint_*"),
-                   key=lambda p: int(p.name.rsplit("_", 1)[-1]))
-    found = [p for p in found if (p / TRAINER_STATE).is_file()]
+    found = _checkpoints(out)
     if not found:
         raise FileNotFoundError(f"no checkpoint to resume from under {out / 'checkpoints'}")
     return found[-1]

@@ -82,7 +82,7 @@ def test_dept_training_leaves_adapter_results_logs_and_an_untouched_backbone(
     assert rows[0] == "step,name,value" and any(",train/loss," in r for r in rows)
     assert any(",eval/vqa_accuracy," in r for r in rows)
     assert list((run / "logs").rglob("events.out.tfevents*")), "no TensorBoard log"
-    assert (run / "checkpoints" / "checkpoint_0").is_dir()
+    assert (run / "checkpoints" / "checkpoint_3").is_dir()
     after = VLT5.from_pretrained(backbone).state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     # the saved adapter reproduces the reported test accuracy
@@ -103,7 +103,7 @@ def test_resume_from_checkpoint_continues_to_the_same_weights(tmp_path, corpus_d
     resumed_dir = tmp_path / "resumed"
     main(["--config", config, "--output_dir", str(resumed_dir), "--max_steps", "6",
           "--save_steps", "3"])
-    checkpoint = resumed_dir / "checkpoints" / "checkpoint_0"
+    checkpoint = resumed_dir / "checkpoints" / "checkpoint_3"
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     assert state["step"] == 3
     (resumed_dir / "adapter").rename(resumed_dir / "adapter-first")
