@@ -72,6 +72,7 @@ def run(cfg: TrainConfig, command: str) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     use_cpu_threads(cfg.num_threads)
     accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),  # so torchrun on CPUs runs MULTI_CPU (gloo)
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         mixed_precision=cfg.mixed_precision,
         log_with=["tensorboard", CSVTracker(run_name="train", logging_dir=out / "logs")],
