@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -71,8 +71,11 @@ def run(cfg: TrainConfig, command: str) -> dict[str, Any]:
     """One training job; returns the test metrics written to eval_results.json."""
     out = Path(cfg.output_dir)
     use_cpu_threads(cfg.num_threads)
+    # the process state first (before the CSV tracker asks which process is main), on CPU
+    # machines with cpu=True so that torchrun runs MULTI_CPU (gloo) rather than N lone copies
+    PartialState(cpu=not torch.cuda.is_available())
     accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),  # so torchrun on CPUs runs MULTI_CPU (gloo)
+        cpu=not torch.cuda.is_available(),
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         mixed_precision=cfg.mixed_precision,
         log_with=["tensorboard", CSVTracker(run_name="train", logging_dir=out / "logs")],
@@ -228,7 +231,10 @@ def run(cfg: TrainConfig, command: str) -> dict[str, Any]:
         accelerator.log({f"test/{k}": v for k, v in test_metrics.items()}, step=step)
         log(f"[dept_vl] {out / 'eval_results.json'}: " + ", ".join(
             f"{k}={v:.2f}" for k, v in test_metrics.items() if isinstance(v, float)))
-    accelerator.end_training()
+    # trackers closed by hand: end_training() would also destroy the process group, which
+    # the next job of a multi-job config still needs
+    for tracker in accelerator.trackers:
+        tracker.finish()
     accelerator.wait_for_everyone()
     return results
 
