@@ -281,4 +281,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as error:  # config, data and adapter errors
+        # a bad config key or dataset row is the user's to fix: say what, not a traceback
+        print(f"dept_vl: error: {error}", file=sys.stderr)
+        sys.exit(2)
