@@ -179,6 +179,10 @@ def _true_answer(scene: Scene, question: str, qtype: str) -> str:
         what = re.fullmatch(r"how many (\w+) are there \?", question).group(1)
         shape = None if what == "objects" else what[:-1]
         return shapes.NUMBER_WORDS[len(_find(scene, shape=shape))]
+    if qtype == "size":
+        color, shape = re.fullmatch(r"what size is the (\w+) (\w+) \?", question).groups()
+        (obj,) = _find(scene, color, shape)
+        return obj.size
     c1, s1, rel, c2, s2 = re.fullmatch(
         r"is the (\w+) (\w+) (left of|right of|above|below) the (\w+) (\w+) \?", question).groups()
     (a,), (b,) = _find(scene, c1, s1), _find(scene, c2, s2)
@@ -208,6 +212,7 @@ def test_answers_are_true_for_the_scene_and_yes_no_balanced():
     assert set(answers["count"]) == set(shapes.NUMBER_WORDS) - {"zero"}
     assert set(answers["color"]) == set(shapes.COLORS)
     assert set(answers["shape"]) == set(shapes.SHAPES)
+    assert 0.4 < answers["size"].count("small") / len(answers["size"]) < 0.6
 
 
 def test_cli_writes_manifest_and_corpus_matches(tmp_path):
@@ -222,7 +227,7 @@ def test_cli_writes_manifest_and_corpus_matches(tmp_path):
     shapes.write_corpus(tmp_path / "in_process", 20, seed=4, image_size=48)
     assert _files(out) == _files(tmp_path / "in_process")
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["generator"] == "dept_vl.shapes" and manifest["version"] == 1
+    assert manifest["generator"] == "dept_vl.shapes" and manifest["version"] == shapes.VERSION
     assert (manifest["seed"], manifest["n_images"], manifest["image_size"]) == (4, 20, 48)
     for split in SPLITS:
         assert (out / f"{split}_vqa.jsonl").is_file() and (out / f"{split}_caption.jsonl").is_file()

@@ -1,8 +1,8 @@
 """Built-in synthetic vision-language corpus: coloured shapes on a 3x3 grid.
 
 Small enough to pretrain a tiny VL-T5 on a laptop CPU in minutes, yet with question types
-(count, existence, spatial relations) that a backbone pretrained on captions and
-colour/shape questions has never been asked — the DePT adaptation target.
+(count, size, spatial relations) that a backbone pretrained on captions and colour / shape /
+existence questions has never been asked: the DePT adaptation and few-shot transfer targets.
 
 Everything is drawn from one ``random.Random(seed)`` and written in a fixed order, so the
 same arguments give byte-identical files. Only stdlib and PIL: ``data/`` knows no models.
@@ -20,9 +20,9 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 GENERATOR = "dept_vl.shapes"
-VERSION = 1
+VERSION = 2  # 2: size questions
 SPLITS = ("train", "val", "test")
-QUESTION_TYPES: tuple[str, ...] = ("color", "shape", "exists", "count", "spatial")
+QUESTION_TYPES: tuple[str, ...] = ("color", "shape", "exists", "count", "spatial", "size")
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -215,12 +215,19 @@ def _spatial_question(scene: Scene, rng: random.Random) -> tuple[str, str] | Non
     return f"is the {a.name} {relation} the {b.name} ?", answer
 
 
+def _size_question(scene: Scene, rng: random.Random) -> tuple[str, str]:
+    """'small' or 'large': words the captions use, asked in a form no other type has."""
+    obj = rng.choice(scene.objects)
+    return f"what size is the {obj.name} ?", obj.size
+
+
 _ASKERS = {
     "color": _color_question,
     "shape": _shape_question,
     "exists": _exists_question,
     "count": _count_question,
     "spatial": _spatial_question,
+    "size": _size_question,
 }
 
 
