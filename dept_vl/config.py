@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 
 METHODS = ("dept", "pt", "lora", "full")
+TASK_KEYS = {"task", "train_file", "eval_file", "test_file", "question_types"}
+INIT_PARTS = ("prompt", "lowrank", "projection")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
@@ -80,6 +82,19 @@ class TrainConfig:
     num_threads: int | None = None  # CPU threads per process; None: the cores split over processes
     resume_from_checkpoint: str | None = None  # a checkpoint dir, or "latest"
     dry_run: bool = False  # build everything, run no step
+    # multi-task (source) training: named tasks {name: {task, train_file, eval_file, test_file,
+    # question_types}}; each batch is one task's, drawn with p(task) ∝ size^(1/temperature)
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    task_sampling_temperature: float = 1.0  # 1: in proportion to size; large: uniform
+    adapter_per_task: bool = False  # one adapter per task (adapters/<name>/) or one shared
+    # few-shot: k examples per answer class (VQA) / k images (captions), drawn with `seed` from
+    # train_file; the dev set the same way from eval_file; test_file stays whole
+    k_shot: int | None = None
+    # transfer: start the adapter from saved adapter(s): paths, or folders of adapters
+    init_from: str | list[str] | None = None
+    init_parts: list[str] = field(default_factory=lambda: list(INIT_PARTS))
+    init_select: str = "best"  # several sources: best (lowest zero-step loss) | average
+    init_temperature: float = 1.0  # average: weights softmax(-loss / temperature)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -92,6 +107,23 @@ class TrainConfig:
         for key in ("max_steps", "batch_size", "gradient_accumulation_steps", "eval_batch_size"):
             if getattr(self, key) < (0 if key == "max_steps" else 1):
                 raise ConfigError(f"{key}: must be positive, got {getattr(self, key)}")
+        for name, spec in self.tasks.items():
+            if not isinstance(spec, dict) or set(spec) - TASK_KEYS or "train_file" not in spec:
+                raise ConfigError(f"tasks.{name}: needs train_file; allowed keys "
+                                  f"{sorted(TASK_KEYS)}, got {spec!r}")
+            if not name.isidentifier():
+                raise ConfigError(f"tasks.{name}: task names must be identifiers (adapter names)")
+        if self.adapter_per_task and (not self.tasks or self.method not in ("dept", "pt")):
+            raise ConfigError("adapter_per_task: needs `tasks:` and method dept or pt")
+        if self.init_from is not None and self.method not in ("dept", "pt"):
+            raise ConfigError(f"init_from: only prompt adapters (dept, pt) can start from a "
+                              f"source adapter, not method {self.method!r}")
+        if not self.init_parts or set(self.init_parts) - set(INIT_PARTS):
+            raise ConfigError(f"init_parts: choose from {list(INIT_PARTS)}, got {self.init_parts}")
+        if self.init_select not in ("best", "average"):
+            raise ConfigError(f"init_select: must be best or average, got {self.init_select!r}")
+        if self.k_shot is not None and self.k_shot < 1:
+            raise ConfigError(f"k_shot: must be at least 1, got {self.k_shot}")
         for name, job in self.jobs.items():
             unknown = sorted(set(job) - _field_names() - {"jobs", "output_dir"})
             if unknown:

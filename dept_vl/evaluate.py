@@ -87,6 +87,37 @@ def evaluate(
     return metrics, rows
 
 
+@torch.no_grad()
+def mean_loss(
+    model: VLT5,
+    records: Sequence[Record],
+    adapter: str | None = None,
+    batch_size: int = 64,
+    max_length: int = 64,
+    max_target_length: int = 48,
+) -> float:
+    """Teacher-forced loss per target token on each record's most common reference: how well
+    the adapter as it stands fits `records` (scores source adapters before any training)."""
+    was_training = model.training
+    model.eval()
+    collator = VLCollator(model.tokenizer, model.vision.transform, max_length,
+                          max_target_length, train=False)
+    loader = DataLoader(RecordDataset(records), batch_size=batch_size, collate_fn=collator)
+    device = next(model.parameters()).device
+    total, tokens = 0.0, 0
+    for batch in loader:
+        labels = batch["labels"].to(device)
+        loss = model(input_ids=batch["input_ids"].to(device),
+                     attention_mask=batch["attention_mask"].to(device),
+                     pixel_values=batch["pixel_values"].to(device), labels=labels,
+                     adapter=adapter).loss
+        count = int((labels != -100).sum())
+        total += float(loss) * count
+        tokens += count
+    model.train(was_training)
+    return total / max(tokens, 1)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Evaluate a dept_vl adapter on a dataset.")
     parser.add_argument("--backbone", required=True, help="backbone directory")

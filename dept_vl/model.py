@@ -66,6 +66,21 @@ class DePTAdapter(nn.Module):
                 tensors[f"visual_projection.{name}"] = param.detach().contiguous()
         return tensors
 
+    @torch.no_grad()
+    def assign(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Copy the given tensors (file-format names, any subset) into this adapter's weights."""
+        params = dict(self.prompt.named_parameters())
+        if self.projection is not None:
+            params.update({f"visual_projection.{k}": v
+                           for k, v in self.projection.state_dict().items()})
+        for key, value in tensors.items():
+            if key not in params:
+                raise AdapterMismatchError(f"tensor {key}: this adapter has no such weight")
+            if value.shape != params[key].shape:
+                raise AdapterMismatchError(f"tensor {key} has shape {tuple(value.shape)}, "
+                                           f"expected {tuple(params[key].shape)}")
+            params[key].copy_(value)
+
 
 class VLT5(nn.Module):
     """Frozen T5 + frozen timm encoder + visual projection + named DePT adapters."""
@@ -190,17 +205,17 @@ class VLT5(nn.Module):
         return adapter
 
     def delete_adapter(self, name: str) -> None:
-        self._adapter(name)
+        self.get_adapter(name)
         del self.adapters[name]
         if self.active_adapter == name:
             self.active_adapter = next(iter(self.adapters), None)
 
     def set_adapter(self, name: str | None) -> None:
         if name is not None:
-            self._adapter(name)
+            self.get_adapter(name)
         self.active_adapter = name
 
-    def _adapter(self, name: str) -> DePTAdapter:
+    def get_adapter(self, name: str) -> DePTAdapter:
         if name not in self.adapters:
             raise KeyError(f"no adapter named {name!r}; loaded adapters: {list(self.adapters)}")
         return self.adapters[name]
@@ -210,7 +225,7 @@ class VLT5(nn.Module):
         return prefix.rstrip(":").strip()
 
     def adapter_task(self, name: str | None) -> str | None:
-        return None if name is None else self._task_of_prefix(self._adapter(name).config.task_prefix)
+        return None if name is None else self._task_of_prefix(self.get_adapter(name).config.task_prefix)
 
     # ------------------------------------------------------------------ forward
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -231,7 +246,7 @@ class VLT5(nn.Module):
             if pixel_values is None:
                 raise ValueError("pass pixel_values or visual_features")
             visual_features = self.encode_images(pixel_values)
-        dept = self._adapter(adapter) if adapter is not None else None
+        dept = self.get_adapter(adapter) if adapter is not None else None
         projection = dept.projection if dept is not None and dept.projection is not None \
             else self.projection
         visual = projection(visual_features)
@@ -310,7 +325,7 @@ class VLT5(nn.Module):
             for i, text in enumerate(texts):
                 if not text or not text.strip():
                     raise ValueError(f"text {i} is empty: task {task!r} needs a question")
-        max_length = self._adapter(adapter).config.max_length if adapter else None
+        max_length = self.get_adapter(adapter).config.max_length if adapter else None
         batch = self.tokenize([task_input(task, t) for t in texts], max_length)
         device = self.t5.device
         pixels = self.vision.preprocess(list(images)).to(device)
@@ -403,7 +418,7 @@ class VLT5(nn.Module):
         command: str | None = None,
     ) -> None:
         """adapter_config.json + adapter_model.safetensors + a README model card."""
-        adapter = self._adapter(name)
+        adapter = self.get_adapter(name)
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         config = adapter.config
@@ -428,12 +443,13 @@ class VLT5(nn.Module):
         save_file(adapter.weights(), out / ADAPTER_WEIGHTS, metadata={"format": "pt"})
         (out / "README.md").write_text(_model_card(name, meta, metrics, command))
 
-    def load_adapter(
-        self, directory: str | os.PathLike, name: str | None = None, strict: bool = True
-    ) -> str:
-        """Load a saved adapter under `name` (default: the folder name). It stays trainable.
+    def read_adapter(
+        self, directory: str | os.PathLike, strict: bool = True
+    ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """A saved prompt adapter's config and tensors, checked against this backbone.
 
-        An adapter saved for another backbone is refused (strict) or warned about.
+        An adapter saved for another backbone is refused (strict) or warned about; an adapter of
+        another d_model is always refused.
         """
         path = Path(directory)
         config_file = path / ADAPTER_CONFIG
@@ -459,13 +475,21 @@ class VLT5(nn.Module):
             if strict:
                 raise AdapterMismatchError(message + "; pass strict=False to load it anyway")
             logger.warning(message)
+        return meta, load_file(path / ADAPTER_WEIGHTS)
+
+    def load_adapter(
+        self, directory: str | os.PathLike, name: str | None = None, strict: bool = True
+    ) -> str:
+        """Load a saved adapter under `name` (default: the folder name). It stays trainable, so
+        training can go on from it (PEFT refuses that for prompt adapters)."""
+        path = Path(directory)
+        meta, tensors = self.read_adapter(path, strict)
         name = name or path.name.replace("-", "_")
         config = DePTConfig(
             prompt_length=meta["prompt_length"], rank=meta["rank"], max_length=meta["max_length"],
             alpha=meta["alpha"], prompt_init="random", task_prefix=meta["task_prefix"],
             extra=meta.get("extra", {}),
         )
-        tensors = load_file(path / ADAPTER_WEIGHTS)
         if name in self.adapters:
             self.delete_adapter(name)
         adapter = self.add_adapter(name, config, train_projection=meta.get("train_projection", True))
@@ -484,14 +508,7 @@ class VLT5(nn.Module):
                     f"{path / ADAPTER_WEIGHTS}: tensor {key} has shape {tuple(value.shape)}, "
                     f"expected {tuple(expected[key].shape)}"
                 )
-        with torch.no_grad():
-            for key, param in adapter.prompt.named_parameters():
-                param.copy_(tensors[key])
-            if adapter.projection is not None:
-                adapter.projection.load_state_dict(
-                    {k.removeprefix("visual_projection."): v for k, v in tensors.items()
-                     if k.startswith("visual_projection.")}
-                )
+        adapter.assign(tensors)
         return name
 
 

@@ -16,6 +16,7 @@ import os
 import shlex
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +29,16 @@ from transformers import get_linear_schedule_with_warmup
 
 from dept_vl.config import TrainConfig, load_config, parse_overrides
 from dept_vl.data.collate import RecordDataset, VLCollator
-from dept_vl.evaluate import evaluate
+from dept_vl.data.fewshot import class_counts
+from dept_vl.evaluate import evaluate, mean_loss
 from dept_vl.model import BACKBONE_MANIFEST
 from dept_vl.tasks import get_task
 from dept_vl.training import (
-    CSVTracker, build_model, ensure_corpus, find_checkpoint, load_split, prune_checkpoints,
-    read_trainer_state,
-    restore_state, save_result_model, setup_method, trainable_state, write_trainer_state,
+    CSVTracker, TaskData, TaskStream, build_model, ensure_corpus, find_checkpoint,
+    load_tasks, prune_checkpoints, read_trainer_state, restore_state, save_result_model,
+    setup_method, task_schedule, trainable_state, write_trainer_state,
 )
+from dept_vl.transfer import initialize
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 
@@ -84,20 +87,16 @@ def run(cfg: TrainConfig, command: str) -> dict[str, Any]:
     set_seed(cfg.seed)
     log = accelerator.print
 
-    # ---- data (validated before anything trains; a dry run reads none)
-    train_records, tokenizer_records, eval_records, test_records = [], [], [], []
+    # ---- data: one task, or several (each batch one task's); validated before anything trains
+    tasks, tokenizer_records = load_tasks(cfg, read=False), []
     if not cfg.dry_run:
         with accelerator.main_process_first():
             ensure_corpus(cfg)
-        tokenizer_records = train_records = load_split(cfg.train_file, cfg, filter_types=False)
-        if cfg.question_types is not None:
-            train_records = load_split(cfg.train_file, cfg)
-        eval_records = load_split(cfg.eval_file, cfg)
-        test_records = load_split(cfg.test_file, cfg)
-        if not train_records:
-            raise ValueError("train_file: no training records (check the path and question_types)")
-        log(f"[dept_vl] {cfg.method} on {cfg.task}: {len(train_records)} train, "
-            f"{len(eval_records)} eval, {len(test_records)} test records")
+        tasks, tokenizer_records = load_tasks(cfg)
+        for task in tasks:
+            shots = f" ({cfg.k_shot}-shot: {class_counts(task.train)})" if cfg.k_shot else ""
+            log(f"[dept_vl] {cfg.method} on {task.name} ({task.kind}): {len(task.train)} train, "
+                f"{len(task.eval)} eval, {len(task.test)} test records{shots}")
 
     # ---- backbone and what trains
     if cfg.dry_run and cfg.model is None and not (Path(cfg.backbone) / BACKBONE_MANIFEST).is_file():
@@ -106,7 +105,12 @@ def run(cfg: TrainConfig, command: str) -> dict[str, Any]:
     model = build_model(cfg, tokenizer_records)
     if cfg.model is not None and cfg.question_types is not None:
         model.metadata["pretrain_question_types"] = list(cfg.question_types)
-    groups, adapter = setup_method(model, cfg)
+    groups = setup_method(model, cfg, tasks)
+    if cfg.init_from is not None and not cfg.dry_run:
+        init_report = initialize_adapters(model, cfg, tasks)
+        if accelerator.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "init.json").write_text(json.dumps(init_report, indent=2))
     trainable_line = model.print_trainable_parameters() if accelerator.is_main_process else ""
     for group in groups:
         log(f"  group {group['name']}: {sum(p.numel() for p in group['params']):,} params, "
@@ -118,14 +122,15 @@ def run(cfg: TrainConfig, command: str) -> dict[str, Any]:
     collator = VLCollator(model.tokenizer, model.vision.transform, cfg.max_length,
                           cfg.max_target_length, train=True, seed=cfg.seed,
                           cache_images=cfg.cache_images)
-    loader = DataLoader(RecordDataset(train_records), batch_size=cfg.batch_size, shuffle=True,
-                        collate_fn=collator, num_workers=cfg.num_workers)
+    loaders = [DataLoader(RecordDataset(task.train), batch_size=cfg.batch_size, shuffle=True,
+                          collate_fn=collator, num_workers=cfg.num_workers) for task in tasks]
     optimizer = torch.optim.AdamW(groups, eps=1e-6)
     scheduler = get_linear_schedule_with_warmup(
         optimizer, cfg.warmup_steps * accelerator.num_processes,
         max(cfg.max_steps, 1) * accelerator.num_processes,
     )
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    model, optimizer, scheduler, *loaders = accelerator.prepare(model, optimizer, scheduler,
+                                                                *loaders)
     unwrapped = accelerator.unwrap_model(model)
     accelerator.init_trackers("train", config={k: str(v) for k, v in cfg.to_dict().items()})
 
@@ -139,104 +144,149 @@ def run(cfg: TrainConfig, command: str) -> dict[str, Any]:
         log(f"[dept_vl] resumed from {checkpoint} at step {step}")
     best_state = trainable_state(unwrapped)
 
-    # ---- loop
-    metric_name = get_task(cfg.task).metric
-    batches_per_epoch = len(loader)
+    # ---- loop: micro-batch i comes from task schedule[i] (always 0 with one task)
+    schedule = task_schedule([len(t.train) for t in tasks], cfg.task_sampling_temperature,
+                             cfg.seed, cfg.max_steps * cfg.gradient_accumulation_steps)
     micro_done = step * cfg.gradient_accumulation_steps
-    epoch = micro_done // batches_per_epoch
+    consumed = Counter(schedule[:micro_done])
+    streams = [TaskStream(loader, accelerator, cfg.seed + 1000 * i, consumed[i])
+               for i, loader in enumerate(loaders)]
+    # the best weights are chosen on one task's metric; a multi-task run keeps its last weights
+    select_on = get_task(tasks[0].kind).metric if len(tasks) == 1 else None
+    kind_of = {task.name: task.kind for task in tasks}
     progress = tqdm(total=cfg.max_steps, initial=step, disable=not accelerator.is_main_process,
-                    desc=f"{cfg.method}/{cfg.task}")
+                    desc=f"{cfg.method}/{'+'.join(t.name for t in tasks)}")
     start, running_loss = time.perf_counter(), []
     model.train()
     while step < cfg.max_steps:
-        set_seed(cfg.seed + epoch)  # the same shuffle per epoch, resumed or not
-        epoch_loader = loader
-        skip = micro_done - epoch * batches_per_epoch
-        if skip > 0:
-            epoch_loader = accelerator.skip_first_batches(loader, skip)
-        for batch in epoch_loader:
-            with accelerator.accumulate(model):
-                loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             pixel_values=batch["pixel_values"], labels=batch["labels"],
-                             adapter=adapter).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(
-                        [p for g in groups for p in g["params"]], cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            micro_done += 1
-            running_loss.append(loss.detach().float().item())
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            progress.update(1)
-            if step % cfg.logging_steps == 0 or step == cfg.max_steps:
-                mean_loss = sum(running_loss) / len(running_loss)
-                running_loss = []
-                progress.set_postfix(loss=f"{mean_loss:.4f}")
-                accelerator.log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]},
-                                step=step)
-            if eval_records and (step % cfg.eval_steps == 0 or step == cfg.max_steps):
-                if accelerator.is_main_process:
-                    metrics, _ = evaluate(unwrapped, eval_records, adapter, cfg.eval_batch_size,
-                                          cfg.max_length, cfg.max_eval_examples)
-                    accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
-                    score = metrics.get(metric_name, -math.inf)
-                    progress.write(f"step {step}: eval {metric_name} {score:.2f}")
+        task = tasks[schedule[micro_done]]
+        batch = next(streams[schedule[micro_done]])
+        with accelerator.accumulate(model):
+            loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         pixel_values=batch["pixel_values"], labels=batch["labels"],
+                         adapter=task.adapter).loss
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and cfg.max_grad_norm:
+                accelerator.clip_grad_norm_(
+                    [p for g in groups for p in g["params"]], cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        micro_done += 1
+        running_loss.append(loss.detach().float().item())
+        if not accelerator.sync_gradients:
+            continue
+        step += 1
+        progress.update(1)
+        if step % cfg.logging_steps == 0 or step == cfg.max_steps:
+            mean_loss = sum(running_loss) / len(running_loss)
+            running_loss = []
+            progress.set_postfix(loss=f"{mean_loss:.4f}")
+            accelerator.log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]},
+                            step=step)
+        if any(t.eval for t in tasks) and (step % cfg.eval_steps == 0 or step == cfg.max_steps):
+            if accelerator.is_main_process:
+                evaluated = evaluate_tasks(unwrapped, tasks, "eval", cfg)
+                for name, metrics in evaluated.items():
+                    prefix = "eval/" if len(tasks) == 1 else f"eval/{name}/"
+                    accelerator.log({prefix + k: v for k, v in metrics.items()}, step=step)
+                    metric = get_task(kind_of[name]).metric
+                    progress.write(f"step {step}: {name} eval {metric} "
+                                   f"{metrics.get(metric, math.nan):.2f}")
+                if select_on and tasks[0].name in evaluated:
+                    score = evaluated[tasks[0].name].get(select_on, -math.inf)
                     if score > best:
-                        best, best_metrics = score, metrics
+                        best, best_metrics = score, evaluated[tasks[0].name]
                         best_state = trainable_state(unwrapped)
-                accelerator.wait_for_everyone()
-            if step % cfg.save_steps == 0 and step < cfg.max_steps:
-                # named by step, not by accelerate's automatic naming: with several processes
-                # its existence check races the main process creating the folder
-                saved = out / "checkpoints" / f"checkpoint_{step}"
-                accelerator.save_state(str(saved))
-                if accelerator.is_main_process:
-                    write_trainer_state(saved, {"step": step, "best": best,
-                                                "best_metrics": best_metrics})
-                    prune_checkpoints(out, cfg.checkpoints_total_limit)
-                accelerator.wait_for_everyone()
-            if step >= cfg.max_steps:
-                break
-        epoch += 1
+            accelerator.wait_for_everyone()
+        if step % cfg.save_steps == 0 and step < cfg.max_steps:
+            # named by step, not by accelerate's automatic naming: with several processes
+            # its existence check races the main process creating the folder
+            saved = out / "checkpoints" / f"checkpoint_{step}"
+            accelerator.save_state(str(saved))
+            if accelerator.is_main_process:
+                write_trainer_state(saved, {"step": step, "best": best,
+                                            "best_metrics": best_metrics})
+                prune_checkpoints(out, cfg.checkpoints_total_limit)
+            accelerator.wait_for_everyone()
     progress.close()
     train_seconds = time.perf_counter() - start
 
     # ---- test evaluation with the best weights, and the files a run leaves
     results: dict[str, Any] = {}
     if accelerator.is_main_process:
-        if eval_records and best_metrics:
+        if best_metrics:
             restore_state(unwrapped, best_state)
-        test_metrics, rows = ({}, [])
-        if test_records:
-            test_metrics, rows = evaluate(unwrapped, test_records, adapter, cfg.eval_batch_size,
-                                          cfg.max_length)
-            test_metrics.update(reserved_type_report(
-                test_metrics, rows, unwrapped.metadata.get("pretrain_question_types")))
+        tested, rows = evaluate_tasks(unwrapped, tasks, "test", cfg, with_rows=True)
+        pretrained = unwrapped.metadata.get("pretrain_question_types")
+        for name, metrics in tested.items():
+            metrics.update(reserved_type_report(metrics, rows[name], pretrained))
         trainable, total = unwrapped.trainable_parameters()
+        test_metrics = tested.get(tasks[0].name, {}) if len(tasks) == 1 else {"tasks": tested}
         results = {
-            "task": cfg.task, "method": cfg.method, "backbone": cfg.backbone,
-            "split": "test", **test_metrics,
+            "task": cfg.task if len(tasks) == 1 else sorted(tested), "method": cfg.method,
+            "backbone": cfg.backbone, "split": "test", **test_metrics,
             "best_eval": best_metrics, "steps": step, "train_seconds": round(train_seconds, 1),
             "trainable_parameters": trainable, "total_parameters": total,
             "trainable_summary": trainable_line,
         }
-        saved_to = save_result_model(unwrapped, cfg, out, test_metrics, command)
+        if cfg.k_shot is not None:
+            results["k_shot"] = cfg.k_shot
+        saved_to = save_result_model(unwrapped, cfg, out, tested if cfg.adapter_per_task
+                                     else test_metrics, command)
         results["saved_to"] = str(saved_to)
         (out / "eval_results.json").write_text(json.dumps(results, indent=2))
-        (out / "test_predictions.json").write_text(json.dumps(rows, indent=2))
-        accelerator.log({f"test/{k}": v for k, v in test_metrics.items()}, step=step)
-        log(f"[dept_vl] {out / 'eval_results.json'}: " + ", ".join(
-            f"{k}={v:.2f}" for k, v in test_metrics.items() if isinstance(v, float)))
+        all_rows = rows.get(tasks[0].name, []) if len(tasks) == 1 else rows
+        (out / "test_predictions.json").write_text(json.dumps(all_rows, indent=2))
+        for name, metrics in tested.items():
+            prefix = "test/" if len(tasks) == 1 else f"test/{name}/"
+            accelerator.log({prefix + k: v for k, v in metrics.items()}, step=step)
+            log(f"[dept_vl] {out / 'eval_results.json'}: {name}: " + ", ".join(
+                f"{k}={v:.2f}" for k, v in metrics.items() if isinstance(v, float)))
     # trackers closed by hand: end_training() would also destroy the process group, which
     # the next job of a multi-job config still needs
     for tracker in accelerator.trackers:
         tracker.finish()
     accelerator.wait_for_everyone()
     return results
+
+
+def evaluate_tasks(model: Any, tasks: list[TaskData], split: str, cfg: TrainConfig,
+                   with_rows: bool = False) -> Any:
+    """{task name: metrics} on each task's `split` ("eval": at most max_eval_examples) with its
+    own adapter; with `with_rows`, also {task name: prediction rows}."""
+    metrics, rows = {}, {}
+    for task in tasks:
+        records = task.eval if split == "eval" else task.test
+        if not records:
+            continue
+        limit = cfg.max_eval_examples if split == "eval" else None
+        metrics[task.name], rows[task.name] = evaluate(
+            model, records, task.adapter, cfg.eval_batch_size, cfg.max_length, limit)
+    return (metrics, rows) if with_rows else metrics
+
+
+def initialize_adapters(model: Any, cfg: TrainConfig, tasks: list[TaskData]) -> dict[str, Any]:
+    """Start every adapter of the run from `init_from`; several sources are scored by the
+    zero-step loss on the adapter's own training (k-shot) examples."""
+    report = {}
+    for name in model.adapters:
+        records = [r for t in tasks if t.adapter == name for r in t.train]
+
+        def score(adapter: str = name, examples: list = records) -> float:
+            return mean_loss(model, examples, adapter, cfg.eval_batch_size, cfg.max_length,
+                             cfg.max_target_length)
+
+        report[name] = initialize(model, name, cfg.init_from, cfg.init_parts, cfg.init_select,
+                                  score, cfg.init_temperature)
+        scores = report[name].get("scores")
+        if scores:
+            print(f"[dept_vl] {name}: zero-step loss per source: " + ", ".join(
+                f"{Path(k).name if k != 'scratch' else k}={v:.4f}" for k, v in scores.items()),
+                flush=True)
+        print(f"[dept_vl] {name}: initialised {'/'.join(cfg.init_parts)} from "
+              f"{report[name]['selected']}", flush=True)
+    return report
 
 
 def ensure_backbone(cfg: TrainConfig, command: str) -> None:

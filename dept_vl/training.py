@@ -7,17 +7,21 @@ from __future__ import annotations
 import csv
 import json
 import os
+import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import torch
 from accelerate.tracking import GeneralTracker, on_main_process
+from accelerate.utils import set_seed
 from safetensors.torch import save_file
 from transformers import AutoTokenizer, T5Config
 
 from dept_vl.config import TrainConfig
 from dept_vl.data import shapes
+from dept_vl.data.fewshot import sample_kshot
 from dept_vl.data.records import Record, VQARecord, load_records, validate_images
 from dept_vl.dept import DePTConfig, dept_budget, dept_param_groups
 from dept_vl.model import ADAPTER_CONFIG, ADAPTER_WEIGHTS, VLT5
@@ -40,8 +44,9 @@ def ensure_corpus(cfg: TrainConfig) -> None:
         shapes.write_corpus(out, **spec)
 
 
-def load_split(entry: Any, cfg: TrainConfig, filter_types: bool = True) -> list[Record]:
-    """Records from a config entry: a path, a mapping of load_records options, or a list of them.
+def load_split(entry: Any, task: str, question_types: list[str] | None = None) -> list[Record]:
+    """Records from a config entry: a path, a mapping of load_records options, or a list of them;
+    VQA records kept only for `question_types` (None: all).
 
     Images are checked (exist, readable) now, before any step is taken.
     """
@@ -52,13 +57,99 @@ def load_split(entry: Any, cfg: TrainConfig, filter_types: bool = True) -> list[
     for item in entries:
         options = dict(item) if isinstance(item, dict) else {"path": item}
         path = options.pop("path")
-        task = options.pop("task", cfg.task)
-        records += load_records(path, task, options.pop("format", "auto"), **options)
-    if filter_types and cfg.question_types is not None:
-        wanted = set(cfg.question_types)
+        kind = options.pop("task", task)
+        records += load_records(path, kind, options.pop("format", "auto"), **options)
+    if question_types is not None:
+        wanted = set(question_types)
         records = [r for r in records if not isinstance(r, VQARecord) or r.question_type in wanted]
     validate_images(records)
     return records
+
+
+@dataclass
+class TaskData:
+    """One task of a run: its records and the adapter that learns it (None: lora / full)."""
+
+    name: str
+    kind: str  # vqa | caption: prefix, decoding, metric
+    adapter: str | None
+    train: list[Record]
+    eval: list[Record]
+    test: list[Record]
+
+
+def load_tasks(cfg: TrainConfig, read: bool = True
+               ) -> tuple[list[TaskData], list[Record]] | list[TaskData]:
+    """The run's tasks (`tasks:`, or the single `task` with train/eval/test_file), k-shot sampled
+    when `k_shot` is set, and every training record before filtering (for a new tokenizer).
+    With `read=False` (a dry run): the tasks alone, without records."""
+    specs = cfg.tasks or {cfg.task: {"task": cfg.task, "train_file": cfg.train_file,
+                                     "eval_file": cfg.eval_file, "test_file": cfg.test_file,
+                                     "question_types": cfg.question_types}}
+    tasks, unfiltered = [], []
+    for name, spec in specs.items():
+        kind = spec.get("task", cfg.task)
+        get_task(kind)
+        adapter = None
+        if cfg.method in ("dept", "pt"):
+            adapter = name if cfg.adapter_per_task else ADAPTER_NAME
+        if not read:
+            tasks.append(TaskData(name, kind, adapter, [], [], []))
+            continue
+        types = spec.get("question_types")
+        every = load_split(spec["train_file"], kind)
+        unfiltered += every
+        train = every if types is None else load_split(spec["train_file"], kind, types)
+        held_out = load_split(spec.get("eval_file"), kind, types)
+        if not train:
+            raise ValueError(f"train_file of task {name!r}: no training records (check the path "
+                             "and question_types)")
+        if cfg.k_shot is not None:
+            train = sample_kshot(train, cfg.k_shot, cfg.seed)
+            held_out = sample_kshot(held_out, cfg.k_shot, cfg.seed) if held_out else []
+        tasks.append(TaskData(name, kind, adapter, train, held_out,
+                              load_split(spec.get("test_file"), kind, types)))
+    return (tasks, unfiltered) if read else tasks
+
+
+def task_schedule(sizes: Sequence[int], temperature: float, seed: int, length: int) -> list[int]:
+    """Which task each micro-batch comes from: p(task) ∝ size^(1/temperature), seeded, fixed in
+    advance (a resumed run replays the same schedule)."""
+    if temperature <= 0:
+        raise ValueError(f"task_sampling_temperature: must be positive, got {temperature}")
+    if len(sizes) == 1:
+        return [0] * length
+    weights = [size ** (1 / temperature) for size in sizes]
+    return random.Random(seed).choices(range(len(sizes)), weights=weights, k=length)
+
+
+class TaskStream:
+    """Endless batches from one task's prepared loader. Epoch e is shuffled with `seed + e`, and
+    a stream that already gave `consumed` batches (a resume) skips them, so resumed and
+    uninterrupted runs see the same batches."""
+
+    def __init__(self, loader: Any, accelerator: Any, seed: int, consumed: int = 0):
+        self.loader, self.accelerator, self.seed = loader, accelerator, seed
+        self.epoch, self.skip = divmod(consumed, len(loader))
+        self._batches: Iterator | None = None
+
+    def __iter__(self) -> "TaskStream":
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        while True:
+            if self._batches is None:
+                set_seed(self.seed + self.epoch)
+                loader = self.loader
+                if self.skip:
+                    loader = self.accelerator.skip_first_batches(self.loader, self.skip)
+                    self.skip = 0
+                self._batches = iter(loader)
+            try:
+                return next(self._batches)
+            except StopIteration:
+                self._batches = None
+                self.epoch += 1
 
 
 def corpus_texts(records: list[Record]) -> list[str]:
@@ -106,9 +197,9 @@ def build_model(cfg: TrainConfig, tokenizer_records: list[Record]) -> VLT5:
     return model
 
 
-def adapter_config(cfg: TrainConfig, d_model: int) -> DePTConfig:
+def adapter_config(cfg: TrainConfig, d_model: int, task: str | None = None) -> DePTConfig:
     """DePT as configured, or (method pt) vanilla prompt tuning with the same budget."""
-    prefix = get_task(cfg.task).prefix
+    prefix = get_task(task or cfg.task).prefix
     common = dict(max_length=cfg.max_length, alpha=cfg.alpha, prompt_init=cfg.prompt_init,
                   prompt_init_text=cfg.prompt_init_text, task_prefix=prefix)
     if cfg.method == "dept":
@@ -123,18 +214,28 @@ def adapter_config(cfg: TrainConfig, d_model: int) -> DePTConfig:
     return DePTConfig(prompt_length=length, rank=0, **common)
 
 
-def setup_method(model: VLT5, cfg: TrainConfig) -> tuple[list[dict[str, Any]], str | None]:
-    """Make exactly the method's parameters trainable; return optimizer groups and the adapter
-    name the forward pass uses (None for lora / full)."""
+def setup_method(model: VLT5, cfg: TrainConfig, tasks: Sequence[TaskData]) -> list[dict[str, Any]]:
+    """Make exactly the method's parameters trainable (for dept / pt: one adapter per distinct
+    `task.adapter`); return the optimizer groups."""
     if cfg.method in ("dept", "pt"):
-        generator = torch.Generator().manual_seed(cfg.seed)
-        adapter = model.add_adapter(ADAPTER_NAME, adapter_config(cfg, model.d_model),
-                                    train_projection=cfg.train_projection, generator=generator)
-        others = []
-        if adapter.projection is not None:
-            others.append({"name": "projection", "params": list(adapter.projection.parameters()),
-                           "lr": cfg.lr_projection, "weight_decay": cfg.weight_decay})
-        return dept_param_groups(adapter.prompt, cfg.lr_prompt, cfg.lr_lowrank, others), ADAPTER_NAME
+        groups: dict[str, dict[str, Any]] = {}
+        kinds: dict[str, str] = {}  # adapter → the task kind of its first task (its prefix)
+        for task in tasks:
+            kinds.setdefault(task.adapter, task.kind)
+        for index, (name, kind) in enumerate(kinds.items()):
+            generator = torch.Generator().manual_seed(cfg.seed + index)
+            adapter = model.add_adapter(name, adapter_config(cfg, model.d_model, kind),
+                                        train_projection=cfg.train_projection, generator=generator)
+            others = []
+            if adapter.projection is not None:
+                others.append({"name": "projection", "params": list(adapter.projection.parameters()),
+                               "lr": cfg.lr_projection, "weight_decay": cfg.weight_decay})
+            for group in dept_param_groups(adapter.prompt, cfg.lr_prompt, cfg.lr_lowrank, others):
+                if group["name"] in groups:
+                    groups[group["name"]]["params"] += group["params"]
+                else:
+                    groups[group["name"]] = group
+        return list(groups.values())
     if cfg.method == "lora":
         from peft import LoraConfig, inject_adapter_in_model
 
@@ -147,10 +248,10 @@ def setup_method(model: VLT5, cfg: TrainConfig) -> tuple[list[dict[str, Any]], s
             {"name": "lora", "params": lora_params, "lr": cfg.lr, "weight_decay": 0.0},
             {"name": "projection", "params": list(model.projection.parameters()),
              "lr": cfg.lr_projection, "weight_decay": cfg.weight_decay},
-        ], None
+        ]
     model.unfreeze_backbone()
     return [{"name": "all", "params": [p for p in model.parameters() if p.requires_grad],
-             "lr": cfg.lr, "weight_decay": cfg.weight_decay}], None
+             "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -167,8 +268,13 @@ def restore_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> Non
 
 def save_result_model(model: VLT5, cfg: TrainConfig, out: Path, metrics: dict[str, Any],
                       command: str) -> Path:
-    """What a run leaves behind: `adapter/` (dept, pt, lora) or `model/` (full)."""
-    if cfg.method in ("dept", "pt"):
+    """What a run leaves behind: `adapter/` (dept, pt, lora), `adapters/<task>/` (one adapter
+    per task) or `model/` (full). `metrics` are the test metrics, by task when there are tasks."""
+    if cfg.adapter_per_task:
+        target = out / "adapters"
+        for name in model.adapters:
+            model.save_adapter(name, target / name, metrics=metrics.get(name), command=command)
+    elif cfg.method in ("dept", "pt"):
         target = out / "adapter"
         model.save_adapter(ADAPTER_NAME, target, metrics=metrics, command=command)
     elif cfg.method == "lora":

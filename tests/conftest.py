@@ -21,7 +21,7 @@ from dept_vl.vision import VisionConfig  # noqa: E402
 
 WORDS = ("vqa: caption: what color shape is the a an object objects circle square triangle red "
          "green blue yellow purple orange white how many are there one two three four yes no "
-         "left of right above below small large : ?")
+         "left of right above below small large size : ?")
 
 
 def tiny_t5_config(tokenizer, d_model: int = 32) -> T5Config:

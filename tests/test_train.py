@@ -10,6 +10,7 @@ import yaml
 from safetensors.torch import load_file
 
 from dept_vl import VLT5
+from dept_vl.data import shapes
 from dept_vl.data.records import DataError
 from dept_vl.train import main
 
@@ -71,8 +72,8 @@ def test_dept_training_leaves_adapter_results_logs_and_an_untouched_backbone(
     run = tmp_path / "run"
     results = json.loads((run / "eval_results.json").read_text())
     assert 0 <= results["vqa_accuracy"] <= 100
-    assert set(results["vqa_accuracy_by_type"]) == {"color", "shape", "exists", "count", "spatial"}
-    assert results["reserved_question_types"] == ["count", "spatial"]
+    assert set(results["vqa_accuracy_by_type"]) == set(shapes.QUESTION_TYPES)
+    assert results["reserved_question_types"] == ["count", "size", "spatial"]
     assert "vqa_accuracy_reserved_types" in results and results["steps"] == 6
     meta = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert meta["method"] == "dept" and meta["prompt_length"] == 4 and meta["rank"] == 2
