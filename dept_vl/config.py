@@ -201,8 +201,9 @@ def _from_cli(key: str, raw: Any) -> Any:
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if raw in ("null", "None", "~") and type(None) in allowed:
         return None
-    if str in allowed:
-        return raw
+    if str in allowed and not (raw.startswith("[") and any(
+            typing.get_origin(kind) is list for kind in allowed)):
+        return raw  # text stays text; `--init_from "[a, b]"` is still a list
     return yaml.safe_load(raw)
 
 

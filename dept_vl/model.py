@@ -56,14 +56,14 @@ class DePTAdapter(nn.Module):
         return "pt" if self.config.rank == 0 else "dept"
 
     def weights(self) -> dict[str, torch.Tensor]:
-        """Tensors under the names of the adapter file format (DESIGN.md §4)."""
+        """Copies of the tensors, under the names of the adapter file format (DESIGN.md §4)."""
         tensors = {
-            name: param.detach().contiguous()
+            name: param.detach().clone()
             for name, param in self.prompt.named_parameters()
         }
         if self.projection is not None:
             for name, param in self.projection.state_dict().items():
-                tensors[f"visual_projection.{name}"] = param.detach().contiguous()
+                tensors[f"visual_projection.{name}"] = param.detach().clone()
         return tensors
 
     @torch.no_grad()

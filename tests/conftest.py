@@ -5,8 +5,10 @@ Everything is built locally (no hub), small enough for the whole suite to run in
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+import yaml
 import torch
 from transformers import T5Config
 
@@ -46,3 +48,36 @@ def corpus_dir(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("shapes")
     shapes.write_corpus(out, n_images=40, seed=3, image_size=32)
     return str(out)
+
+
+TINY_MODEL = {
+    "name": "tiny-test-backbone",
+    "t5": {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2, "num_decoder_layers": 2,
+           "num_heads": 4, "dropout_rate": 0.0},
+    "vision": {"model_name": "test_resnet", "image_size": 32},
+}
+
+
+def split(corpus, name, task):
+    return {"path": f"{corpus}/{name}_{task}.jsonl", "task": task}
+
+
+def write_config(path: Path, **values) -> str:
+    path.write_text(yaml.safe_dump(values))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def backbone(corpus_dir, tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("backbone")
+    config = write_config(
+        out / "backbone.yaml", method="full", task="vqa", model=TINY_MODEL,
+        train_file=[split(corpus_dir, "train", "caption"), split(corpus_dir, "train", "vqa")],
+        eval_file=split(corpus_dir, "val", "vqa"), question_types=["color", "shape", "exists"],
+        output_dir=str(out), max_steps=4, batch_size=8, eval_steps=4, lr=1e-3, warmup_steps=1,
+        max_length=24, logging_steps=2,
+    )
+    from dept_vl.train import main
+
+    main(["--config", config])
+    return str(out / "model")

@@ -61,3 +61,11 @@ def test_gpu_config_builds_with_dry_run_from_local_checkpoints(tmp_path):
                     "--max_length", "24", "--prompt_length", "6", "--rank", "3"])
     # DePT(6, 3) at s=24, d=32 + projection (Linear 64→32 + LayerNorm 32)
     assert results[""]["trainable_parameters"] == 6 * 32 + 3 * (24 + 32) + 64 * 32 + 32 + 64
+
+
+def test_init_from_takes_a_path_or_a_list_from_the_command_line():
+    assert load_config(None, parse_overrides(["--init_from", "runs/a"])).init_from == "runs/a"
+    assert load_config(None, parse_overrides(["--init_from", "[runs/a, runs/b]"])).init_from == [
+        "runs/a", "runs/b"]
+    cfg = load_config(None, parse_overrides(["--init_parts", "[prompt]", "--k_shot", "16"]))
+    assert cfg.init_parts == ["prompt"] and cfg.k_shot == 16

@@ -1,0 +1,63 @@
+"""The experiment grids' --quick versions run end to end and write their tables and plots."""
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from dept_vl.config import ConfigError
+from dept_vl.experiments import load_experiment, main, merged
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_fewshot_quick_grid_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # the config names configs/backbone_shapes.yaml
+    out = main(["fewshot", "--config", "configs/fewshot_shapes.yaml", "--quick",
+                "--output_dir", str(tmp_path / "fewshot")])
+    rows = read_csv(out / "results.csv")
+    spec = load_experiment(REPO / "configs/fewshot_shapes.yaml", True, None)
+    grid = (len(spec["targets"]) * len(spec["shots"]) * len(spec["seeds"]) * len(spec["methods"])
+            * len(spec["inits"]))
+    sweep = len(spec["targets"]) * len(spec["seeds"]) * 5  # shared + 4 per-task sources, dept
+    assert len(rows) == grid + sweep
+    assert {r["init"] for r in rows} >= {"scratch", "transferred", "auto", "source:shared"}
+    assert all(0 <= float(r["score"]) <= 100 for r in rows)
+    auto = [r for r in rows if r["init"] == "auto"]
+    assert all(r["selected_source"] in {"shared", "caption", "color", "exists", "shape"}
+               for r in auto)
+    report = (out / "results.md").read_text()
+    assert "## Transfer vs scratch" in report and "## Auto-selection vs every source" in report
+    assert (out / "results.png").stat().st_size > 10_000
+    # a second call reads the finished runs back instead of training again
+    before = (out / "results.csv").read_text()
+    main(["fewshot", "--config", "configs/fewshot_shapes.yaml", "--quick",
+          "--output_dir", str(out)])
+    assert (out / "results.csv").read_text() == before
+
+
+def test_compare_quick_grid_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    out = main(["compare", "--config", "configs/compare_shapes.yaml", "--quick",
+                "--output_dir", str(tmp_path / "compare")])
+    rows = read_csv(out / "results.csv")
+    assert [r["name"] for r in rows] == ["dept", "dept", "pt", "pt", "lora", "full"]
+    params = {r["name"]: int(r["trainable_parameters"]) for r in rows}
+    assert params["dept"] == params["pt"] < params["full"]
+    assert "| dept | dept |" in (out / "results.md").read_text()
+    assert (out / "results.png").stat().st_size > 10_000
+
+
+def test_experiment_config_errors_and_quick_merge(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_experiment(tmp_path / "missing.yaml", False, None)
+    (tmp_path / "bad.yaml").write_text("output_dir: x\n")
+    with pytest.raises(ConfigError, match="missing key 'corpus'"):
+        load_experiment(tmp_path / "bad.yaml", False, None)
+    assert merged({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"b": 5}}) == {"a": {"b": 5, "c": 2},
+                                                                     "d": 3}
