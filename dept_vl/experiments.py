@@ -286,6 +286,7 @@ def _selection_lines(rows: list[dict[str, Any]], sweep: list[dict[str, Any]]) ->
     lines = ["| target | method | k | seed | auto picked | auto | average source | best source "
              "| auto ≥ average? |", "|---|---|---|---|---|---|---|---|---|"]
     keys = sorted({(r["target"], r["method"], r["k"], r["seed"]) for r in sweep})
+    means: dict[tuple, list[tuple[float, float]]] = {}
     for key in keys:
         singles = [r for r in sweep if (r["target"], r["method"], r["k"], r["seed"]) == key]
         auto = [r for r in rows if r["init"] == "auto"
@@ -298,6 +299,12 @@ def _selection_lines(rows: list[dict[str, Any]], sweep: list[dict[str, Any]]) ->
                      f"| {auto[0]['score']:.1f} | {average:.1f} | {best['score']:.1f} "
                      f"({best['init'].removeprefix('source:')}) | "
                      f"{'yes' if auto[0]['score'] >= average else 'no'} |")
+        means.setdefault(key[:3], []).append((auto[0]["score"], average))
+    for (target, method, k), pairs in means.items():
+        auto_mean = statistics.fmean(a for a, _ in pairs)
+        average_mean = statistics.fmean(b for _, b in pairs)
+        lines.append(f"| {target} | {method} | {k} | mean | | {auto_mean:.1f} | {average_mean:.1f} "
+                     f"| | {'yes' if auto_mean >= average_mean else 'no'} |")
     return "\n".join(lines)
 
 
