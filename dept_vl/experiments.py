@@ -134,7 +134,8 @@ def group_rows(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[s
     for key, members in groups.items():
         mean, std = mean_std([m["score"] for m in members])
         out.append({**dict(zip(keys, key)), "mean": mean, "std": std,
-                    "accuracy": f"{mean:.1f} ± {std:.1f}", "seeds": len(members),
+                    "accuracy": f"{mean:.1f} ± {std:.1f}" if len(members) > 1 else f"{mean:.1f}",
+                    "seeds": len(members),
                     "trainable_parameters": members[0]["trainable_parameters"],
                     "wall_seconds": statistics.fmean(m["wall_seconds"] for m in members)})
     return out
