@@ -34,8 +34,8 @@ from dept_vl.evaluate import evaluate, mean_loss
 from dept_vl.model import BACKBONE_MANIFEST
 from dept_vl.tasks import get_task
 from dept_vl.training import (
-    CSVTracker, TaskData, TaskStream, build_model, ensure_corpus, find_checkpoint,
-    load_tasks, prune_checkpoints, read_trainer_state, restore_state, save_result_model,
+    CSVTracker, TaskData, TaskStream, build_model, ensure_corpus, find_checkpoint, load_tasks,
+    plan_tasks, prune_checkpoints, read_trainer_state, restore_state, save_result_model,
     setup_method, task_schedule, trainable_state, write_trainer_state,
 )
 from dept_vl.transfer import initialize
@@ -88,7 +88,7 @@ def run(cfg: TrainConfig, command: str) -> dict[str, Any]:
     log = accelerator.print
 
     # ---- data: one task, or several (each batch one task's); validated before anything trains
-    tasks, tokenizer_records = load_tasks(cfg, read=False), []
+    tasks, tokenizer_records = plan_tasks(cfg), []
     if not cfg.dry_run:
         with accelerator.main_process_first():
             ensure_corpus(cfg)
@@ -186,7 +186,7 @@ def run(cfg: TrainConfig, command: str) -> dict[str, Any]:
                             step=step)
         if any(t.eval for t in tasks) and (step % cfg.eval_steps == 0 or step == cfg.max_steps):
             if accelerator.is_main_process:
-                evaluated = evaluate_tasks(unwrapped, tasks, "eval", cfg)
+                evaluated, _ = evaluate_tasks(unwrapped, tasks, "eval", cfg)
                 for name, metrics in evaluated.items():
                     prefix = "eval/" if len(tasks) == 1 else f"eval/{name}/"
                     accelerator.log({prefix + k: v for k, v in metrics.items()}, step=step)
@@ -217,7 +217,7 @@ def run(cfg: TrainConfig, command: str) -> dict[str, Any]:
     if accelerator.is_main_process:
         if best_metrics:
             restore_state(unwrapped, best_state)
-        tested, rows = evaluate_tasks(unwrapped, tasks, "test", cfg, with_rows=True)
+        tested, rows = evaluate_tasks(unwrapped, tasks, "test", cfg)
         pretrained = unwrapped.metadata.get("pretrain_question_types")
         for name, metrics in tested.items():
             metrics.update(reserved_type_report(metrics, rows[name], pretrained))
@@ -251,10 +251,10 @@ def run(cfg: TrainConfig, command: str) -> dict[str, Any]:
     return results
 
 
-def evaluate_tasks(model: Any, tasks: list[TaskData], split: str, cfg: TrainConfig,
-                   with_rows: bool = False) -> Any:
-    """{task name: metrics} on each task's `split` ("eval": at most max_eval_examples) with its
-    own adapter; with `with_rows`, also {task name: prediction rows}."""
+def evaluate_tasks(model: Any, tasks: list[TaskData], split: str, cfg: TrainConfig
+                   ) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """{task name: metrics} and {task name: prediction rows} on each task's `split` ("eval": at
+    most max_eval_examples) with its own adapter."""
     metrics, rows = {}, {}
     for task in tasks:
         records = task.eval if split == "eval" else task.test
@@ -263,7 +263,7 @@ def evaluate_tasks(model: Any, tasks: list[TaskData], split: str, cfg: TrainConf
         limit = cfg.max_eval_examples if split == "eval" else None
         metrics[task.name], rows[task.name] = evaluate(
             model, records, task.adapter, cfg.eval_batch_size, cfg.max_length, limit)
-    return (metrics, rows) if with_rows else metrics
+    return metrics, rows
 
 
 def initialize_adapters(model: Any, cfg: TrainConfig, tasks: list[TaskData]) -> dict[str, Any]:

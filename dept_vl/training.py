@@ -9,7 +9,7 @@ import json
 import os
 import random
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -73,43 +73,46 @@ class TaskData:
     name: str
     kind: str  # vqa | caption: prefix, decoding, metric
     adapter: str | None
-    train: list[Record]
-    eval: list[Record]
-    test: list[Record]
+    spec: dict[str, Any]  # train_file, eval_file, test_file, question_types
+    train: list[Record] = field(default_factory=list)
+    eval: list[Record] = field(default_factory=list)
+    test: list[Record] = field(default_factory=list)
 
 
-def load_tasks(cfg: TrainConfig, read: bool = True
-               ) -> tuple[list[TaskData], list[Record]] | list[TaskData]:
-    """The run's tasks (`tasks:`, or the single `task` with train/eval/test_file), k-shot sampled
-    when `k_shot` is set, and every training record before filtering (for a new tokenizer).
-    With `read=False` (a dry run): the tasks alone, without records."""
+def plan_tasks(cfg: TrainConfig) -> list[TaskData]:
+    """The run's tasks, without records: `tasks:`, or the single `task` with its files."""
     specs = cfg.tasks or {cfg.task: {"task": cfg.task, "train_file": cfg.train_file,
                                      "eval_file": cfg.eval_file, "test_file": cfg.test_file,
                                      "question_types": cfg.question_types}}
-    tasks, unfiltered = [], []
+    tasks = []
     for name, spec in specs.items():
         kind = spec.get("task", cfg.task)
         get_task(kind)
         adapter = None
         if cfg.method in ("dept", "pt"):
             adapter = name if cfg.adapter_per_task else ADAPTER_NAME
-        if not read:
-            tasks.append(TaskData(name, kind, adapter, [], [], []))
-            continue
-        types = spec.get("question_types")
-        every = load_split(spec["train_file"], kind)
+        tasks.append(TaskData(name, kind, adapter, spec))
+    return tasks
+
+
+def load_tasks(cfg: TrainConfig) -> tuple[list[TaskData], list[Record]]:
+    """The run's tasks with their records, k-shot sampled when `k_shot` is set, and every
+    training record before question-type filtering (what a new tokenizer must cover)."""
+    tasks, unfiltered = plan_tasks(cfg), []
+    for task in tasks:
+        spec, types = task.spec, task.spec.get("question_types")
+        every = load_split(spec["train_file"], task.kind)
         unfiltered += every
-        train = every if types is None else load_split(spec["train_file"], kind, types)
-        held_out = load_split(spec.get("eval_file"), kind, types)
-        if not train:
-            raise ValueError(f"train_file of task {name!r}: no training records (check the path "
-                             "and question_types)")
+        task.train = every if types is None else load_split(spec["train_file"], task.kind, types)
+        task.eval = load_split(spec.get("eval_file"), task.kind, types)
+        task.test = load_split(spec.get("test_file"), task.kind, types)
+        if not task.train:
+            raise ValueError(f"train_file of task {task.name!r}: no training records (check the "
+                             "path and question_types)")
         if cfg.k_shot is not None:
-            train = sample_kshot(train, cfg.k_shot, cfg.seed)
-            held_out = sample_kshot(held_out, cfg.k_shot, cfg.seed) if held_out else []
-        tasks.append(TaskData(name, kind, adapter, train, held_out,
-                              load_split(spec.get("test_file"), kind, types)))
-    return (tasks, unfiltered) if read else tasks
+            task.train = sample_kshot(task.train, cfg.k_shot, cfg.seed)
+            task.eval = sample_kshot(task.eval, cfg.k_shot, cfg.seed) if task.eval else []
+    return tasks, unfiltered
 
 
 def task_schedule(sizes: Sequence[int], temperature: float, seed: int, length: int) -> list[int]:
