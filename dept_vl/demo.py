@@ -1,0 +1,222 @@
+"""Gradio demo: ask questions about an image, or caption it, with any number of DePT adapters
+loaded side by side on one frozen backbone (switching task switches adapter, nothing reloads).
+
+    dept-vl-demo                                   # what the quickstart produced
+    dept-vl-demo --backbone DIR --adapter vqa=DIR --adapter caption=DIR [--port 7860]
+    python -m dept_vl.demo ...   /   python demo/app.py ...
+
+Safe by default: binds to 127.0.0.1, no share link, analytics off, system fonts only (the page
+makes no request outside the server), a bounded queue, and a file-size limit. Every bad input
+(no image, a file that is not an image, an empty or overlong question, a task with no adapter)
+is a `gr.Error` with a message that says what to do; the app keeps answering afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
+
+import gradio as gr  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, UnidentifiedImageError  # noqa: E402
+
+from dept_vl.model import VLT5  # noqa: E402
+from dept_vl.tasks import get_task, task_input  # noqa: E402
+
+DEFAULT_BACKBONE = "runs/backbone-shapes/model"
+DEFAULT_ADAPTERS = {"vqa": "runs/quickstart/vqa/adapter",
+                    "caption": "runs/quickstart/caption/adapter"}
+DEFAULT_EXAMPLES = "runs/shapes"
+MAX_QUESTION_CHARS = 300
+MAX_IMAGE_SIDE = 1024  # larger uploads are downscaled first (the encoder resizes anyway)
+MAX_FILE_SIZE = "10mb"
+TASK_LABELS = {"vqa": "question answering", "caption": "captioning"}
+# system fonts: the default theme would fetch Google Fonts, a request outside this machine
+THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                          font_mono=["ui-monospace", "monospace"])
+QUICKSTART_HINT = ("run the quickstart first (`accelerate launch dept_vl/train.py`, about 9 "
+                   "minutes on 2 CPU cores), or pass --backbone DIR --adapter NAME=DIR")
+
+
+class DemoError(ValueError):
+    """The demo cannot start: a missing backbone or adapter, or a bad --adapter argument."""
+
+
+class CheckedImage(gr.Image):
+    """gr.Image whose uploads that are not images (or have too many pixels) end in a clear
+    gr.Error instead of a bare server error. A template: the browser shows a normal Image."""
+
+    is_template = True
+
+    def preprocess(self, payload: Any) -> Any:
+        try:
+            return super().preprocess(payload)
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as error:
+            name = getattr(payload, "orig_name", None) or "the uploaded file"
+            raise gr.Error(f"{name} is not an image this demo can read ({error.__class__.__name__}); "
+                           "upload a PNG, JPEG or WebP image") from None
+
+
+class DemoService:
+    """The loaded backbone and adapters, and the one function the UI and the API call."""
+
+    def __init__(self, backbone: str | Path, adapters: dict[str, str | Path]):
+        if not (Path(backbone) / "dept_vl_backbone.json").is_file():
+            raise DemoError(f"backbone {backbone} not found; {QUICKSTART_HINT}")
+        missing = {n: d for n, d in adapters.items() if not (Path(d) / "adapter_config.json").is_file()}
+        if missing:
+            raise DemoError(f"adapter(s) not found: {missing}; {QUICKSTART_HINT}")
+        if not adapters:
+            raise DemoError(f"no adapters given; {QUICKSTART_HINT}")
+        self.model = VLT5.from_pretrained(backbone).eval()
+        for name, directory in adapters.items():
+            self.model.load_adapter(directory, name=name)
+
+    @property
+    def tasks(self) -> list[tuple[str, str]]:
+        """(label, adapter name) for the task selector."""
+        return [(f"{name} ({TASK_LABELS.get(self.model.adapter_task(name), '?')})", name)
+                for name in self.model.adapters]
+
+    def load_image(self, path: str | None) -> Image.Image:
+        if not path:
+            raise gr.Error("no image: upload an image (or click an example) first")
+        try:
+            with Image.open(path) as opened:
+                image = opened.convert("RGB")
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as error:
+            raise gr.Error(f"{Path(path).name} is not an image this demo can read "
+                           f"({error.__class__.__name__}); upload a PNG, JPEG or WebP image") from None
+        if max(image.size) > MAX_IMAGE_SIDE:
+            image.thumbnail((MAX_IMAGE_SIDE, MAX_IMAGE_SIDE))
+        return image
+
+    def check_question(self, adapter: str, question: str | None) -> str:
+        """The question a VQA adapter needs (empty for captioning, which ignores it)."""
+        kind = self.model.adapter_task(adapter)
+        if not get_task(kind).uses_text:
+            return ""
+        text = (question or "").strip()
+        if not text:
+            raise gr.Error("the question is empty: type a question about the image")
+        if len(text) > MAX_QUESTION_CHARS:
+            raise gr.Error(f"the question has {len(text)} characters; at most "
+                           f"{MAX_QUESTION_CHARS} are accepted")
+        tokens = len(self.model.tokenizer(task_input(kind, text))["input_ids"])
+        limit = self.model.get_adapter(adapter).config.max_length
+        if tokens > limit:
+            raise gr.Error(f"the question is {tokens} tokens long; adapter {adapter!r} reads at "
+                           f"most {limit}")
+        return text
+
+    def answer(self, image: str | None, question: str | None, task: str | None
+               ) -> tuple[str, str]:
+        """(answer or caption, time taken) for one image."""
+        start = time.perf_counter()
+        if task not in self.model.adapters:
+            raise gr.Error(f"task {task!r} has no adapter loaded; choose one of "
+                           f"{list(self.model.adapters)}")
+        text = self.check_question(task, question)
+        picture = self.load_image(image)
+        with torch.inference_mode():
+            output = self.model.generate([picture], [text], adapter=task)[0]
+        return output, f"{time.perf_counter() - start:.2f} s"
+
+
+def corpus_examples(corpus: str | Path, kinds: dict[str, str], count: int = 3) -> list[list[str]]:
+    """[image, question, adapter] rows from the built-in corpus' test split, for one-click
+    trying: `count` images with questions of different types, each under every adapter
+    (`kinds`: adapter name → task kind; captioning rows leave the question empty)."""
+    rows_file = Path(corpus) / "test_vqa.jsonl"
+    if not rows_file.is_file():
+        return []
+    examples, seen_types, seen_images = [], set(), set()
+    for line in rows_file.read_text().splitlines()[:200]:
+        row = json.loads(line)
+        if len(seen_types) >= count or row.get("question_type") in seen_types \
+                or row["image"] in seen_images:
+            continue
+        seen_types.add(row.get("question_type"))
+        seen_images.add(row["image"])
+        image = str(Path(corpus) / row["image"])
+        for adapter, kind in kinds.items():
+            examples.append([image, row["question"] if get_task(kind).uses_text else "", adapter])
+    return examples
+
+
+def build_demo(service: DemoService, examples: list[list[str]] | None = None) -> gr.Blocks:
+    tasks = service.tasks
+    with gr.Blocks(title="dept_vl demo", analytics_enabled=False) as demo:
+        gr.Markdown("## dept_vl: DePT adapters on a frozen VL-T5\nUpload an image, pick a task, "
+                    "ask a question (captioning ignores it).")
+        with gr.Row():
+            with gr.Column():
+                image = CheckedImage(type="filepath", label="Image", elem_id="image",
+                                     sources=["upload", "clipboard"])
+                # custom values reach `answer`, which names the loaded adapters (API callers)
+                task = gr.Dropdown(choices=tasks, value=tasks[0][1], label="Task",
+                                   elem_id="task", allow_custom_value=True)
+                question = gr.Textbox(label="Question", placeholder="what color is the circle ?",
+                                      max_lines=2, elem_id="question")
+                submit = gr.Button("Submit", variant="primary", elem_id="submit")
+            with gr.Column():
+                answer = gr.Textbox(label="Answer", interactive=False, elem_id="answer")
+                elapsed = gr.Textbox(label="Time taken", interactive=False, elem_id="time")
+        if examples:
+            gr.Examples(examples=examples, inputs=[image, question, task],
+                        label="Examples from the built-in corpus")
+        submit.click(service.answer, inputs=[image, question, task], outputs=[answer, elapsed],
+                     api_name="answer")
+        # a new task or image clears the old answer (in the browser: no server round trip)
+        for changed in (task, image):
+            changed.change(fn=None, js="() => ['', '']", outputs=[answer, elapsed])
+    return demo
+
+
+def parse_adapters(values: list[str] | None) -> dict[str, str]:
+    """`NAME=DIR` arguments → {name: dir}; none → the quickstart's adapters."""
+    if not values:
+        return dict(DEFAULT_ADAPTERS)
+    adapters = {}
+    for value in values:
+        name, eq, directory = value.partition("=")
+        if not eq or not name.isidentifier() or not directory:
+            raise DemoError(f"--adapter {value!r}: expected NAME=DIR with NAME an identifier, "
+                            "e.g. --adapter vqa=runs/quickstart/vqa/adapter")
+        adapters[name] = directory
+    return adapters
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="dept-vl-demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    parser.add_argument("--adapter", action="append", metavar="NAME=DIR",
+                        help="an adapter to serve (repeatable); default: the quickstart's")
+    parser.add_argument("--examples", default=DEFAULT_EXAMPLES,
+                        help="built-in corpus folder to take example images from")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--concurrency", type=int, default=1, help="requests run at once")
+    parser.add_argument("--max-queue", type=int, default=64, help="requests waiting at most")
+    args = parser.parse_args(argv)
+    try:
+        service = DemoService(args.backbone, parse_adapters(args.adapter))
+    except (DemoError, ValueError, FileNotFoundError) as error:
+        print(f"dept_vl: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    kinds = {name: service.model.adapter_task(name) for name in service.model.adapters}
+    demo = build_demo(service, corpus_examples(args.examples, kinds))
+    demo.queue(max_size=args.max_queue, default_concurrency_limit=args.concurrency)
+    demo.launch(server_name=args.host, server_port=args.port, share=False,
+                max_file_size=MAX_FILE_SIZE, theme=THEME)
+
+
+if __name__ == "__main__":
+    main()
