@@ -49,19 +49,26 @@ class DemoError(ValueError):
     """The demo cannot start: a missing backbone or adapter, or a bad --adapter argument."""
 
 
-class CheckedImage(gr.Image):
-    """gr.Image whose uploads that are not images (or have too many pixels) end in a clear
-    gr.Error instead of a bare server error. A template: the browser shows a normal Image."""
+def unreadable_image_error(payload: Any, error: Exception) -> gr.Error:
+    name = getattr(payload, "orig_name", None) or "the uploaded file"
+    return gr.Error(f"{name} is not an image this demo can read ({error.__class__.__name__}); "
+                    "upload a PNG, JPEG or WebP image")
 
-    is_template = True
 
-    def preprocess(self, payload: Any) -> Any:
+def check_uploads(image: gr.Image) -> gr.Image:
+    """Make gradio's own decoding of an upload that is not an image (or has too many pixels)
+    end in a clear gr.Error, not a bare server error. Wrapped on the instance: a gr.Image
+    subclass would make gradio write a .pyi stub into this package at import."""
+    decode = image.preprocess
+
+    def preprocess(payload: Any) -> Any:
         try:
-            return super().preprocess(payload)
+            return decode(payload)
         except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as error:
-            name = getattr(payload, "orig_name", None) or "the uploaded file"
-            raise gr.Error(f"{name} is not an image this demo can read ({error.__class__.__name__}); "
-                           "upload a PNG, JPEG or WebP image") from None
+            raise unreadable_image_error(payload, error) from None
+
+    image.preprocess = preprocess  # type: ignore[method-assign]
+    return image
 
 
 class DemoService:
@@ -92,8 +99,7 @@ class DemoService:
             with Image.open(path) as opened:
                 image = opened.convert("RGB")
         except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as error:
-            raise gr.Error(f"{Path(path).name} is not an image this demo can read "
-                           f"({error.__class__.__name__}); upload a PNG, JPEG or WebP image") from None
+            raise unreadable_image_error(None, error) from None
         if max(image.size) > MAX_IMAGE_SIDE:
             image.thumbnail((MAX_IMAGE_SIDE, MAX_IMAGE_SIDE))
         return image
@@ -158,8 +164,8 @@ def build_demo(service: DemoService, examples: list[list[str]] | None = None) ->
                     "ask a question (captioning ignores it).")
         with gr.Row():
             with gr.Column():
-                image = CheckedImage(type="filepath", label="Image", elem_id="image",
-                                     sources=["upload", "clipboard"])
+                image = check_uploads(gr.Image(type="filepath", label="Image", elem_id="image",
+                                               sources=["upload", "clipboard"]))
                 # custom values reach `answer`, which names the loaded adapters (API callers)
                 task = gr.Dropdown(choices=tasks, value=tasks[0][1], label="Task",
                                    elem_id="task", allow_custom_value=True)
