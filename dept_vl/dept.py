@@ -120,6 +120,8 @@ class DePTPrompt(nn.Module):
         self.prompt_embeddings = nn.Parameter(torch.empty(m, d_model)) if m else None
         self.lowrank_A = nn.Parameter(torch.empty(s, r)) if r else None
         self.lowrank_B = nn.Parameter(torch.zeros(r, d_model)) if r else None
+        self._offsets: torch.Tensor | None = None  # inference cache of scale·A·B (s, d)
+        self._offsets_key: tuple | None = None
         self.reset_parameters(init_prompt)
 
     def reset_parameters(self, init_prompt: torch.Tensor | None = None) -> None:
@@ -141,13 +143,24 @@ class DePTPrompt(nn.Module):
                 self.prompt_embeddings.copy_(init_prompt)
 
     def offsets(self, length: int) -> torch.Tensor:
-        """scale·(A·B)[:length], shape (length, d); computed from the first `length` rows of A."""
+        """scale·(A·B)[:length], shape (length, d): from the first `length` rows of A while
+        training, from a cached full product at inference (no grad), recomputed when A or B
+        change."""
         if length > self.config.max_length:
             raise ValueError(
                 f"text length {length} exceeds the DePT max_length s={self.config.max_length}; "
                 "truncate inputs to max_length"
             )
-        return self.config.scale * (self.lowrank_A[:length] @ self.lowrank_B)
+        a, b = self.lowrank_A, self.lowrank_B
+        if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+            return self.config.scale * (a[:length] @ b)
+        # inference: scale·A·B once per weight version, so DePT costs what PT with m tokens
+        # costs; any in-place change (optimizer step, copy_, load) bumps a tensor's _version
+        key = (a._version, b._version, a.data_ptr(), b.data_ptr(), a.device, a.dtype)
+        if self._offsets_key != key:
+            self._offsets = (self.config.scale * (a @ b)).detach()
+            self._offsets_key = key
+        return self._offsets[:length]
 
     def forward(
         self, embeds: torch.Tensor, attention_mask: torch.Tensor

@@ -239,22 +239,55 @@ class VLT5(nn.Module):
         attention_mask: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
         visual_features: torch.Tensor | None = None,
-        adapter: str | None = None,
+        adapter: str | None | Sequence[str | None] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The encoder input `[P | E + scale·(A·B)[:L] | Vis]` and its mask."""
+        """The encoder input `[P | E + scale·(A·B)[:L] | Vis]` and its mask.
+
+        `adapter` may name one adapter for the whole batch, or one per example (a mixed batch):
+        each example then gets its own prompt, offsets and projection, prompts of different
+        lengths are right-padded, and `pack_tokens` moves that padding after the visual tokens,
+        so every example's encoding equals the one it gets alone.
+        """
         if visual_features is None:
             if pixel_values is None:
                 raise ValueError("pass pixel_values or visual_features")
             visual_features = self.encode_images(pixel_values)
-        dept = self.get_adapter(adapter) if adapter is not None else None
+        embeds = self.t5.get_input_embeddings()(input_ids)
+        if adapter is None or isinstance(adapter, str):
+            text, mask, visual = self._adapter_inputs(adapter, embeds, attention_mask,
+                                                      visual_features)
+            return pack_tokens(text, mask, visual)
+        names = list(adapter)
+        if len(names) != input_ids.shape[0]:
+            raise ValueError(f"got {len(names)} adapter names for a batch of {input_ids.shape[0]}")
+        groups = []
+        for name in dict.fromkeys(names):
+            index = torch.tensor([i for i, n in enumerate(names) if n == name],
+                                 device=input_ids.device)
+            groups.append((index, *self._adapter_inputs(
+                name, embeds[index], attention_mask[index], visual_features[index])))
+        width = max(group[1].shape[1] for group in groups)
+        batch, dim = input_ids.shape[0], embeds.shape[-1]
+        text = embeds.new_zeros(batch, width, dim)
+        mask = attention_mask.new_zeros(batch, width)
+        visual = embeds.new_zeros(batch, groups[0][3].shape[1], dim)
+        for index, part_text, part_mask, part_visual in groups:
+            text[index, :part_text.shape[1]] = part_text
+            mask[index, :part_mask.shape[1]] = part_mask
+            visual[index] = part_visual
+        return pack_tokens(text, mask, visual)
+
+    def _adapter_inputs(
+        self, name: str | None, embeds: torch.Tensor, mask: torch.Tensor, features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One adapter's `[P | E']`, its mask, and its projected visual tokens."""
+        dept = self.get_adapter(name) if name is not None else None
         projection = dept.projection if dept is not None and dept.projection is not None \
             else self.projection
-        visual = projection(visual_features)
-        embeds = self.t5.get_input_embeddings()(input_ids)
-        mask = attention_mask
+        visual = projection(features).to(embeds.dtype)
         if dept is not None:
             embeds, mask = dept.prompt(embeds, mask)
-        return pack_tokens(embeds, mask, visual.to(embeds.dtype))
+        return embeds, mask, visual
 
     def forward(
         self,
@@ -263,10 +296,11 @@ class VLT5(nn.Module):
         pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         visual_features: torch.Tensor | None = None,
-        adapter: str | None = "active",
+        adapter: str | None | Sequence[str | None] = "active",
         **_: Any,
     ):
-        """Seq2seq output of T5 (`.loss` when labels are given)."""
+        """Seq2seq output of T5 (`.loss` when labels are given); `adapter`: one name for the
+        batch, or one per example."""
         adapter = self.active_adapter if adapter == "active" else adapter
         inputs, mask = self.build_inputs(input_ids, attention_mask, pixel_values,
                                          visual_features, adapter)
@@ -287,14 +321,15 @@ class VLT5(nn.Module):
         attention_mask: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
         visual_features: torch.Tensor | None = None,
-        adapter: str | None = "active",
+        adapter: str | None | Sequence[str | None] = "active",
         task: str | None = None,
         num_beams: int | None = None,
         max_new_tokens: int | None = None,
     ) -> list[str]:
-        """Decode answers for an already collated batch."""
+        """Decode answers for an already collated batch (one adapter, or one per example of
+        a single task: the task sets the decoding)."""
         adapter = self.active_adapter if adapter == "active" else adapter
-        task = task or self.adapter_task(adapter) or "vqa"
+        task = task or self._batch_task(adapter)
         spec = get_task(task)
         inputs, mask = self.build_inputs(input_ids, attention_mask, pixel_values,
                                          visual_features, adapter)
@@ -311,28 +346,60 @@ class VLT5(nn.Module):
         self,
         images: Sequence[Image.Image],
         texts: Sequence[str] | None = None,
-        adapter: str | None = "active",
+        adapter: str | None | Sequence[str | None] = "active",
         task: str | None = None,
         **generation: Any,
     ) -> list[str]:
-        """Answers (VQA, greedy) or captions (beam search) for PIL images and questions."""
+        """Answers (VQA, greedy) or captions (beam search) for PIL images and questions.
+
+        `adapter` names one adapter for all, or one per image (a mixed batch): examples of one
+        task go through the backbone together, each with its own adapter.
+        """
         adapter = self.active_adapter if adapter == "active" else adapter
-        task = task or self.adapter_task(adapter) or "vqa"
         texts = list(texts) if texts is not None else [""] * len(images)
         if len(texts) != len(images):
             raise ValueError(f"got {len(images)} images but {len(texts)} texts")
+        names = [adapter] * len(images) if adapter is None or isinstance(adapter, str) \
+            else list(adapter)
+        if len(names) != len(images):
+            raise ValueError(f"got {len(images)} images but {len(names)} adapter names")
+        tasks = [task or self.adapter_task(name) or "vqa" for name in names]
+        answers: list[str] = [""] * len(images)
+        for kind in dict.fromkeys(tasks):  # one decoding setting per task
+            index = [i for i, t in enumerate(tasks) if t == kind]
+            group = [names[i] for i in index]
+            decoded = self._generate_task([images[i] for i in index], [texts[i] for i in index],
+                                          group[0] if len(set(group)) == 1 else group, kind,
+                                          **generation)
+            for i, text in zip(index, decoded):
+                answers[i] = text
+        return answers
+
+    def _generate_task(self, images: Sequence[Image.Image], texts: list[str],
+                       adapter: str | None | list[str | None], task: str,
+                       **generation: Any) -> list[str]:
         if get_task(task).uses_text:
             for i, text in enumerate(texts):
                 if not text or not text.strip():
                     raise ValueError(f"text {i} is empty: task {task!r} needs a question")
-        max_length = self.get_adapter(adapter).config.max_length if adapter else None
-        batch = self.tokenize([task_input(task, t) for t in texts], max_length)
+        names = adapter if isinstance(adapter, list) else [adapter]
+        limits = [self.get_adapter(n).config.max_length for n in names if n is not None]
+        batch = self.tokenize([task_input(task, t) for t in texts], min(limits, default=None))
         device = self.t5.device
         pixels = self.vision.preprocess(list(images)).to(device)
         return self.generate_from_batch(
             batch["input_ids"].to(device), batch["attention_mask"].to(device), pixels,
             adapter=adapter, task=task, **generation,
         )
+
+    def _batch_task(self, adapter: str | None | Sequence[str | None]) -> str:
+        """The task of a batch's adapter(s): one, or an error for a batch that mixes tasks."""
+        names = [adapter] if adapter is None or isinstance(adapter, str) else list(adapter)
+        tasks = {self.adapter_task(name) or "vqa" for name in names}
+        if len(tasks) > 1:
+            raise ValueError(f"a batch mixes tasks {sorted(tasks)}, which decode differently; "
+                             "pass task=, or use generate(), which splits them")
+        return tasks.pop()
 
     # ------------------------------------------------------------------ parameters
     def trainable_parameters(self) -> tuple[int, int]:
