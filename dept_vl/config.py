@@ -78,6 +78,8 @@ class TrainConfig:
     logging_steps: int = 10
     checkpoints_total_limit: int = 2
     cache_images: bool = True  # keep transformed images in memory (small corpora)
+    cache_features: bool = False  # frozen encoder outputs computed once, kept on disk
+    feature_cache_dir: str = "runs/feature-cache"  # one subfolder per encoder fingerprint
     num_workers: int = 0
     num_threads: int | None = None  # CPU threads per process; None: the cores split over processes
     resume_from_checkpoint: str | None = None  # a checkpoint dir, or "latest"

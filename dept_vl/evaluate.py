@@ -22,18 +22,25 @@ from dept_vl.model import VLT5
 
 def _predict(
     model: VLT5, records: Sequence[Record], adapter: str | None, task: str, batch_size: int,
-    max_length: int,
+    max_length: int, feature_cache: Any = None,
 ) -> list[str]:
-    collator = VLCollator(model.tokenizer, model.vision.transform, max_length, train=False)
+    collator = VLCollator(model.tokenizer, model.vision.transform, max_length, train=False,
+                          feature_cache=feature_cache)
     loader = DataLoader(RecordDataset(records), batch_size=batch_size, collate_fn=collator)
     device = next(model.parameters()).device
     predictions: list[str] = []
     for batch in loader:
         predictions += model.generate_from_batch(
             batch["input_ids"].to(device), batch["attention_mask"].to(device),
-            batch["pixel_values"].to(device), adapter=adapter, task=task,
+            **_visual_inputs(batch, device), adapter=adapter, task=task,
         )
     return predictions
+
+
+def _visual_inputs(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    """pixel_values, or the cached visual_features when the collator had a feature cache."""
+    key = "visual_features" if "visual_features" in batch else "pixel_values"
+    return {key: batch[key].to(device)}
 
 
 def _one_per_image(records: Sequence[CaptionRecord]) -> list[CaptionRecord]:
@@ -58,6 +65,7 @@ def evaluate(
     batch_size: int = 64,
     max_length: int = 64,
     max_examples: int | None = None,
+    feature_cache: Any = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Metrics and per-example predictions for `records` (VQA and caption rows may be mixed)."""
     was_training = model.training
@@ -68,7 +76,7 @@ def evaluate(
     vqa = [r for r in records if isinstance(r, VQARecord)][:max_examples]
     captions = _one_per_image([r for r in records if isinstance(r, CaptionRecord)])[:max_examples]
     if vqa:
-        predicted = _predict(model, vqa, adapter, "vqa", batch_size, max_length)
+        predicted = _predict(model, vqa, adapter, "vqa", batch_size, max_length, feature_cache)
         refs = [references(r) for r in vqa]
         metrics["vqa_accuracy"] = vqa_accuracy(predicted, refs)
         types = [r.question_type or "all" for r in vqa]
@@ -77,7 +85,8 @@ def evaluate(
         rows += [{"id": r.id, "question": r.question, "prediction": p, "answers": list(r.answers),
                   "question_type": r.question_type} for r, p in zip(vqa, predicted)]
     if captions:
-        predicted = _predict(model, captions, adapter, "caption", batch_size, max_length)
+        predicted = _predict(model, captions, adapter, "caption", batch_size, max_length,
+                             feature_cache)
         metrics.update(caption_scores(predicted, [references(r) for r in captions]))
         metrics["num_images"] = len(captions)
         rows += [{"id": r.id, "prediction": p, "captions": list(r.captions)}

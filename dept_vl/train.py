@@ -39,6 +39,7 @@ from dept_vl.training import (
     setup_method, task_schedule, trainable_state, write_trainer_state,
 )
 from dept_vl.transfer import initialize
+from dept_vl.vision import FeatureCache
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 
@@ -119,9 +120,10 @@ def run(cfg: TrainConfig, command: str) -> dict[str, Any]:
         log("[dept_vl] dry run: config and model built; no data read, no step taken")
         return {"trainable_parameters": model.trainable_parameters()[0]}
 
+    features = build_feature_cache(model, cfg, tasks) if cfg.cache_features else None
     collator = VLCollator(model.tokenizer, model.vision.transform, cfg.max_length,
                           cfg.max_target_length, train=True, seed=cfg.seed,
-                          cache_images=cfg.cache_images)
+                          cache_images=cfg.cache_images, feature_cache=features)
     loaders = [DataLoader(RecordDataset(task.train), batch_size=cfg.batch_size, shuffle=True,
                           collate_fn=collator, num_workers=cfg.num_workers) for task in tasks]
     optimizer = torch.optim.AdamW(groups, eps=1e-6)
@@ -163,8 +165,8 @@ def run(cfg: TrainConfig, command: str) -> dict[str, Any]:
         batch = next(streams[schedule[micro_done]])
         with accelerator.accumulate(model):
             loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         pixel_values=batch["pixel_values"], labels=batch["labels"],
-                         adapter=task.adapter).loss
+                         pixel_values=batch.get("pixel_values"), labels=batch["labels"],
+                         visual_features=batch.get("visual_features"), adapter=task.adapter).loss
             accelerator.backward(loss)
             if accelerator.sync_gradients and cfg.max_grad_norm:
                 accelerator.clip_grad_norm_(
@@ -186,7 +188,7 @@ def run(cfg: TrainConfig, command: str) -> dict[str, Any]:
                             step=step)
         if any(t.eval for t in tasks) and (step % cfg.eval_steps == 0 or step == cfg.max_steps):
             if accelerator.is_main_process:
-                evaluated, _ = evaluate_tasks(unwrapped, tasks, "eval", cfg)
+                evaluated, _ = evaluate_tasks(unwrapped, tasks, "eval", cfg, features)
                 for name, metrics in evaluated.items():
                     prefix = "eval/" if len(tasks) == 1 else f"eval/{name}/"
                     accelerator.log({prefix + k: v for k, v in metrics.items()}, step=step)
@@ -217,7 +219,7 @@ def run(cfg: TrainConfig, command: str) -> dict[str, Any]:
     if accelerator.is_main_process:
         if best_metrics:
             restore_state(unwrapped, best_state)
-        tested, rows = evaluate_tasks(unwrapped, tasks, "test", cfg)
+        tested, rows = evaluate_tasks(unwrapped, tasks, "test", cfg, features)
         pretrained = unwrapped.metadata.get("pretrain_question_types")
         for name, metrics in tested.items():
             metrics.update(reserved_type_report(metrics, rows[name], pretrained))
@@ -251,7 +253,8 @@ def run(cfg: TrainConfig, command: str) -> dict[str, Any]:
     return results
 
 
-def evaluate_tasks(model: Any, tasks: list[TaskData], split: str, cfg: TrainConfig
+def evaluate_tasks(model: Any, tasks: list[TaskData], split: str, cfg: TrainConfig,
+                   features: FeatureCache | None = None,
                    ) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
     """{task name: metrics} and {task name: prediction rows} on each task's `split` ("eval": at
     most max_eval_examples) with its own adapter."""
@@ -262,8 +265,26 @@ def evaluate_tasks(model: Any, tasks: list[TaskData], split: str, cfg: TrainConf
             continue
         limit = cfg.max_eval_examples if split == "eval" else None
         metrics[task.name], rows[task.name] = evaluate(
-            model, records, task.adapter, cfg.eval_batch_size, cfg.max_length, limit)
+            model, records, task.adapter, cfg.eval_batch_size, cfg.max_length, limit, features)
     return metrics, rows
+
+
+def build_feature_cache(model: Any, cfg: TrainConfig, tasks: list[TaskData]) -> FeatureCache:
+    """The frozen encoder's outputs for every image of the run, computed once (only for images
+    not cached yet, or changed since)."""
+    if model.backbone_trainable:
+        raise ValueError("cache_features: the image encoder trains in this run (method full), "
+                         "so its outputs change every step and cannot be cached")
+    cache = FeatureCache(cfg.feature_cache_dir, model.vision)
+    images = [r.image for t in tasks for r in (*t.train, *t.eval, *t.test)]
+    if not all(isinstance(image, str) for image in images):
+        raise ValueError("cache_features: needs image files (records with in-memory images, "
+                         "e.g. from a hub dataset, cannot be keyed)")
+    start = time.perf_counter()
+    built = cache.build(images, cfg.eval_batch_size)
+    print(f"[dept_vl] feature cache {cache.dir}: {built} images encoded "
+          f"({len(set(images)) - built} cached) in {time.perf_counter() - start:.1f} s", flush=True)
+    return cache
 
 
 def initialize_adapters(model: Any, cfg: TrainConfig, tasks: list[TaskData]) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""The frozen image side: any timm model as a grid-of-tokens encoder, plus the trainable
-projection into the T5 embedding space.
+"""The frozen image side: any timm model as a grid-of-tokens encoder, the trainable projection
+into the T5 embedding space, and a disk cache of the frozen encoder's outputs.
 
 timm gives every model the same face (`create_model`, `forward_features`, data config), so one
 wrapper serves ViTs (prefix tokens dropped) and CNNs (feature map flattened row by row).
@@ -7,13 +7,18 @@ wrapper serves ViTs (prefix tokens dropped) and CNNs (feature map flattened row 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import timm
 import torch
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
 from timm.data import create_transform, resolve_data_config
 from torch import nn
 from torch.nn import functional as F
@@ -98,3 +103,106 @@ class VisualProjection(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.norm(self.linear(self.pool(features)))
+
+
+def encoder_fingerprint(encoder: ImageEncoder) -> str:
+    """What the cached features depend on: the timm model and its options, its weights and the
+    input transform. Another encoder (or other weights) gets another cache folder."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(encoder.config.to_dict(), sort_keys=True, default=str).encode())
+    digest.update(repr(encoder.transform).encode())
+    for name, tensor in sorted(encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class FeatureCache:
+    """Frozen-encoder outputs on disk, computed once: safetensors shards of (n, N, D) features
+    plus `index.json` {image path: shard, row, file size, mtime, sha256}, in a folder named by
+    the encoder's fingerprint.
+
+    A cached entry is only used for the same file content: when an image's size or mtime
+    changed, its sha256 is compared and a changed image is encoded again (never served stale).
+    """
+
+    INDEX = "index.json"
+
+    def __init__(self, root: str | Path, encoder: ImageEncoder):
+        self.encoder = encoder
+        self.fingerprint = encoder_fingerprint(encoder)
+        self.dir = Path(root) / self.fingerprint
+        self.dir.mkdir(parents=True, exist_ok=True)
+        index_file = self.dir / self.INDEX
+        self.index: dict[str, dict[str, Any]] = (
+            json.loads(index_file.read_text())["images"] if index_file.is_file() else {})
+        self._shards: dict[str, Any] = {}  # open (memory-mapped) shard files
+
+    @staticmethod
+    def key(path: str | Path) -> str:
+        return str(Path(path).resolve())
+
+    def is_fresh(self, path: str | Path) -> bool:
+        """True when `path` has an entry whose file content is unchanged."""
+        entry = self.index.get(self.key(path))
+        if entry is None:
+            return False
+        stat = Path(path).stat()
+        if (entry["size"], entry["mtime_ns"]) == (stat.st_size, stat.st_mtime_ns):
+            return True
+        if entry["sha256"] != _file_digest(Path(path)):
+            return False
+        entry.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns)  # touched, same content
+        return True
+
+    @torch.no_grad()
+    def build(self, paths: list[str | Path], batch_size: int = 64) -> int:
+        """Encode every image of `paths` that has no fresh entry; return how many were."""
+        todo = list(dict.fromkeys(self.key(p) for p in paths if not self.is_fresh(p)))
+        if not todo:
+            self._write_index()
+            return 0
+        was_training = self.encoder.training
+        self.encoder.eval()
+        device = next(self.encoder.parameters()).device
+        chunks = []
+        for start in range(0, len(todo), batch_size):
+            images = []
+            for path in todo[start:start + batch_size]:
+                with Image.open(path) as image:
+                    images.append(image.convert("RGB"))
+            chunks.append(self.encoder(self.encoder.preprocess(images).to(device)).float().cpu())
+        shard = f"features-{len(list(self.dir.glob('features-*.safetensors'))):05d}.safetensors"
+        save_file({"features": torch.cat(chunks).contiguous()}, self.dir / shard)
+        for row, path in enumerate(todo):
+            stat = Path(path).stat()
+            self.index[path] = {"shard": shard, "row": row, "size": stat.st_size,
+                                "mtime_ns": stat.st_mtime_ns, "sha256": _file_digest(Path(path))}
+        self.encoder.train(was_training)
+        self._write_index()
+        return len(todo)
+
+    def _write_index(self) -> None:
+        payload = {"encoder": self.encoder.config.to_dict(), "fingerprint": self.fingerprint,
+                   "images": self.index}
+        tmp = self.dir / (self.INDEX + ".tmp")
+        tmp.write_text(json.dumps(payload, default=str))
+        tmp.replace(self.dir / self.INDEX)  # never a half-written index
+
+    def features(self, paths: list[str | Path]) -> torch.Tensor:
+        """(B, N, D) cached features; a missing or stale image is an error naming it."""
+        rows = []
+        for path in paths:
+            if not self.is_fresh(path):
+                raise KeyError(f"{path}: no fresh cached features in {self.dir}; build the "
+                               "cache first (python -m dept_vl.features)")
+            entry = self.index[self.key(path)]
+            if entry["shard"] not in self._shards:
+                self._shards[entry["shard"]] = safe_open(self.dir / entry["shard"], "pt")
+            row = entry["row"]
+            rows.append(self._shards[entry["shard"]].get_slice("features")[row:row + 1])
+        return torch.cat(rows)

@@ -54,7 +54,8 @@ def input_text(record: Record) -> str:
 
 class VLCollator:
     """Batch of records → `input_ids`, `attention_mask` (padded to the batch's longest text, never
-    to a fixed length), `pixel_values`, `labels` (-100 on padding) and the records themselves."""
+    to a fixed length), `pixel_values` (or, with a feature cache, the encoder's cached
+    `visual_features`), `labels` (-100 on padding) and the records themselves."""
 
     def __init__(
         self,
@@ -65,6 +66,7 @@ class VLCollator:
         train: bool = True,
         seed: int = 0,
         cache_images: bool = False,
+        feature_cache: Any = None,
     ):
         self.tokenizer = tokenizer
         self.image_transform = image_transform
@@ -72,6 +74,8 @@ class VLCollator:
         self.max_target_length = max_target_length
         self.rng = random.Random(seed) if train else None
         self._pixels: dict[str, torch.Tensor] | None = {} if cache_images else None
+        # an object with .features(paths) → (B, N, D): the frozen encoder's cached outputs
+        self.feature_cache = feature_cache
 
     def pixels(self, record: Record) -> torch.Tensor:
         key = record.image if isinstance(record.image, str) else None
@@ -92,13 +96,17 @@ class VLCollator:
             max_length=self.max_target_length, return_tensors="pt",
         )
         labels = targets["input_ids"].masked_fill(targets["attention_mask"] == 0, -100)
-        return {
+        batch = {
             "input_ids": inputs["input_ids"],
             "attention_mask": inputs["attention_mask"],
-            "pixel_values": torch.stack([self.pixels(r) for r in records]),
             "labels": labels,
             "records": list(records),
         }
+        if self.feature_cache is not None:
+            batch["visual_features"] = self.feature_cache.features([r.image for r in records])
+        else:
+            batch["pixel_values"] = torch.stack([self.pixels(r) for r in records])
+        return batch
 
 
 def references(record: Record) -> tuple[str, ...]:
