@@ -1,0 +1,142 @@
+"""Measuring helpers shared by the benchmarks: timing with warm-up and repeats, peak memory of a
+fresh process, T5 shapes, and writing JSON + markdown + PNG."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+# T5 v1.0-shaped configs (random init is enough for speed): d_model, d_ff, heads, layers
+T5_SHAPES: dict[str, dict[str, int]] = {
+    "tiny": {"d_model": 64, "d_ff": 128, "num_heads": 4, "num_layers": 2, "d_kv": 16},
+    "small": {"d_model": 512, "d_ff": 2048, "num_heads": 8, "num_layers": 6, "d_kv": 64},
+    "base": {"d_model": 768, "d_ff": 3072, "num_heads": 12, "num_layers": 12, "d_kv": 64},
+    "large": {"d_model": 1024, "d_ff": 4096, "num_heads": 16, "num_layers": 24, "d_kv": 64},
+}
+
+
+def pin_threads(threads: int | None = None) -> int:
+    """One fixed thread count for every measurement (the machine's cores by default)."""
+    count = threads or os.cpu_count() or 1
+    torch.set_num_threads(count)
+    return count
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    """Seconds one call takes (CUDA events on a GPU, perf_counter on the CPU)."""
+    if torch.cuda.is_available():
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1000
+    begin = time.perf_counter()
+    fn()
+    return time.perf_counter() - begin
+
+
+def interleaved(cases: dict[str, Callable[[], Any]], warmup: int, repeats: int
+                ) -> dict[str, dict[str, float]]:
+    """Time every case `repeats` times, round-robin (so drifts of a noisy machine hit all cases
+    alike), after `warmup` untimed rounds; median and spread (min, max) in seconds."""
+    for _ in range(warmup):
+        for fn in cases.values():
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            samples[name].append(timed(fn))
+    return {name: {"median": statistics.median(values), "min": min(values), "max": max(values),
+                   "repeats": len(values)} for name, values in samples.items()}
+
+
+class RSSPeak:
+    """Peak resident memory growth of this process while the block runs, sampled from /proc
+    every few milliseconds (CPU: there is no allocator counter for host tensors)."""
+
+    def __init__(self, interval: float = 0.002):
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.rss())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> "RSSPeak":
+        self.start = self.rss()
+        self.peak = self.start
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.rss())
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.start
+
+
+def in_fresh_process(module: str, args: list[str]) -> dict[str, Any]:
+    """Run `python -m module args` and return the JSON it prints last (memory probes)."""
+    result = subprocess.run([sys.executable, "-m", module, *args], capture_output=True,
+                            text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{module} {args} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"CPU, {torch.get_num_threads()} threads"
+
+
+def write_outputs(out: Path, name: str, payload: dict[str, Any], table: str,
+                  plot: Callable[[Any], Any] | None) -> None:
+    """`<name>.json` (every number), `<name>.md` (the table) and `<name>.png`."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(payload, indent=2))
+    (out / f"{name}.md").write_text(table + "\n")
+    if plot is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figure = plot(plt)
+        figure.tight_layout()
+        figure.savefig(out / f"{name}.png", dpi=110)
+        plt.close(figure)
+
+
+def markdown(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
+    lines = ["| " + " | ".join(title for _, title in columns) + " |",
+             "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(str(row.get(key, "")) for key, _ in columns) + " |")
+    return "\n".join(lines)

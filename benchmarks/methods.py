@@ -1,0 +1,189 @@
+"""DePT(60, 30) vs PT(100) vs LoRA (peft) vs the no-prompt frozen backbone vs full fine-tuning:
+train-step time, inference latency and peak memory at T5 small / base / large shapes (random
+init), s = 256 text tokens plus V visual tokens.
+
+Times are interleaved in one process per shape; peak memory is measured per method in a fresh
+process (`python -m benchmarks.methods --probe ...`), so no method inherits another's heap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, Callable
+
+import torch
+from transformers import T5Config
+
+from benchmarks.common import (
+    T5_SHAPES, RSSPeak, in_fresh_process, interleaved, markdown, pin_threads,
+)
+from dept_vl import DePTConfig, VLT5
+from dept_vl.tokenization import build_word_tokenizer
+
+METHODS = ("none", "pt100", "dept60_30", "lora", "full")
+VISUAL_TOKENS = 36
+TEXT_TOKENS = 256
+TARGET_TOKENS = 8
+
+
+def build(shape: str, method: str, seed: int = 0) -> tuple[VLT5, str | None, list]:
+    """A random VL-T5 of `shape` set up for `method`: (model, adapter name, trainable params)."""
+    torch.manual_seed(seed)
+    tokenizer = build_word_tokenizer(["a b c d"])
+    config = T5Config(vocab_size=32128, num_decoder_layers=T5_SHAPES[shape]["num_layers"],
+                      dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+                      **T5_SHAPES[shape])
+    model = VLT5.from_components(config, "test_vit", tokenizer=tokenizer, image_size=32,
+                                 max_text_length=TEXT_TOKENS)
+    adapter = None
+    if method in ("pt100", "dept60_30"):
+        m, r = (100, 0) if method == "pt100" else (60, 30)
+        adapter = model.add_adapter("bench", DePTConfig(prompt_length=m, rank=r,
+                                                        max_length=TEXT_TOKENS))
+    elif method == "lora":
+        from peft import LoraConfig, inject_adapter_in_model
+
+        # rank 2 on the encoder's self-attention q and v: 73,728 parameters at base (PT's 76,800)
+        inject_adapter_in_model(LoraConfig(
+            r=2, lora_alpha=4, target_modules=r".*encoder\.block\.\d+\.layer\.0\.SelfAttention\.(q|v)"),
+            model.t5)
+    elif method == "full":
+        model.unfreeze_backbone()
+    if method == "none":
+        model.projection.requires_grad_(True)
+    return model, ("bench" if adapter is not None else None), [
+        p for p in model.parameters() if p.requires_grad]
+
+
+def inputs(model: VLT5, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "input_ids": torch.randint(3, 32000, (batch, TEXT_TOKENS), generator=generator),
+        "attention_mask": torch.ones(batch, TEXT_TOKENS, dtype=torch.long),
+        "visual_features": torch.randn(batch, VISUAL_TOKENS, model.vision.feature_dim,
+                                       generator=generator),
+        "labels": torch.randint(3, 32000, (batch, TARGET_TOKENS), generator=generator),
+    }
+
+
+def train_step(model: VLT5, adapter: str | None, params: list, batch: dict) -> Callable[[], None]:
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+
+    def step() -> None:
+        model.train()
+        loss = model(**batch, adapter=adapter).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def inference(model: VLT5, adapter: str | None, batch: dict) -> Callable[[], None]:
+    def forward() -> None:
+        model.eval()
+        with torch.inference_mode():
+            model(**batch, adapter=adapter)
+    return forward
+
+
+def probe(shape: str, method: str, batch_size: int, mode: str) -> dict[str, Any]:
+    """In a fresh process: peak RSS growth over 2 steps (train) or 2 forwards (inference),
+    after one untimed warm-up step has allocated the optimizer state."""
+    model, adapter, params = build(shape, method)
+    batch = inputs(model, batch_size)
+    fn = train_step(model, adapter, params, batch) if mode == "train" else \
+        inference(model, adapter, batch)
+    fn()
+    with RSSPeak() as peak:
+        fn()
+        fn()
+    return {"peak_rss_growth_mb": peak.growth / 2**20,
+            "trainable_parameters": sum(p.numel() for p in params)}
+
+
+def run(shapes: list[str], batch_size: int, warmup: int, repeats: int,
+        methods: tuple[str, ...] = METHODS) -> dict[str, Any]:
+    pin_threads()
+    results: dict[str, Any] = {"text_tokens": TEXT_TOKENS, "visual_tokens": VISUAL_TOKENS,
+                               "batch_size": batch_size, "shapes": {}}
+    for shape in shapes:
+        built = {m: build(shape, m) for m in methods}
+        batches = {m: inputs(built[m][0], batch_size) for m in methods}
+        train = interleaved({m: train_step(*built[m], batches[m]) for m in methods},
+                            warmup, repeats)
+        infer = interleaved({m: inference(built[m][0], built[m][1], batches[m])
+                             for m in methods}, warmup, repeats)
+        del built
+        memory = {m: {mode: in_fresh_process("benchmarks.methods", [
+            "--probe", shape, m, str(batch_size), mode]) for mode in ("train", "inference")}
+            for m in methods}
+        results["shapes"][shape] = {"train": train, "inference": infer, "memory": memory}
+    return results
+
+
+def table(results: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    s, v = results["text_tokens"], results["visual_tokens"]
+    token_ratio = (s + 60 + v) / (s + 100 + v)
+    rows = []
+    for shape, data in results["shapes"].items():
+        pt_train = data["train"]["pt100"]["median"]
+        pt_infer = data["inference"]["pt100"]["median"]
+        pt_mem = data["memory"]["pt100"]["train"]["peak_rss_growth_mb"]
+        none_train = data["train"]["none"]["median"]
+        for method in data["train"]:
+            train, infer = data["train"][method], data["inference"][method]
+            memory = data["memory"][method]
+            rows.append({
+                "shape": shape, "method": method,
+                "params": f"{memory['train']['trainable_parameters']:,}",
+                "train": f"{train['median']:.3f} ({train['min']:.3f}–{train['max']:.3f})",
+                "train_vs_pt": f"{train['median'] / pt_train:.3f}",
+                "train_vs_none": f"{train['median'] / none_train:.3f}",
+                "infer": f"{infer['median'] * 1000:.0f}",
+                "infer_vs_pt": f"{infer['median'] / pt_infer:.3f}",
+                "mem": f"{memory['train']['peak_rss_growth_mb']:.0f}",
+                "mem_vs_pt": f"{memory['train']['peak_rss_growth_mb'] / pt_mem:.3f}",
+            })
+    head = (f"Token-count ratio DePT/PT = (s+60+V)/(s+100+V) = ({s}+60+{v})/({s}+100+{v}) = "
+            f"{token_ratio:.3f}. Times: median (min–max) over repeats, interleaved; memory: peak "
+            "RSS growth during 2 train steps in a fresh process (after a warm-up step).\n\n")
+    return head + markdown(rows, [
+        ("shape", "T5 shape"), ("method", "method"), ("params", "trainable"),
+        ("train", "train step s"), ("train_vs_pt", "÷ PT(100)"), ("train_vs_none", "÷ no prompt"),
+        ("infer", "inference ms"), ("infer_vs_pt", "÷ PT(100)"), ("mem", "train peak MB"),
+        ("mem_vs_pt", "÷ PT(100)")]), rows
+
+
+def plot(results: dict[str, Any]) -> Callable[[Any], Any]:
+    def draw(plt: Any) -> Any:
+        figure, ax = plt.subplots(figsize=(7, 4))
+        shapes = list(results["shapes"])
+        for method in ("dept60_30", "lora", "none", "full"):
+            ratios = [results["shapes"][s]["train"][method]["median"]
+                      / results["shapes"][s]["train"]["pt100"]["median"] for s in shapes
+                      if method in results["shapes"][s]["train"]]
+            ax.plot(shapes[:len(ratios)], ratios, marker="o", label=method)
+        s, v = results["text_tokens"], results["visual_tokens"]
+        ax.axhline((s + 60 + v) / (s + 100 + v), linestyle="--", color="gray",
+                   label="token ratio DePT/PT")
+        ax.axhline(1.0, color="black", linewidth=0.5)
+        ax.set_ylabel("train step time ÷ PT(100)")
+        ax.set_xlabel("T5 shape")
+        ax.legend(fontsize=8)
+        return figure
+    return draw
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--probe", nargs=4, metavar=("SHAPE", "METHOD", "BATCH", "MODE"),
+                        required=True)
+    args = parser.parse_args()
+    shape, method, batch, mode = args.probe
+    pin_threads()
+    print(json.dumps(probe(shape, method, int(batch), mode)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Run the benchmarks and write JSON + markdown + PNG per benchmark, plus `summary.md`.
+
+    python -m benchmarks.run --suite all            # the measured setting (minutes to an hour)
+    python -m benchmarks.run --suite all --quick    # tiny shapes, a few repeats (CI)
+    python -m benchmarks.run --suite methods,padding --out runs/benchmarks
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from benchmarks import features, methods, mixed, padding
+from benchmarks.common import device_name, pin_threads, write_outputs
+
+SUITES = ("methods", "padding", "features", "mixed")
+# (full setting, quick setting) keyword arguments of each benchmark's run()
+SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "methods": ({"shapes": ["small", "base", "large"], "batch_size": 2, "warmup": 1, "repeats": 5},
+                {"shapes": ["tiny"], "batch_size": 2, "warmup": 1, "repeats": 2}),
+    "padding": ({"shape": "base", "batch_size": 32, "warmup": 1, "repeats": 5},
+                {"shape": "tiny", "batch_size": 8, "warmup": 1, "repeats": 2}),
+    "features": ({"shape": "small", "encoder": "vit_base_patch16_224", "image_size": 224,
+                  "images": 64, "batch_size": 16, "warmup": 1, "repeats": 3},
+                 {"shape": "tiny", "encoder": "test_vit", "image_size": 32, "images": 8,
+                  "batch_size": 4, "warmup": 0, "repeats": 2}),
+    "mixed": ({"shape": "base", "batch_size": 32, "warmup": 1, "repeats": 5},
+              {"shape": "tiny", "batch_size": 8, "warmup": 1, "repeats": 2}),
+}
+
+
+def run_suite(name: str, quick: bool, out: Path) -> str:
+    module = {"methods": methods, "padding": padding, "features": features, "mixed": mixed}[name]
+    start = time.perf_counter()
+    results = module.run(**SETTINGS[name][1 if quick else 0])
+    results["device"] = device_name()
+    results["wall_seconds"] = round(time.perf_counter() - start, 1)
+    made = module.table(results)
+    text, plot = (made[0], methods.plot(results)) if name == "methods" else (made, None)
+    write_outputs(out, name, results, text, plot if plot else _bar_plot(name, results))
+    return f"## {name}\n\n{text}\n"
+
+
+def _bar_plot(name: str, results: dict[str, Any]) -> Callable[[Any], Any]:
+    """Median time per case (the cases each benchmark timed), with min–max as error bars."""
+    def draw(plt: Any) -> Any:
+        groups = {k: v for k, v in results.items() if isinstance(v, dict) and "median" in v} or {
+            f"{mode}/{case}": v for mode in ("inference", "train")
+            for case, v in results.get(mode, {}).items()}
+        figure, ax = plt.subplots(figsize=(6, 3.5))
+        labels = list(groups)
+        medians = [groups[k]["median"] for k in labels]
+        spread = [[m - groups[k]["min"] for k, m in zip(labels, medians)],
+                  [groups[k]["max"] - m for k, m in zip(labels, medians)]]
+        ax.bar(labels, medians, yerr=spread, capsize=4)
+        ax.set_ylabel("seconds (median)")
+        ax.set_title(name)
+        return figure
+    return draw
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run")
+    parser.add_argument("--suite", default="all", help=f"all, or a comma list of {SUITES}")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, few repeats (CI)")
+    parser.add_argument("--out", default=None, help="default runs/benchmarks[-quick]")
+    args = parser.parse_args(argv)
+    names = SUITES if args.suite == "all" else tuple(args.suite.split(","))
+    unknown = sorted(set(names) - set(SUITES))
+    if unknown:
+        parser.error(f"unknown suite(s) {unknown}; choose from {SUITES}")
+    out = Path(args.out or ("runs/benchmarks-quick" if args.quick else "runs/benchmarks"))
+    pin_threads()
+    parts = [f"# Benchmarks ({device_name()}{', quick' if args.quick else ''})\n"]
+    for name in names:
+        print(f"[benchmarks] {name} ...", flush=True)
+        parts.append(run_suite(name, args.quick, out))
+    (out / "summary.md").write_text("\n".join(parts))
+    print(f"[benchmarks] wrote {out}/summary.md and <suite>.json / .md / .png", flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+"""The benchmark suite's --quick version runs end to end and writes its files (no timing is
+asserted here: speed targets live in the benchmark tables, never in tests)."""
+
+import json
+
+from benchmarks.run import SUITES, main
+
+
+def test_quick_suite_writes_json_markdown_and_plots(tmp_path):
+    out = main(["--suite", "all", "--quick", "--out", str(tmp_path)])
+    for name in SUITES:
+        assert json.loads((out / f"{name}.json").read_text())["wall_seconds"] >= 0
+        assert (out / f"{name}.md").read_text().count("|") > 10
+        assert (out / f"{name}.png").stat().st_size > 5_000
+    summary = (out / "summary.md").read_text()
+    assert all(f"## {name}" in summary for name in SUITES)
+    mixed = json.loads((out / "mixed.json").read_text())
+    assert mixed["max_abs_difference"] < 1e-4  # mixed batch == single-adapter batches
+    features = json.loads((out / "features.json").read_text())
+    assert features["max_loss_difference"] < 1e-4  # cached == on-the-fly training
