@@ -78,6 +78,7 @@ class TrainConfig:
     logging_steps: int = 10
     checkpoints_total_limit: int = 2
     cache_images: bool = True  # keep transformed images in memory (small corpora)
+    group_by_length: bool = False  # batches of similar text length (less padding), still shuffled
     cache_features: bool = False  # frozen encoder outputs computed once, kept on disk
     feature_cache_dir: str = "runs/feature-cache"  # one subfolder per encoder fingerprint
     num_workers: int = 0

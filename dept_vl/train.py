@@ -26,9 +26,10 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from dept_vl.config import TrainConfig, load_config, parse_overrides
-from dept_vl.data.collate import RecordDataset, VLCollator
+from dept_vl.data.collate import RecordDataset, VLCollator, input_text
 from dept_vl.data.fewshot import class_counts
 from dept_vl.evaluate import evaluate, mean_loss
 from dept_vl.model import BACKBONE_MANIFEST
@@ -124,8 +125,9 @@ def run(cfg: TrainConfig, command: str) -> dict[str, Any]:
     collator = VLCollator(model.tokenizer, model.vision.transform, cfg.max_length,
                           cfg.max_target_length, train=True, seed=cfg.seed,
                           cache_images=cfg.cache_images, feature_cache=features)
-    loaders = [DataLoader(RecordDataset(task.train), batch_size=cfg.batch_size, shuffle=True,
-                          collate_fn=collator, num_workers=cfg.num_workers) for task in tasks]
+    loaders = [DataLoader(RecordDataset(task.train), batch_size=cfg.batch_size,
+                          collate_fn=collator, num_workers=cfg.num_workers,
+                          **shuffling(model, task.train, cfg)) for task in tasks]
     optimizer = torch.optim.AdamW(groups, eps=1e-6)
     scheduler = get_linear_schedule_with_warmup(
         optimizer, cfg.warmup_steps * accelerator.num_processes,
@@ -267,6 +269,17 @@ def evaluate_tasks(model: Any, tasks: list[TaskData], split: str, cfg: TrainConf
         metrics[task.name], rows[task.name] = evaluate(
             model, records, task.adapter, cfg.eval_batch_size, cfg.max_length, limit, features)
     return metrics, rows
+
+
+def shuffling(model: Any, records: list, cfg: TrainConfig) -> dict[str, Any]:
+    """DataLoader options: plain shuffling, or (group_by_length) transformers'
+    LengthGroupedSampler, which shuffles mega-batches of similar text length."""
+    if not cfg.group_by_length:
+        return {"shuffle": True}
+    lengths = [len(ids) for ids in model.tokenizer([input_text(r) for r in records],
+                                                   truncation=True, max_length=cfg.max_length)
+               ["input_ids"]]
+    return {"sampler": LengthGroupedSampler(cfg.batch_size, lengths=lengths)}
 
 
 def build_feature_cache(model: Any, cfg: TrainConfig, tasks: list[TaskData]) -> FeatureCache:

@@ -133,3 +133,10 @@ def test_bad_rows_and_images_stop_the_run_before_training(tmp_path, corpus_dir, 
     with pytest.raises(DataError, match=r"bad.jsonl:1: cannot read image .*corrupt.png"):
         main(["--config", config])
     assert not (tmp_path / "run").exists() or not (tmp_path / "run" / "adapter").exists()
+
+
+def test_length_grouped_batches_train(tmp_path, corpus_dir, backbone):
+    config = dept_config(tmp_path, corpus_dir, backbone, max_steps=3, eval_file=None,
+                         save_steps=100, group_by_length=True)
+    main(["--config", config])
+    assert json.loads((tmp_path / "run" / "eval_results.json").read_text())["steps"] == 3
