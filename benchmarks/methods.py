@@ -88,15 +88,18 @@ def inference(model: VLT5, adapter: str | None, batch: dict) -> Callable[[], Non
 
 
 def probe(shape: str, method: str, batch_size: int, mode: str) -> dict[str, Any]:
-    """In a fresh process: peak RSS growth over 2 steps (train) or 2 forwards (inference),
-    after one untimed warm-up step has allocated the optimizer state."""
+    """In a fresh process: peak RSS growth over the first forward + backward (train) or forward
+    (inference), i.e. activations and gradients. The optimizer state is left out: it is
+    allocated once, not per step, and a reused heap would hide the per-step peak."""
     model, adapter, params = build(shape, method)
     batch = inputs(model, batch_size)
-    fn = train_step(model, adapter, params, batch) if mode == "train" else \
-        inference(model, adapter, batch)
-    fn()
+
+    def train() -> None:
+        model.train()
+        model(**batch, adapter=adapter).loss.backward()
+
+    fn = train if mode == "train" else inference(model, adapter, batch)
     with RSSPeak() as peak:
-        fn()
         fn()
     return {"peak_rss_growth_mb": peak.growth / 2**20,
             "trainable_parameters": sum(p.numel() for p in params)}
@@ -147,11 +150,12 @@ def table(results: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
             })
     head = (f"Token-count ratio DePT/PT = (s+60+V)/(s+100+V) = ({s}+60+{v})/({s}+100+{v}) = "
             f"{token_ratio:.3f}. Times: median (min–max) over repeats, interleaved; memory: peak "
-            "RSS growth during 2 train steps in a fresh process (after a warm-up step).\n\n")
+            "RSS growth during the first forward + backward in a fresh process (activations and "
+            "gradients; sampled from /proc every 2 ms).\n\n")
     return head + markdown(rows, [
         ("shape", "T5 shape"), ("method", "method"), ("params", "trainable"),
         ("train", "train step s"), ("train_vs_pt", "÷ PT(100)"), ("train_vs_none", "÷ no prompt"),
-        ("infer", "inference ms"), ("infer_vs_pt", "÷ PT(100)"), ("mem", "train peak MB"),
+        ("infer", "inference ms"), ("infer_vs_pt", "÷ PT(100)"), ("mem", "fwd+bwd peak MB"),
         ("mem_vs_pt", "÷ PT(100)")]), rows
 
 
