@@ -21,18 +21,22 @@ from dept_vl.model import VLT5
 
 
 def _predict(
-    model: VLT5, records: Sequence[Record], adapter: str | None, task: str, batch_size: int,
-    max_length: int, feature_cache: Any = None,
+    model: VLT5, records: Sequence[Record], adapter: str | None | list[str | None], task: str,
+    batch_size: int, max_length: int, feature_cache: Any = None,
 ) -> list[str]:
+    """Predictions in record order; `adapter` one name, or one per record (mixed batches)."""
     collator = VLCollator(model.tokenizer, model.vision.transform, max_length, train=False,
                           feature_cache=feature_cache)
     loader = DataLoader(RecordDataset(records), batch_size=batch_size, collate_fn=collator)
     device = next(model.parameters()).device
     predictions: list[str] = []
     for batch in loader:
+        names = adapter
+        if isinstance(adapter, list):
+            names = adapter[len(predictions):len(predictions) + len(batch["records"])]
         predictions += model.generate_from_batch(
             batch["input_ids"].to(device), batch["attention_mask"].to(device),
-            **_visual_inputs(batch, device), adapter=adapter, task=task,
+            **_visual_inputs(batch, device), adapter=names, task=task,
         )
     return predictions
 
@@ -68,32 +72,61 @@ def evaluate(
     feature_cache: Any = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Metrics and per-example predictions for `records` (VQA and caption rows may be mixed)."""
+    return evaluate_many(model, {"": (records, adapter)}, batch_size, max_length, max_examples,
+                         feature_cache)[""]
+
+
+@torch.no_grad()
+def evaluate_many(
+    model: VLT5,
+    groups: dict[str, tuple[Sequence[Record], str | None]],
+    batch_size: int = 64,
+    max_length: int = 64,
+    max_examples: int | None = None,
+    feature_cache: Any = None,
+) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """{name: (metrics, rows)} for several (records, adapter) groups, e.g. the tasks of a
+    multi-task run: the VQA questions of every group go through the backbone together in
+    mixed-adapter batches; captions are decoded per group. `eval_seconds` is the whole call's."""
     was_training = model.training
     model.eval()
-    metrics: dict[str, Any] = {}
-    rows: list[dict[str, Any]] = []
     start = time.perf_counter()
-    vqa = [r for r in records if isinstance(r, VQARecord)][:max_examples]
-    captions = _one_per_image([r for r in records if isinstance(r, CaptionRecord)])[:max_examples]
-    if vqa:
-        predicted = _predict(model, vqa, adapter, "vqa", batch_size, max_length, feature_cache)
-        refs = [references(r) for r in vqa]
-        metrics["vqa_accuracy"] = vqa_accuracy(predicted, refs)
-        types = [r.question_type or "all" for r in vqa]
-        metrics["vqa_accuracy_by_type"] = vqa_accuracy_by_type(predicted, refs, types)
-        metrics["num_questions"] = len(vqa)
-        rows += [{"id": r.id, "question": r.question, "prediction": p, "answers": list(r.answers),
-                  "question_type": r.question_type} for r, p in zip(vqa, predicted)]
-    if captions:
-        predicted = _predict(model, captions, adapter, "caption", batch_size, max_length,
-                             feature_cache)
-        metrics.update(caption_scores(predicted, [references(r) for r in captions]))
-        metrics["num_images"] = len(captions)
-        rows += [{"id": r.id, "prediction": p, "captions": list(r.captions)}
-                 for r, p in zip(captions, predicted)]
-    metrics["eval_seconds"] = round(time.perf_counter() - start, 2)
+    vqa = {name: [r for r in records if isinstance(r, VQARecord)][:max_examples]
+           for name, (records, _) in groups.items()}
+    all_vqa = [r for name in groups for r in vqa[name]]
+    names = [groups[name][1] for name in groups for _ in vqa[name]]
+    mixed = names if len(set(names)) > 1 else (names[0] if names else None)
+    predicted = _predict(model, all_vqa, mixed, "vqa", batch_size, max_length, feature_cache) \
+        if all_vqa else []
+    results = {}
+    for name, (records, adapter) in groups.items():
+        metrics: dict[str, Any] = {}
+        rows: list[dict[str, Any]] = []
+        if vqa[name]:
+            mine, predicted = predicted[:len(vqa[name])], predicted[len(vqa[name]):]
+            refs = [references(r) for r in vqa[name]]
+            metrics["vqa_accuracy"] = vqa_accuracy(mine, refs)
+            types = [r.question_type or "all" for r in vqa[name]]
+            metrics["vqa_accuracy_by_type"] = vqa_accuracy_by_type(mine, refs, types)
+            metrics["num_questions"] = len(vqa[name])
+            rows += [{"id": r.id, "question": r.question, "prediction": p,
+                      "answers": list(r.answers), "question_type": r.question_type}
+                     for r, p in zip(vqa[name], mine)]
+        captions = _one_per_image([r for r in records if isinstance(r, CaptionRecord)])
+        captions = captions[:max_examples]
+        if captions:
+            decoded = _predict(model, captions, adapter, "caption", batch_size, max_length,
+                               feature_cache)
+            metrics.update(caption_scores(decoded, [references(r) for r in captions]))
+            metrics["num_images"] = len(captions)
+            rows += [{"id": r.id, "prediction": p, "captions": list(r.captions)}
+                     for r, p in zip(captions, decoded)]
+        results[name] = (metrics, rows)
+    seconds = round(time.perf_counter() - start, 2)
+    for metrics, _ in results.values():
+        metrics["eval_seconds"] = seconds
     model.train(was_training)
-    return metrics, rows
+    return results
 
 
 @torch.no_grad()

@@ -31,7 +31,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from dept_vl.config import TrainConfig, load_config, parse_overrides
 from dept_vl.data.collate import RecordDataset, VLCollator, input_text
 from dept_vl.data.fewshot import class_counts
-from dept_vl.evaluate import evaluate, mean_loss
+from dept_vl.evaluate import evaluate_many, mean_loss
 from dept_vl.model import BACKBONE_MANIFEST
 from dept_vl.tasks import get_task
 from dept_vl.training import (
@@ -259,15 +259,15 @@ def evaluate_tasks(model: Any, tasks: list[TaskData], split: str, cfg: TrainConf
                    features: FeatureCache | None = None,
                    ) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
     """{task name: metrics} and {task name: prediction rows} on each task's `split` ("eval": at
-    most max_eval_examples) with its own adapter."""
-    metrics, rows = {}, {}
-    for task in tasks:
-        records = task.eval if split == "eval" else task.test
-        if not records:
-            continue
-        limit = cfg.max_eval_examples if split == "eval" else None
-        metrics[task.name], rows[task.name] = evaluate(
-            model, records, task.adapter, cfg.eval_batch_size, cfg.max_length, limit, features)
+    most max_eval_examples) with its own adapter; the VQA tasks of a multi-task run share
+    mixed-adapter batches."""
+    groups = {task.name: (task.eval if split == "eval" else task.test, task.adapter)
+              for task in tasks if (task.eval if split == "eval" else task.test)}
+    limit = cfg.max_eval_examples if split == "eval" else None
+    evaluated = evaluate_many(model, groups, cfg.eval_batch_size, cfg.max_length, limit,
+                              features) if groups else {}
+    metrics = {name: result[0] for name, result in evaluated.items()}
+    rows = {name: result[1] for name, result in evaluated.items()}
     return metrics, rows
 
 

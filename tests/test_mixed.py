@@ -97,3 +97,19 @@ def test_lowrank_product_is_cached_at_inference_and_invalidated_by_updates():
         assert not torch.allclose(after, first)
         prompt.lowrank_A.copy_(torch.zeros_like(prompt.lowrank_A))  # e.g. loading weights
         assert torch.count_nonzero(prompt.offsets(7)) == 0
+
+
+def test_multitask_evaluation_in_mixed_batches_equals_each_task_alone(model, corpus_dir):
+    from dept_vl.data.records import load_records
+    from dept_vl.evaluate import evaluate, evaluate_many
+
+    records = load_records(f"{corpus_dir}/test_vqa.jsonl", "vqa")
+    model.max_text_length = 24
+    tasks = {"count": ([r for r in records if r.question_type == "count"], "a"),
+             "color": ([r for r in records if r.question_type == "color"], "b"),
+             "size": ([r for r in records if r.question_type == "size"], "c")}
+    together = evaluate_many(model, tasks, batch_size=7, max_length=24)  # batches mix adapters
+    for name, (subset, adapter) in tasks.items():
+        alone_metrics, alone_rows = evaluate(model, subset, adapter, batch_size=7, max_length=24)
+        assert together[name][1] == alone_rows
+        assert together[name][0]["vqa_accuracy"] == alone_metrics["vqa_accuracy"]
