@@ -568,14 +568,11 @@ class VLT5(nn.Module):
             raise AdapterMismatchError(
                 f"{path / ADAPTER_WEIGHTS}: missing tensors {missing}, unexpected {unexpected}"
             )
-        for key, value in tensors.items():
-            if value.shape != expected[key].shape:
-                self.delete_adapter(name)
-                raise AdapterMismatchError(
-                    f"{path / ADAPTER_WEIGHTS}: tensor {key} has shape {tuple(value.shape)}, "
-                    f"expected {tuple(expected[key].shape)}"
-                )
-        adapter.assign(tensors)
+        try:
+            adapter.assign(tensors)  # checks every shape
+        except AdapterMismatchError as error:
+            self.delete_adapter(name)
+            raise AdapterMismatchError(f"{path / ADAPTER_WEIGHTS}: {error}") from None
         return name
 
 

@@ -223,3 +223,19 @@ def test_vision_encoder_drops_prefix_tokens_and_flattens_grids():
     assert vit(pixels).shape[1] == 4  # 32 px / patch 16 → 2x2, class token dropped
     assert resnet(resnet.preprocess(images(2))).dim() == 3
     assert VisionConfig("test_vit", image_size=32).to_dict()["image_size"] == 32
+
+
+def test_adapter_file_with_a_wrong_tensor_shape_is_refused_and_not_left_loaded(tmp_path):
+    from safetensors.torch import load_file
+
+    model = tiny_model("test_vit")
+    model.add_adapter("vqa", CFG)
+    model.save_adapter("vqa", tmp_path / "vqa")
+    tensors = load_file(tmp_path / "vqa" / "adapter_model.safetensors")
+    tensors["lowrank_B"] = torch.zeros(2, 7)
+    save_file(tensors, tmp_path / "vqa" / "adapter_model.safetensors")
+    fresh = tiny_model("test_vit")
+    with pytest.raises(AdapterMismatchError,
+                       match=r"adapter_model.safetensors: tensor lowrank_B has shape \(2, 7\)"):
+        fresh.load_adapter(tmp_path / "vqa", name="vqa")
+    assert "vqa" not in fresh.adapters
