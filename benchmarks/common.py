@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 import torch
 
+from dept_vl.experiments import save_plot
+
 # T5 v1.0-shaped configs (random init is enough for speed): d_model, d_ff, heads, layers
 T5_SHAPES: dict[str, dict[str, int]] = {
     "tiny": {"d_model": 64, "d_ff": 128, "num_heads": 4, "num_layers": 2, "d_kv": 16},
@@ -117,26 +119,9 @@ def device_name() -> str:
 
 
 def write_outputs(out: Path, name: str, payload: dict[str, Any], table: str,
-                  plot: Callable[[Any], Any] | None) -> None:
+                  plot: Callable[[Any], Any]) -> None:
     """`<name>.json` (every number), `<name>.md` (the table) and `<name>.png`."""
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(payload, indent=2))
     (out / f"{name}.md").write_text(table + "\n")
-    if plot is not None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        figure = plot(plt)
-        figure.tight_layout()
-        figure.savefig(out / f"{name}.png", dpi=110)
-        plt.close(figure)
-
-
-def markdown(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
-    lines = ["| " + " | ".join(title for _, title in columns) + " |",
-             "|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append("| " + " | ".join(str(row.get(key, "")) for key, _ in columns) + " |")
-    return "\n".join(lines)
+    save_plot(out / f"{name}.png", plot)

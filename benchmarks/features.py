@@ -12,10 +12,11 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from transformers import T5Config
 
-from benchmarks.common import T5_SHAPES, interleaved, markdown, pin_threads, timed
+from benchmarks.common import T5_SHAPES, interleaved, pin_threads, timed
 from dept_vl import DePTConfig, VLT5
 from dept_vl.data.collate import RecordDataset, VLCollator
 from dept_vl.data.records import VQARecord
+from dept_vl.experiments import markdown_table
 from dept_vl.tokenization import build_word_tokenizer
 from dept_vl.vision import FeatureCache
 
@@ -86,4 +87,4 @@ def table(results: dict[str, Any]) -> str:
             f"{results['image_size']} px: **{fly / cached:.1f}x faster with the cache** (built "
             f"once in {results['cache_build_seconds']:.1f} s); largest difference between the two "
             f"loss curves {results['max_loss_difference']:.1e}.\n\n"
-            + markdown(rows, [("how", "how"), ("s", "median s / epoch")]))
+            + markdown_table(rows, [("how", "how"), ("s", "median s / epoch")]))

@@ -16,9 +16,10 @@ import torch
 from transformers import T5Config
 
 from benchmarks.common import (
-    T5_SHAPES, RSSPeak, in_fresh_process, interleaved, markdown, pin_threads,
+    T5_SHAPES, RSSPeak, in_fresh_process, interleaved, pin_threads,
 )
 from dept_vl import DePTConfig, VLT5
+from dept_vl.experiments import markdown_table
 from dept_vl.tokenization import build_word_tokenizer
 
 METHODS = ("none", "pt100", "dept60_30", "lora", "full")
@@ -152,7 +153,7 @@ def table(results: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
             f"{token_ratio:.3f}. Times: median (min–max) over repeats, interleaved; memory: peak "
             "RSS growth during the first forward + backward in a fresh process (activations and "
             "gradients; sampled from /proc every 2 ms).\n\n")
-    return head + markdown(rows, [
+    return head + markdown_table(rows, [
         ("shape", "T5 shape"), ("method", "method"), ("params", "trainable"),
         ("train", "train step s"), ("train_vs_pt", "÷ PT(100)"), ("train_vs_none", "÷ no prompt"),
         ("infer", "inference ms"), ("infer_vs_pt", "÷ PT(100)"), ("mem", "fwd+bwd peak MB"),

@@ -7,9 +7,10 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import interleaved, markdown, pin_threads
+from benchmarks.common import interleaved, pin_threads
 from benchmarks.methods import build, inputs
 from dept_vl import DePTConfig
+from dept_vl.experiments import markdown_table
 
 ADAPTERS = ("a", "b", "c", "d")
 
@@ -67,5 +68,5 @@ def table(results: dict[str, Any]) -> str:
             f"{results['batch_size']} examples; mixed ÷ single throughput = "
             f"{single / mixed:.2f}; largest difference of the outputs "
             f"{results['max_abs_difference']:.1e}.\n\n"
-            + markdown(rows, [("how", "how"), ("ms", "median ms"),
+            + markdown_table(rows, [("how", "how"), ("ms", "median ms"),
                               ("throughput", "examples / s")]))

@@ -8,8 +8,9 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import interleaved, markdown, pin_threads
+from benchmarks.common import interleaved, pin_threads
 from benchmarks.methods import VISUAL_TOKENS, build, inference, train_step
+from dept_vl.experiments import markdown_table
 
 QUESTION_TOKENS = (6, 20)  # VQAv2 questions: about 6-7 words, 8-20 T5 tokens with the prefix
 
@@ -54,5 +55,5 @@ def table(results: dict[str, Any]) -> str:
     return (f"T5 {results['shape']}, DePT(60, 30), batch {results['batch_size']}: text padded to "
             f"the longest question ({results['dynamic_length']} tokens) vs to s = "
             f"{results['padded_length']}; median ms per batch.\n\n"
-            + markdown(rows, [("mode", "mode"), ("dynamic", "dynamic padding ms"),
+            + markdown_table(rows, [("mode", "mode"), ("dynamic", "dynamic padding ms"),
                               ("padded", "pad to s ms"), ("speedup", "speed-up")]))

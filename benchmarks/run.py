@@ -49,7 +49,7 @@ def run_suite(name: str, quick: bool, out: Path) -> str:
     results["wall_seconds"] = round(time.perf_counter() - start, 1)
     made = module.table(results)
     text, plot = (made[0], methods.plot(results)) if module is methods else (made, None)
-    write_outputs(out, name, results, text, plot if plot else _bar_plot(name, results))
+    write_outputs(out, name, results, text, plot or _bar_plot(name, results))
     return f"## {name}\n\n{text}\n"
 
 

@@ -141,12 +141,14 @@ def group_rows(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[s
     return out
 
 
-def _markdown(rows: list[dict[str, Any]], columns: list[tuple[str, str]],
-              formats: dict[str, Callable[[Any], str]]) -> str:
+def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]],
+                   formats: dict[str, Callable[[Any], str]] | None = None) -> str:
+    """A markdown table: `columns` are (row key, title); `formats` turn values into text."""
+    formats = formats or {}
     lines = ["| " + " | ".join(title for _, title in columns) + " |",
              "|" + "---|" * len(columns)]
     for row in rows:
-        cells = [formats.get(key, str)(row[key]) for key, _ in columns]
+        cells = [formats.get(key, str)(row.get(key, "")) for key, _ in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -155,7 +157,8 @@ _FORMATS: dict[str, Callable[[Any], str]] = {
     "trainable_parameters": lambda v: f"{v:,}", "wall_seconds": lambda v: f"{v:.0f}"}
 
 
-def _plot(path: Path, draw: Callable[[Any], None]) -> None:
+def save_plot(path: Path, draw: Callable[[Any], Any]) -> None:
+    """`draw(pyplot)` returns a figure; saved as a PNG (Agg backend: no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -224,7 +227,7 @@ def run_fewshot(spec: dict[str, Any]) -> Path:
                                                  cell, sources))
     write_csv(out / "results.csv", rows)
     (out / "results.md").write_text(fewshot_report(rows, spec))
-    _plot(out / "results.png", lambda plt: fewshot_plot(plt, rows))
+    save_plot(out / "results.png", lambda plt: fewshot_plot(plt, rows))
     print(f"[experiments] wrote {out / 'results.md'}, results.csv, results.png", flush=True)
     return out
 
@@ -252,7 +255,7 @@ def fewshot_report(rows: list[dict[str, Any]], spec: dict[str, Any]) -> str:
         f"Targets {sorted(spec['targets'])} (never seen by the backbone or the sources); "
         f"sources {sorted(spec['sources']['tasks'])}; seeds {spec['seeds']}. Score: VQA accuracy "
         "(%) on the full test split of the target's question type; dev: k-shot from val.\n",
-        _markdown(table, [("target", "target"), ("method", "method"), ("init", "init"),
+        markdown_table(table, [("target", "target"), ("method", "method"), ("init", "init"),
                           ("k", "k"), ("accuracy", "accuracy (mean ± std)"),
                           ("trainable_parameters", "trainable params"),
                           ("wall_seconds", "wall s / run")], _FORMATS),
@@ -350,7 +353,7 @@ def run_compare(spec: dict[str, Any]) -> Path:
                          **{f"{k}": v for k, v in entry.items() if k != "method"}})
     write_csv(out / "results.csv", rows)
     (out / "results.md").write_text(compare_report(rows, spec))
-    _plot(out / "results.png", lambda plt: compare_plot(plt, rows))
+    save_plot(out / "results.png", lambda plt: compare_plot(plt, rows))
     print(f"[experiments] wrote {out / 'results.md'}, results.csv, results.png", flush=True)
     return out
 
@@ -362,7 +365,7 @@ def compare_report(rows: list[dict[str, Any]], spec: dict[str, Any]) -> str:
                     and r["reserved_types"] is not None]
         row["reserved"] = f"{statistics.fmean(reserved):.1f}" if reserved else "–"
     metric = get_task(spec.get("data", {}).get("task", "vqa")).metric
-    body = _markdown(table, [("name", "run"), ("method", "method"),
+    body = markdown_table(table, [("name", "run"), ("method", "method"),
                              ("trainable_parameters", "trainable params"),
                              ("accuracy", f"{metric} (mean ± std)"), ("seeds", "seeds"),
                              ("reserved", "reserved types"), ("wall_seconds", "wall s / run")],
