@@ -8,6 +8,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -33,9 +34,9 @@ def pin_threads(threads: int | None = None) -> int:
     return count
 
 
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+def bench_device() -> torch.device:
+    """The GPU when there is one (the GPU table), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def timed(fn: Callable[[], Any]) -> float:
@@ -101,6 +102,39 @@ class RSSPeak:
     @property
     def growth(self) -> int:
         return self.peak - self.start
+
+
+class AllocatorPeak:
+    """Peak bytes held in PyTorch tensors while the block runs, above what was held before.
+
+    On a GPU it is `torch.cuda.max_memory_allocated`. On the CPU it comes from the profiler
+    (`profile_memory=True`), which sees every allocation and free of PyTorch's CPU allocator;
+    its trace's `[memory]` events carry the running "Total Allocated" since the profiler
+    started. Unlike RSS this is exact and repeatable: no heap reuse, no sampling."""
+
+    def __enter__(self) -> "AllocatorPeak":
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._start = torch.cuda.memory_allocated()
+        else:
+            self._profiler = torch.profiler.profile(
+                activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True)
+            self._profiler.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self._start
+            return
+        self._profiler.__exit__(*exc)
+        with tempfile.TemporaryDirectory() as folder:
+            trace = Path(folder) / "trace.json"
+            self._profiler.export_chrome_trace(str(trace))
+            events = json.loads(trace.read_text())["traceEvents"]
+        totals = [e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]"]
+        self.peak = max([0, *totals])
 
 
 def in_fresh_process(module: str, args: list[str]) -> dict[str, Any]:

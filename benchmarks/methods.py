@@ -3,7 +3,9 @@ train-step time, inference latency and peak memory at T5 small / base / large sh
 init), s = 256 text tokens plus V visual tokens.
 
 Times are interleaved in one process per shape; peak memory is measured per method in a fresh
-process (`python -m benchmarks.methods --probe ...`), so no method inherits another's heap.
+process (`python -m benchmarks.methods --probe ...`), so no method inherits another's heap:
+PyTorch's allocator peak (exact; the acceptance ratio) and the process's RSS growth (what the
+OS sees, allocator overhead included, but sampled and noisy).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 from transformers import T5Config
 
 from benchmarks.common import (
-    T5_SHAPES, RSSPeak, in_fresh_process, interleaved, pin_threads,
+    T5_SHAPES, AllocatorPeak, RSSPeak, bench_device, in_fresh_process, interleaved, pin_threads,
 )
 from dept_vl import DePTConfig, VLT5
 from dept_vl.experiments import markdown_table
@@ -53,19 +55,21 @@ def build(shape: str, method: str, seed: int = 0) -> tuple[VLT5, str | None, lis
         model.unfreeze_backbone()
     if method == "none":
         model.projection.requires_grad_(True)
+    model.to(bench_device())
     return model, ("bench" if adapter is not None else None), [
         p for p in model.parameters() if p.requires_grad]
 
 
 def inputs(model: VLT5, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return {
+    tensors = {
         "input_ids": torch.randint(3, 32000, (batch, TEXT_TOKENS), generator=generator),
         "attention_mask": torch.ones(batch, TEXT_TOKENS, dtype=torch.long),
         "visual_features": torch.randn(batch, VISUAL_TOKENS, model.vision.feature_dim,
                                        generator=generator),
         "labels": torch.randint(3, 32000, (batch, TARGET_TOKENS), generator=generator),
     }
+    return {name: tensor.to(bench_device()) for name, tensor in tensors.items()}
 
 
 def train_step(model: VLT5, adapter: str | None, params: list, batch: dict) -> Callable[[], None]:
@@ -89,20 +93,25 @@ def inference(model: VLT5, adapter: str | None, batch: dict) -> Callable[[], Non
 
 
 def probe(shape: str, method: str, batch_size: int, mode: str) -> dict[str, Any]:
-    """In a fresh process: peak RSS growth over the first forward + backward (train) or forward
-    (inference), i.e. activations and gradients. The optimizer state is left out: it is
-    allocated once, not per step, and a reused heap would hide the per-step peak."""
+    """In a fresh process: the peak memory of one forward + backward (train) or forward
+    (inference) above the model's weights, i.e. activations and gradients. The optimizer state
+    is left out: it is allocated once, not per step. RSS is read on the first pass, while the
+    heap is still fresh; the allocator peak on a second one (it counts tensors, not pages, so a
+    warm heap does not change it)."""
     model, adapter, params = build(shape, method)
     batch = inputs(model, batch_size)
 
     def train() -> None:
         model.train()
         model(**batch, adapter=adapter).loss.backward()
+        model.zero_grad(set_to_none=True)
 
     fn = train if mode == "train" else inference(model, adapter, batch)
-    with RSSPeak() as peak:
+    with RSSPeak() as rss:
         fn()
-    return {"peak_rss_growth_mb": peak.growth / 2**20,
+    with AllocatorPeak() as allocated:
+        fn()
+    return {"peak_allocated_mb": allocated.peak / 2**20, "peak_rss_growth_mb": rss.growth / 2**20,
             "trainable_parameters": sum(p.numel() for p in params)}
 
 
@@ -131,33 +140,42 @@ def table(results: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
     token_ratio = (s + 60 + v) / (s + 100 + v)
     rows = []
     for shape, data in results["shapes"].items():
-        pt_train = data["train"]["pt100"]["median"]
-        pt_infer = data["inference"]["pt100"]["median"]
-        pt_mem = data["memory"]["pt100"]["train"]["peak_rss_growth_mb"]
+        pt = {"train": data["train"]["pt100"]["median"],
+              "infer": data["inference"]["pt100"]["median"],
+              **{f"{key}_{mode}": data["memory"]["pt100"][mode][key]
+                 for key in ("peak_allocated_mb", "peak_rss_growth_mb")
+                 for mode in ("train", "inference")}}
         none_train = data["train"]["none"]["median"]
         for method in data["train"]:
             train, infer = data["train"][method], data["inference"][method]
             memory = data["memory"][method]
-            rows.append({
+            row = {
                 "shape": shape, "method": method,
                 "params": f"{memory['train']['trainable_parameters']:,}",
                 "train": f"{train['median']:.3f} ({train['min']:.3f}–{train['max']:.3f})",
-                "train_vs_pt": f"{train['median'] / pt_train:.3f}",
+                "train_vs_pt": f"{train['median'] / pt['train']:.3f}",
                 "train_vs_none": f"{train['median'] / none_train:.3f}",
                 "infer": f"{infer['median'] * 1000:.0f}",
-                "infer_vs_pt": f"{infer['median'] / pt_infer:.3f}",
-                "mem": f"{memory['train']['peak_rss_growth_mb']:.0f}",
-                "mem_vs_pt": f"{memory['train']['peak_rss_growth_mb'] / pt_mem:.3f}",
-            })
+                "infer_vs_pt": f"{infer['median'] / pt['infer']:.3f}",
+            }
+            for mode in ("train", "inference"):
+                for key, label in (("peak_allocated_mb", "mem"), ("peak_rss_growth_mb", "rss")):
+                    value = memory[mode][key]
+                    row[f"{label}_{mode}"] = f"{value:.0f} ({value / pt[f'{key}_{mode}']:.3f})"
+            rows.append(row)
     head = (f"Token-count ratio DePT/PT = (s+60+V)/(s+100+V) = ({s}+60+{v})/({s}+100+{v}) = "
-            f"{token_ratio:.3f}. Times: median (min–max) over repeats, interleaved; memory: peak "
-            "RSS growth during the first forward + backward in a fresh process (activations and "
-            "gradients; sampled from /proc every 2 ms).\n\n")
+            f"{token_ratio:.3f}. Times: median (min–max) over repeats, interleaved. Memory, "
+            "each method in a fresh process, in MB with ÷ PT(100) in brackets: *allocated* is "
+            "the peak of PyTorch's allocator above the weights during one forward + backward "
+            "(train) or forward (inference), from torch.profiler's memory events (exact); "
+            "*RSS* is the process's resident-memory growth over the first such pass, sampled "
+            "from /proc every 2 ms (it adds allocator and library overhead, and is noisy).\n\n")
     return head + markdown_table(rows, [
         ("shape", "T5 shape"), ("method", "method"), ("params", "trainable"),
         ("train", "train step s"), ("train_vs_pt", "÷ PT(100)"), ("train_vs_none", "÷ no prompt"),
-        ("infer", "inference ms"), ("infer_vs_pt", "÷ PT(100)"), ("mem", "fwd+bwd peak MB"),
-        ("mem_vs_pt", "÷ PT(100)")]), rows
+        ("infer", "inference ms"), ("infer_vs_pt", "÷ PT(100)"),
+        ("mem_train", "train allocated MB"), ("mem_inference", "inference allocated MB"),
+        ("rss_train", "train RSS MB"), ("rss_inference", "inference RSS MB")]), rows
 
 
 def plot(results: dict[str, Any]) -> Callable[[Any], Any]:

@@ -25,7 +25,8 @@ def run(shape: str, batch_size: int, warmup: int, repeats: int) -> dict[str, Any
     model.eval()
     batch = inputs(model, batch_size)
     batch.pop("labels")
-    batch["decoder_input_ids"] = torch.zeros(batch_size, 1, dtype=torch.long)
+    batch["decoder_input_ids"] = torch.zeros(batch_size, 1, dtype=torch.long,
+                                             device=batch["input_ids"].device)
     names = [ADAPTERS[i % len(ADAPTERS)] for i in range(batch_size)]
     groups = {name: [i for i, n in enumerate(names) if n == name] for name in ADAPTERS}
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import interleaved, pin_threads
+from benchmarks.common import bench_device, interleaved, pin_threads
 from benchmarks.methods import VISUAL_TOKENS, build, inference, train_step
 from dept_vl.experiments import markdown_table
 
@@ -28,9 +28,11 @@ def batches(model: Any, batch: int, max_length: int, seed: int = 0) -> dict[str,
     common = {"visual_features": torch.randn(batch, VISUAL_TOKENS, model.vision.feature_dim,
                                              generator=generator),
               "labels": torch.randint(3, 32000, (batch, 4), generator=generator)}
-    return {"dynamic": {"input_ids": ids[:, :longest], "attention_mask": mask[:, :longest],
-                        **common},
-            "pad_to_s": {"input_ids": ids, "attention_mask": mask, **common}}
+    cases = {"dynamic": {"input_ids": ids[:, :longest], "attention_mask": mask[:, :longest],
+                         **common},
+             "pad_to_s": {"input_ids": ids, "attention_mask": mask, **common}}
+    return {case: {name: tensor.to(bench_device()) for name, tensor in tensors.items()}
+            for case, tensors in cases.items()}
 
 
 def run(shape: str, batch_size: int, warmup: int, repeats: int) -> dict[str, Any]:

@@ -4,6 +4,9 @@
     python -m benchmarks.run --suite all --quick    # tiny shapes, a few repeats (CI)
     python -m benchmarks.run --suite methods,padding --out runs/benchmarks
     python -m benchmarks.run --suite methods_large --out runs/benchmarks-large   # T5-large shape
+
+With a GPU, methods, padding and mixed run on it (CUDA events, torch.cuda.max_memory_allocated);
+features always runs on the CPU, where its data loading happens.
 """
 
 from __future__ import annotations

@@ -18,3 +18,17 @@ def test_quick_suite_writes_json_markdown_and_plots(tmp_path):
     assert mixed["max_abs_difference"] < 1e-4  # mixed batch == single-adapter batches
     features = json.loads((out / "features.json").read_text())
     assert features["max_loss_difference"] < 1e-4  # cached == on-the-fly training
+
+
+def test_allocator_peak_counts_tensors_freed_inside_the_block():
+    import torch
+
+    from benchmarks.common import AllocatorPeak
+
+    kept = torch.ones(1)
+    with AllocatorPeak() as peak:
+        temporary = torch.ones(1_000_000)  # 4,000,000 bytes, freed before the block ends
+        del temporary
+        kept = torch.ones(250_000)  # 1,000,000 bytes, still held
+    assert 4_000_000 <= peak.peak < 4_000_000 + 1_100_000
+    assert kept.numel() == 250_000
