@@ -264,8 +264,12 @@ class VLT5(nn.Module):
         for name in dict.fromkeys(names):
             index = torch.tensor([i for i, n in enumerate(names) if n == name],
                                  device=input_ids.device)
+            # each adapter's rows keep only their own longest text, as alone: a shorter
+            # adapter (smaller s) never sees padding that a longer one's examples needed
+            length = text_length(attention_mask[index])
             groups.append((index, *self._adapter_inputs(
-                name, embeds[index], attention_mask[index], visual_features[index])))
+                name, embeds[index, :length], attention_mask[index, :length],
+                visual_features[index])))
         width = max(group[1].shape[1] for group in groups)
         batch, dim = input_ids.shape[0], embeds.shape[-1]
         text = embeds.new_zeros(batch, width, dim)
@@ -307,12 +311,17 @@ class VLT5(nn.Module):
         return self.t5(inputs_embeds=inputs, attention_mask=mask, labels=labels)
 
     # ------------------------------------------------------------------ generation
-    def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
-        """Right-padded to the longest text (dynamic padding), truncated to max_length."""
-        return self.tokenizer(
-            list(texts), padding="longest", truncation=True,
-            max_length=max_length or self.max_text_length, return_tensors="pt",
-        )
+    def tokenize(self, texts: Sequence[str], max_length: int | Sequence[int | None] | None = None
+                 ) -> dict[str, torch.Tensor]:
+        """Right-padded to the longest text (dynamic padding) and truncated to max_length: one
+        for all texts, or one per text (a mixed batch truncates each as its adapter would)."""
+        if max_length is None or isinstance(max_length, int):
+            return self.tokenizer(list(texts), padding="longest", truncation=True,
+                                  max_length=max_length or self.max_text_length,
+                                  return_tensors="pt")
+        encoded = [self.tokenizer(text, truncation=True, max_length=limit or self.max_text_length)
+                   for text, limit in zip(texts, max_length, strict=True)]
+        return self.tokenizer.pad(encoded, padding="longest", return_tensors="pt")
 
     @torch.no_grad()
     def generate_from_batch(
@@ -382,9 +391,10 @@ class VLT5(nn.Module):
             for i, text in enumerate(texts):
                 if not text or not text.strip():
                     raise ValueError(f"text {i} is empty: task {task!r} needs a question")
-        names = adapter if isinstance(adapter, list) else [adapter]
-        limits = [self.get_adapter(n).config.max_length for n in names if n is not None]
-        batch = self.tokenize([task_input(task, t) for t in texts], min(limits, default=None))
+        names = adapter if isinstance(adapter, list) else [adapter] * len(texts)
+        limits = [self.get_adapter(n).config.max_length if n is not None else None for n in names]
+        batch = self.tokenize([task_input(task, t) for t in texts],
+                              limits[0] if len(set(limits)) == 1 else limits)
         device = self.t5.device
         pixels = self.vision.preprocess(list(images)).to(device)
         return self.generate_from_batch(
@@ -574,6 +584,12 @@ class VLT5(nn.Module):
             self.delete_adapter(name)
             raise AdapterMismatchError(f"{path / ADAPTER_WEIGHTS}: {error}") from None
         return name
+
+
+def text_length(attention_mask: torch.Tensor) -> int:
+    """Positions up to the last real token of any row (at least 1): the batch's dynamic width."""
+    real = attention_mask.any(dim=0).nonzero()
+    return int(real.max()) + 1 if len(real) else 1
 
 
 def pack_tokens(
