@@ -5,6 +5,10 @@ loaded side by side on one frozen backbone (switching task switches adapter, not
     dept-vl-demo --backbone DIR --adapter vqa=DIR --adapter caption=DIR [--port 7860]
     python -m dept_vl.demo ...   /   python demo/app.py ...
 
+Requests that arrive together are answered together: `MixedBatcher` runs them as one
+mixed-adapter batch (a VQA question and a caption and another adapter's question share the
+backbone pass of their task), with the same answers as one at a time.
+
 Safe by default: binds to 127.0.0.1, no share link, analytics off, system fonts only (the page
 makes no request outside the server), a bounded queue, and a file-size limit. Every bad input
 (no image, a file that is not an image, an empty or overlong question, a task with no adapter)
@@ -24,9 +28,9 @@ from typing import Any
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
 
 import gradio as gr  # noqa: E402
-import torch  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
+from dept_vl.batching import MixedBatcher  # noqa: E402
 from dept_vl.model import VLT5  # noqa: E402
 from dept_vl.tasks import get_task, task_input  # noqa: E402
 
@@ -74,7 +78,8 @@ def check_uploads(image: gr.Image) -> gr.Image:
 class DemoService:
     """The loaded backbone and adapters, and the one function the UI and the API call."""
 
-    def __init__(self, backbone: str | Path, adapters: dict[str, str | Path]):
+    def __init__(self, backbone: str | Path, adapters: dict[str, str | Path],
+                 max_batch_size: int = 16):
         if not (Path(backbone) / "dept_vl_backbone.json").is_file():
             raise DemoError(f"backbone {backbone} not found; {QUICKSTART_HINT}")
         missing = {n: d for n, d in adapters.items() if not (Path(d) / "adapter_config.json").is_file()}
@@ -85,6 +90,7 @@ class DemoService:
         self.model = VLT5.from_pretrained(backbone).eval()
         for name, directory in adapters.items():
             self.model.load_adapter(directory, name=name)
+        self.batcher = MixedBatcher(self.model, max_batch_size)
 
     @property
     def tasks(self) -> list[tuple[str, str]]:
@@ -124,15 +130,15 @@ class DemoService:
 
     def answer(self, image: str | None, question: str | None, task: str | None
                ) -> tuple[str, str]:
-        """(answer or caption, time taken) for one image."""
+        """(answer or caption, time taken) for one image. Every check runs here, on the
+        request's own thread, so a bad request fails alone before it joins a batch."""
         start = time.perf_counter()
         if task not in self.model.adapters:
             raise gr.Error(f"task {task!r} has no adapter loaded; choose one of "
                            f"{list(self.model.adapters)}")
         text = self.check_question(task, question)
         picture = self.load_image(image)
-        with torch.inference_mode():
-            output = self.model.generate([picture], [text], adapter=task)[0]
+        output = self.batcher.answer(picture, text, task)
         return output, f"{time.perf_counter() - start:.2f} s"
 
 
@@ -157,7 +163,10 @@ def corpus_examples(corpus: str | Path, kinds: dict[str, str], count: int = 3) -
     return examples
 
 
-def build_demo(service: DemoService, examples: list[list[str]] | None = None) -> gr.Blocks:
+def build_demo(service: DemoService, examples: list[list[str]] | None = None,
+               max_queue: int = 64) -> gr.Blocks:
+    """The page and its `answer` endpoint, with a bounded queue that lets as many requests in
+    at once as one batch holds (they wait together in the batcher)."""
     tasks = service.tasks
     with gr.Blocks(title="dept_vl demo", analytics_enabled=False) as demo:
         gr.Markdown("## dept_vl: DePT adapters on a frozen VL-T5\nUpload an image, pick a task, "
@@ -183,6 +192,7 @@ def build_demo(service: DemoService, examples: list[list[str]] | None = None) ->
         # a new task or image clears the old answer (in the browser: no server round trip)
         for changed in (task, image):
             changed.change(fn=None, js="() => ['', '']", outputs=[answer, elapsed])
+    demo.queue(max_size=max_queue, default_concurrency_limit=service.batcher.max_batch_size)
     return demo
 
 
@@ -209,17 +219,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="built-in corpus folder to take example images from")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--concurrency", type=int, default=1, help="requests run at once")
+    parser.add_argument("--max-batch-size", type=int, default=16,
+                        help="requests answered together in one mixed-adapter batch")
     parser.add_argument("--max-queue", type=int, default=64, help="requests waiting at most")
     args = parser.parse_args(argv)
     try:
-        service = DemoService(args.backbone, parse_adapters(args.adapter))
+        service = DemoService(args.backbone, parse_adapters(args.adapter), args.max_batch_size)
     except (DemoError, ValueError, FileNotFoundError) as error:
         print(f"dept_vl: error: {error}", file=sys.stderr)
         sys.exit(2)
     kinds = {name: service.model.adapter_task(name) for name in service.model.adapters}
-    demo = build_demo(service, corpus_examples(args.examples, kinds))
-    demo.queue(max_size=args.max_queue, default_concurrency_limit=args.concurrency)
+    demo = build_demo(service, corpus_examples(args.examples, kinds), args.max_queue)
     demo.launch(server_name=args.host, server_port=args.port, share=False,
                 max_file_size=MAX_FILE_SIZE, theme=THEME)
 

@@ -1,5 +1,6 @@
 """The Gradio demo: the API answers what VLT5.generate answers, bad input gets a clear error and
-the app keeps answering, 20 concurrent requests are all served, and a real headless Chromium
+the app keeps answering, 20 concurrent requests (batched by the server) each get their own
+answer, and a real headless Chromium
 can use the page (skipped, with the reason, only when Chromium is not installed)."""
 
 import json
@@ -46,8 +47,8 @@ def adapters(backbone, tmp_path_factory):
 @pytest.fixture(scope="module")
 def app(backbone, adapters, corpus_dir):
     service = DemoService(backbone, adapters)
-    demo = build_demo(service, corpus_examples(corpus_dir, {"vqa": "vqa", "caption": "caption"}))
-    demo.queue(max_size=32, default_concurrency_limit=1)
+    demo = build_demo(service, corpus_examples(corpus_dir, {"vqa": "vqa", "caption": "caption"}),
+                      max_queue=32)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
                 max_file_size=MAX_FILE_SIZE, quiet=True)
@@ -98,19 +99,30 @@ def test_bad_inputs_get_clear_errors_and_the_app_keeps_answering(app, corpus_dir
                                             adapter="vqa")[0]
 
 
-def test_twenty_concurrent_requests_are_all_answered(app, corpus_dir):
+def test_twenty_concurrent_mixed_requests_each_get_their_own_answer(app, corpus_dir):
+    """VQA and caption requests on different images at once (batched together by the server)
+    each equal `generate` run alone; a bad request among them fails alone."""
     service, url = app
-    image, question = first_question(corpus_dir)
-    expected = service.model.generate([Image.open(image).convert("RGB")], [question],
-                                      adapter="vqa")[0]
+    rows = [json.loads(line) for line in
+            Path(corpus_dir, "test_vqa.jsonl").read_text().splitlines()[:20]]
+    requests = [(str(Path(corpus_dir, row["image"])), row["question"],
+                 "caption" if i % 4 == 3 else "vqa") for i, row in enumerate(rows)]
+    expected = [service.model.generate([Image.open(image).convert("RGB")], [question],
+                                       adapter=task)[0] for image, question, task in requests]
+    requests[10] = (requests[10][0], "   ", "vqa")  # an empty question
 
-    def ask(_):
-        return Client(url, verbose=False).predict(handle_file(image), question, "vqa",
-                                                  api_name="/answer")[0]
+    def ask(request):
+        image, question, task = request
+        try:
+            return Client(url, verbose=False).predict(handle_file(image), question, task,
+                                                      api_name="/answer")[0]
+        except Exception as error:  # noqa: BLE001 - the bad request's error is checked below
+            return error
 
     with ThreadPoolExecutor(max_workers=20) as pool:
-        answers = list(pool.map(ask, range(20)))
-    assert answers == [expected] * 20
+        answers = list(pool.map(ask, requests))
+    assert "question is empty" in str(answers[10])
+    assert answers[:10] + answers[11:] == expected[:10] + expected[11:]
 
 
 def test_missing_quickstart_outputs_say_how_to_make_them(tmp_path, capsys):
