@@ -5,7 +5,7 @@
     python -m benchmarks.run --suite methods,padding --out runs/benchmarks
     python -m benchmarks.run --suite methods_large --out runs/benchmarks-large   # T5-large shape
 
-With a GPU, methods, padding and mixed run on it (CUDA events, torch.cuda.max_memory_allocated);
+With a GPU, methods, padding, mixed and serving run on it (CUDA events, torch.cuda.max_memory_allocated);
 features always runs on the CPU, where its data loading happens.
 """
 
@@ -16,15 +16,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks import features, methods, mixed, padding
+from benchmarks import features, methods, mixed, padding, serving
 from benchmarks.common import device_name, pin_threads, write_outputs
 
-SUITES = ("methods", "padding", "features", "mixed")
+SUITES = ("methods", "padding", "features", "mixed", "serving")
 EXTRA_SUITES = ("methods_large",)  # not in "all": T5-large on a CPU takes a long time
 # (full setting, quick setting) keyword arguments of each benchmark's run()
 SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # the measured setting is sized for a 2-core CPU; on a GPU add "large" to methods' shapes
-    "methods": ({"shapes": ["small", "base"], "batch_size": 2, "warmup": 1, "repeats": 3},
+    "methods": ({"shapes": ["small", "base"], "batch_size": 2, "warmup": 1, "repeats": 5},
                 {"shapes": ["tiny"], "batch_size": 2, "warmup": 1, "repeats": 2}),
     "padding": ({"shape": "small", "batch_size": 16, "warmup": 1, "repeats": 3},
                 {"shape": "tiny", "batch_size": 8, "warmup": 1, "repeats": 2}),
@@ -34,18 +34,20 @@ SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
                   "batch_size": 4, "warmup": 0, "repeats": 2}),
     # full fine-tuning left out at large: its weights plus optimizer state would need more memory
     # than the others' five models together on a 24 GiB machine
-    "methods_large": ({"shapes": ["large"], "batch_size": 2, "warmup": 1, "repeats": 3,
+    "methods_large": ({"shapes": ["large"], "batch_size": 2, "warmup": 1, "repeats": 5,
                        "methods": ("none", "pt100", "dept60_30", "lora")},
                       {"shapes": ["tiny"], "batch_size": 2, "warmup": 1, "repeats": 2,
                        "methods": ("none", "pt100", "dept60_30", "lora")}),
     "mixed": ({"shape": "small", "batch_size": 16, "warmup": 1, "repeats": 3},
               {"shape": "tiny", "batch_size": 8, "warmup": 1, "repeats": 2}),
+    "serving": ({"shape": "small", "requests_at_once": 16, "warmup": 1, "repeats": 3},
+                {"shape": "tiny", "requests_at_once": 8, "warmup": 0, "repeats": 2}),
 }
 
 
 def run_suite(name: str, quick: bool, out: Path) -> str:
     module = {"methods": methods, "methods_large": methods, "padding": padding,
-              "features": features, "mixed": mixed}[name]
+              "features": features, "mixed": mixed, "serving": serving}[name]
     start = time.perf_counter()
     results = module.run(**SETTINGS[name][1 if quick else 0])
     results["device"] = device_name()

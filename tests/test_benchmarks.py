@@ -18,6 +18,9 @@ def test_quick_suite_writes_json_markdown_and_plots(tmp_path):
     assert mixed["max_abs_difference"] < 1e-4  # mixed batch == single-adapter batches
     features = json.loads((out / "features.json").read_text())
     assert features["max_loss_difference"] < 1e-4  # cached == on-the-fly training
+    serving = json.loads((out / "serving.json").read_text())
+    assert serving["same_answers"]  # batched serving == one request at a time
+    assert max(map(int, serving["batch_sizes"]["batched"])) > 1
 
 
 def test_allocator_peak_counts_tensors_freed_inside_the_block():
