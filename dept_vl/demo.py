@@ -223,6 +223,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="requests answered together in one mixed-adapter batch")
     parser.add_argument("--max-queue", type=int, default=64, help="requests waiting at most")
     args = parser.parse_args(argv)
+    if args.max_batch_size < 1 or args.max_queue < 1:
+        parser.error("--max-batch-size and --max-queue must be at least 1")
     try:
         service = DemoService(args.backbone, parse_adapters(args.adapter), args.max_batch_size)
     except (DemoError, ValueError, FileNotFoundError) as error:

@@ -133,6 +133,10 @@ def test_missing_quickstart_outputs_say_how_to_make_them(tmp_path, capsys):
     with pytest.raises(DemoError, match="NAME=DIR"):
         parse_adapters(["no-equals-sign"])
     assert parse_adapters(["a=x", "b=y"]) == {"a": "x", "b": "y"}
+    with pytest.raises(SystemExit) as stop:
+        main(["--max-batch-size", "0"])
+    assert stop.value.code == 2
+    assert "--max-batch-size" in capsys.readouterr().err
 
 
 def chromium_missing() -> str | None:
