@@ -9,20 +9,27 @@ import torch
 
 from benchmarks.common import interleaved, pin_threads
 from benchmarks.methods import build, inputs
-from dept_vl import DePTConfig
+from dept_vl import DePTConfig, VLT5
 from dept_vl.experiments import markdown_table
 
 ADAPTERS = ("a", "b", "c", "d")
 
 
-def run(shape: str, batch_size: int, warmup: int, repeats: int) -> dict[str, Any]:
-    pin_threads()
+def with_adapters(shape: str) -> VLT5:
+    """A random VL-T5 of `shape` in eval mode with the 4 VQA DePT(60, 30) adapters `ADAPTERS`,
+    each with its own non-zero B (B starts at zero, which would make the adapters alike)."""
     model, _, _ = build(shape, "none")
     for i, name in enumerate(ADAPTERS):
-        adapter = model.add_adapter(name, DePTConfig(prompt_length=60, rank=30, max_length=256))
+        adapter = model.add_adapter(name, DePTConfig(prompt_length=60, rank=30, max_length=256,
+                                                     task_prefix="vqa:"))
         with torch.no_grad():
             adapter.prompt.lowrank_B.normal_(std=0.02 * (i + 1))
-    model.eval()
+    return model.eval()
+
+
+def run(shape: str, batch_size: int, warmup: int, repeats: int) -> dict[str, Any]:
+    pin_threads()
+    model = with_adapters(shape)
     batch = inputs(model, batch_size)
     batch.pop("labels")
     batch["decoder_input_ids"] = torch.zeros(batch_size, 1, dtype=torch.long,

@@ -8,16 +8,13 @@ import random
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import torch
 from PIL import Image
 
 from benchmarks.common import interleaved, pin_threads
-from benchmarks.methods import build
-from dept_vl import DePTConfig
+from benchmarks.mixed import ADAPTERS, with_adapters
 from dept_vl.batching import MixedBatcher
 from dept_vl.experiments import markdown_table
 
-ADAPTERS = ("a", "b", "c", "d")
 WORDS = "a b c d".split()
 
 
@@ -31,13 +28,7 @@ def requests(count: int, seed: int = 0) -> list[tuple[Image.Image, str, str]]:
 
 def run(shape: str, requests_at_once: int, warmup: int, repeats: int) -> dict[str, Any]:
     pin_threads()
-    model, _, _ = build(shape, "none")
-    for i, name in enumerate(ADAPTERS):
-        adapter = model.add_adapter(name, DePTConfig(prompt_length=60, rank=30, max_length=256,
-                                                     task_prefix="vqa:"))
-        with torch.no_grad():
-            adapter.prompt.lowrank_B.normal_(std=0.02 * (i + 1))
-    model.eval()
+    model = with_adapters(shape)
     work = requests(requests_at_once)
     batchers = {"batched": MixedBatcher(model, max_batch_size=requests_at_once),
                 "one_at_a_time": MixedBatcher(model, max_batch_size=1)}

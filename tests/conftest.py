@@ -17,6 +17,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 torch.set_num_threads(2)
 
 from dept_vl.data import shapes  # noqa: E402
+from dept_vl.dept import DePTConfig  # noqa: E402
 from dept_vl.model import VLT5  # noqa: E402
 from dept_vl.tokenization import build_word_tokenizer  # noqa: E402
 from dept_vl.vision import VisionConfig  # noqa: E402
@@ -41,6 +42,21 @@ def tiny_model(vision: str = "test_vit", d_model: int = 32, seed: int = 0, **kwa
         tiny_t5_config(tokenizer, d_model), VisionConfig(model_name=vision, image_size=32),
         tokenizer=tokenizer, max_text_length=24, **kwargs,
     )
+
+
+def mixed_adapter_model(shapes: dict[str, tuple[int, int, int]]) -> VLT5:
+    """A tiny model in eval mode with one VQA adapter per {name: (m, r, s)}, each perturbed to
+    non-trivial weights (B starts at zero), plus a caption adapter "cap"."""
+    model = tiny_model("test_vit").eval()
+    for name, (m, r, s) in shapes.items():
+        adapter = model.add_adapter(name, DePTConfig(prompt_length=m, rank=r, max_length=s,
+                                                     task_prefix="vqa:"))
+        with torch.no_grad():
+            for param in adapter.parameters():
+                param.add_(0.3 * torch.randn_like(param))
+    model.add_adapter("cap", DePTConfig(prompt_length=2, rank=2, max_length=24,
+                                        task_prefix="caption:"))
+    return model
 
 
 @pytest.fixture(scope="session")

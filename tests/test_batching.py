@@ -6,11 +6,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import torch
 from PIL import Image
 
-from conftest import tiny_model
-from dept_vl import DePTConfig
+from conftest import mixed_adapter_model
 from dept_vl.batching import MixedBatcher
 
 LONG = "what color is the small circle left of the large square in the picture ?"
@@ -20,17 +18,8 @@ REQUESTS = [("a", "what color is the circle ?"), ("short", LONG), ("cap", ""), (
 
 @pytest.fixture(scope="module")
 def model():
-    model = tiny_model("test_vit").eval()
     # "short" reads at most 6 text tokens: a batch with longer questions must not change it
-    for name, (m, r, s) in {"a": (3, 2, 24), "b": (6, 0, 24), "short": (2, 2, 6)}.items():
-        adapter = model.add_adapter(name, DePTConfig(prompt_length=m, rank=r, max_length=s,
-                                                     task_prefix="vqa:"))
-        with torch.no_grad():
-            for param in adapter.parameters():
-                param.add_(0.3 * torch.randn_like(param))
-    model.add_adapter("cap", DePTConfig(prompt_length=2, rank=2, max_length=24,
-                                        task_prefix="caption:"))
-    return model
+    return mixed_adapter_model({"a": (3, 2, 24), "b": (6, 0, 24), "short": (2, 2, 6)})
 
 
 def picture(i):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_model
+from conftest import mixed_adapter_model
 from dept_vl import DePTConfig
 from dept_vl.dept import DePTPrompt
 
@@ -20,17 +20,9 @@ def images(n):
 
 @pytest.fixture(scope="module")
 def model():
-    model = tiny_model("test_vit").eval()
-    shapes = {"a": (3, 2), "b": (6, 0), "c": (0, 4), "d": (2, 2)}  # different m (and PT, m = 0)
-    for name, (m, r) in shapes.items():
-        adapter = model.add_adapter(name, DePTConfig(prompt_length=m, rank=r, max_length=24,
-                                                     task_prefix="vqa:"))
-        with torch.no_grad():  # non-trivial weights: B starts at zero
-            for param in adapter.parameters():
-                param.add_(0.3 * torch.randn_like(param))
-    model.add_adapter("cap", DePTConfig(prompt_length=2, rank=2, max_length=24,
-                                        task_prefix="caption:"))
-    return model
+    # different m (and PT, m = 0)
+    return mixed_adapter_model({"a": (3, 2, 24), "b": (6, 0, 24), "c": (0, 4, 24),
+                                "d": (2, 2, 24)})
 
 
 def test_mixed_forward_equals_each_example_alone(model):
