@@ -16,13 +16,15 @@ from typing import Any
 
 import yaml
 
+from dept_vl.errors import UserError
+
 METHODS = ("dept", "pt", "lora", "full")
 TASK_KEYS = {"task", "train_file", "eval_file", "test_file", "question_types"}
 INIT_PARTS = ("prompt", "lowrank", "projection")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A bad config file or command-line override; the message names the key (and file)."""
 
 

@@ -31,6 +31,7 @@ import gradio as gr  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
 from dept_vl.batching import MixedBatcher  # noqa: E402
+from dept_vl.errors import UserError  # noqa: E402
 from dept_vl.model import VLT5  # noqa: E402
 from dept_vl.tasks import get_task, task_input  # noqa: E402
 
@@ -49,7 +50,7 @@ QUICKSTART_HINT = ("run the quickstart first (`accelerate launch dept_vl/train.p
                    "minutes on 2 CPU cores), or pass --backbone DIR --adapter NAME=DIR")
 
 
-class DemoError(ValueError):
+class DemoError(UserError, ValueError):
     """The demo cannot start: a missing backbone or adapter, or a bad --adapter argument."""
 
 

@@ -21,6 +21,7 @@ from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5Config, T5ForConditionalGeneration
 
 from dept_vl.dept import DePTConfig, DePTPrompt, dept_budget, init_prompt_from_embeddings
+from dept_vl.errors import UserError
 from dept_vl.tasks import get_task, task_input
 from dept_vl.vision import ImageEncoder, VisionConfig, VisualProjection
 
@@ -38,7 +39,7 @@ def _version() -> str:
     return __version__
 
 
-class AdapterMismatchError(ValueError):
+class AdapterMismatchError(UserError, ValueError):
     """An adapter that does not fit this backbone (other d_model, other weights)."""
 
 

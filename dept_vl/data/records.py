@@ -23,6 +23,8 @@ from typing import Any, ClassVar, NoReturn
 
 from PIL import Image
 
+from dept_vl.errors import UserError
+
 __all__ = [
     "TASKS",
     "DataError",
@@ -62,7 +64,7 @@ _FILE_SUFFIXES = {
 _HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Raised for bad dataset input; the message always names the file (and line / row / field)."""
 
 
