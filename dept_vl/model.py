@@ -3,26 +3,39 @@ image encoder, a small visual projection, and any number of named DePT adapters 
 
 The backbone is loaded once; adapters are small modules switched by name, so one process can
 serve VQA and captioning side by side.
+
+On disk (DESIGN.md §4), adapter and backbone folders are written whole beside their target and
+swapped in, so a crash leaves the old folder or the new one. Reading them checks every file
+against what `save_adapter` / `save_pretrained` write: a damaged, hand-edited or unreachable
+file is an AdapterError / BackboneError naming the file and the key or tensor, never a bare
+library traceback, and a non-finite weight is never written or loaded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence, TypeVar
 
 import torch
+from huggingface_hub import constants as hub_constants
 from PIL import Image
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5Config, T5ForConditionalGeneration
+from transformers.utils import logging as hf_logging
 
-from dept_vl.dept import DePTConfig, DePTPrompt, dept_budget, init_prompt_from_embeddings
-from dept_vl.errors import UserError
-from dept_vl.tasks import get_task, task_input
+from dept_vl.dept import (PROMPT_INITS, DePTConfig, DePTPrompt, dept_budget,
+                          init_prompt_from_embeddings)
+from dept_vl.errors import BackboneError, UserError, one_line
+from dept_vl.files import atomic_dir
+from dept_vl.tasks import TASKS, get_task, task_input
 from dept_vl.vision import ImageEncoder, VisionConfig, VisualProjection
 
 logger = logging.getLogger(__name__)
@@ -30,6 +43,9 @@ logger = logging.getLogger(__name__)
 BACKBONE_MANIFEST = "dept_vl_backbone.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+VISION_CONFIG = "vision/config.json"
+VISION_WEIGHTS = "vision/model.safetensors"
+PROJECTION_WEIGHTS = "projection.safetensors"
 FORMAT_VERSION = 1
 
 
@@ -39,7 +55,15 @@ def _version() -> str:
     return __version__
 
 
-class AdapterMismatchError(UserError, ValueError):
+class AdapterError(UserError, ValueError):
+    """An adapter folder that cannot be read or written: missing, damaged or wrongly edited."""
+
+
+class AdapterNotFoundError(AdapterError, FileNotFoundError):
+    """A path that holds no adapter (still a FileNotFoundError for callers that catch that)."""
+
+
+class AdapterMismatchError(AdapterError):
     """An adapter that does not fit this backbone (other d_model, other weights)."""
 
 
@@ -133,13 +157,13 @@ class VLT5(nn.Module):
             base_model = str(t5.config.name_or_path or "")
         else:
             base_model = str(t5)
-            t5_model = T5ForConditionalGeneration.from_pretrained(base_model)
+            t5_model = load_t5(base_model)
             if tokenizer is None:
-                tokenizer = AutoTokenizer.from_pretrained(base_model)
+                tokenizer = load_tokenizer(base_model)
         if tokenizer is None:
             raise ValueError("a tokenizer is needed when T5 is given as a config or model")
         if isinstance(tokenizer, (str, os.PathLike)):
-            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+            tokenizer = load_tokenizer(str(tokenizer))
         vision_config = vision if isinstance(vision, VisionConfig) else VisionConfig(
             model_name=vision, **vision_options
         )
@@ -444,17 +468,32 @@ class VLT5(nn.Module):
 
     # ------------------------------------------------------------------ save / load: backbone
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """T5 + tokenizer files, `vision/`, the projection and a manifest (DESIGN.md §4)."""
+        """T5 + tokenizer files, `vision/`, the projection and a manifest (DESIGN.md §4), built
+        in a folder beside `directory` and swapped in whole; non-finite weights are refused."""
         out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        self.t5.save_pretrained(out)
-        self.tokenizer.save_pretrained(out)
-        (out / "vision").mkdir(exist_ok=True)
+        _check_replaceable(out, BACKBONE_MANIFEST, BackboneError)
+        vision_weights = _contiguous(self.vision.model.state_dict())
+        projection_weights = _contiguous(self.projection.state_dict())
+        bad = _first_non_finite({**{f"t5.{k}": v for k, v in self.t5.state_dict().items()},
+                                 **{f"vision.{k}": v for k, v in vision_weights.items()},
+                                 **{f"projection.{k}": v for k, v in projection_weights.items()}})
+        if bad is not None:
+            raise BackboneError(f"backbone weight {bad} holds NaN or inf values; "
+                                f"not saving it to {out}")
         vision_config = {**self.vision.config.to_dict(), "pretrained": False, "weights_file": None}
-        (out / "vision" / "config.json").write_text(json.dumps(vision_config, indent=2))
-        save_file(_contiguous(self.vision.model.state_dict()), out / "vision" / "model.safetensors")
-        save_file(_contiguous(self.projection.state_dict()), out / "projection.safetensors")
-        manifest = {
+        manifest = self._manifest(out)
+        with atomic_dir(out) as tmp, _quiet_progress():
+            self.t5.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            (tmp / "vision").mkdir()
+            (tmp / VISION_CONFIG).write_text(json.dumps(vision_config, indent=2))
+            save_file(vision_weights, tmp / VISION_WEIGHTS)
+            save_file(projection_weights, tmp / PROJECTION_WEIGHTS)
+            (tmp / BACKBONE_MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+    def _manifest(self, out: Path) -> dict[str, Any]:
+        """What dept_vl_backbone.json holds (its schema: _MANIFEST_KEYS)."""
+        return {
             "format_version": FORMAT_VERSION,
             "base_model": self.base_model or str(out),
             "vision_model": self.vision.config.model_name,
@@ -464,30 +503,27 @@ class VLT5(nn.Module):
             "metadata": self.metadata,
             "dept_vl_version": _version(),
         }
-        (out / BACKBONE_MANIFEST).write_text(json.dumps(manifest, indent=2))
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "VLT5":
-        """Load a backbone directory written by `save_pretrained`."""
+        """Load a backbone directory written by `save_pretrained`; a missing or damaged file is
+        a BackboneError naming it, and weights that are not the manifest's are refused."""
         path = Path(directory)
-        manifest_file = path / BACKBONE_MANIFEST
-        if not manifest_file.is_file():
-            raise FileNotFoundError(
-                f"{path} is not a dept_vl backbone directory (no {BACKBONE_MANIFEST}); "
-                "build one with `accelerate launch dept_vl/train.py --config configs/backbone_shapes.yaml` or VLT5.save_pretrained"
-            )
-        manifest = json.loads(manifest_file.read_text())
-        vision_config = VisionConfig(**json.loads((path / "vision" / "config.json").read_text()))
-        encoder = ImageEncoder(vision_config)
-        encoder.model.load_state_dict(load_file(path / "vision" / "model.safetensors"))
-        t5 = T5ForConditionalGeneration.from_pretrained(path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = cls(t5, tokenizer, encoder, manifest.get("num_visual_tokens"),
+        manifest = _read_manifest(path)
+        encoder = _load_encoder(path)
+        model = cls(load_t5(str(path)), load_tokenizer(str(path)), encoder,
+                    manifest.get("num_visual_tokens"),
                     base_model=manifest.get("base_model") or str(path),
                     max_text_length=manifest.get("max_text_length", 64))
-        model.projection.load_state_dict(load_file(path / "projection.safetensors"))
+        _load_weights(model.projection, path / PROJECTION_WEIGHTS)
         model.metadata = manifest.get("metadata", {})
         model.freeze_backbone()
+        expected, actual = manifest.get("backbone_fingerprint"), model.backbone_fingerprint()
+        if expected is not None and expected != actual:
+            raise BackboneError(
+                f"{path / BACKBONE_MANIFEST}: backbone_fingerprint {expected} does not match the "
+                f"weights in {path} (fingerprint {actual}): files were changed or mixed after "
+                "the backbone was saved; save it again")
         return model
 
     # ------------------------------------------------------------------ save / load: adapters
@@ -495,12 +531,28 @@ class VLT5(nn.Module):
         self, name: str, directory: str | os.PathLike, metrics: dict[str, Any] | None = None,
         command: str | None = None,
     ) -> None:
-        """adapter_config.json + adapter_model.safetensors + a README model card."""
+        """adapter_config.json + adapter_model.safetensors + a README model card, built in a
+        folder beside `directory` and swapped in whole: a crash leaves the old adapter or the
+        new one. An adapter with a NaN or inf weight is refused, never written."""
         adapter = self.get_adapter(name)
         out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
+        weights = adapter.weights()
+        bad = _first_non_finite(weights)
+        if bad is not None:
+            raise AdapterError(f"adapter {name!r}: tensor {bad} holds NaN or inf values; "
+                               f"not saving it to {out}")
+        _check_replaceable(out, ADAPTER_CONFIG, AdapterError)
+        meta = self._adapter_meta(adapter, weights)
+        with atomic_dir(out) as tmp:
+            (tmp / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2))
+            save_file(weights, tmp / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+            (tmp / "README.md").write_text(_model_card(name, meta, metrics, command))
+
+    def _adapter_meta(self, adapter: DePTAdapter, weights: dict[str, torch.Tensor]
+                      ) -> dict[str, Any]:
+        """What adapter_config.json holds (its schema: _ADAPTER_KEYS)."""
         config = adapter.config
-        meta = {
+        return {
             "method": adapter.method,
             "prompt_length": config.prompt_length,
             "rank": config.rank,
@@ -511,20 +563,18 @@ class VLT5(nn.Module):
             "d_model": self.d_model,
             "task_prefix": config.task_prefix,
             "train_projection": adapter.projection is not None,
-            "trainable_parameters": sum(t.numel() for t in adapter.weights().values()),
+            "trainable_parameters": sum(t.numel() for t in weights.values()),
             "base_model": self.base_model,
             "backbone_fingerprint": self.backbone_fingerprint(),
             "extra": config.extra,
             "dept_vl_version": _version(),
         }
-        (out / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2))
-        save_file(adapter.weights(), out / ADAPTER_WEIGHTS, metadata={"format": "pt"})
-        (out / "README.md").write_text(_model_card(name, meta, metrics, command))
 
     def read_adapter(
         self, directory: str | os.PathLike, strict: bool = True
     ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        """A saved prompt adapter's config and tensors, checked against this backbone.
+        """A saved prompt adapter's config and tensors, checked against its schema and against
+        this backbone.
 
         An adapter saved for another backbone is refused (strict) or warned about; an adapter of
         another d_model is always refused.
@@ -532,28 +582,25 @@ class VLT5(nn.Module):
         path = Path(directory)
         config_file = path / ADAPTER_CONFIG
         if not config_file.is_file():
-            raise FileNotFoundError(f"{path}: no {ADAPTER_CONFIG}; not a dept_vl adapter directory")
-        meta = json.loads(config_file.read_text())
-        if meta.get("method") not in ("dept", "pt"):
+            raise AdapterNotFoundError(
+                f"{path}: no {ADAPTER_CONFIG}; not a dept_vl adapter directory")
+        meta = read_adapter_config(config_file)
+        if meta["d_model"] != self.d_model:
             raise AdapterMismatchError(
-                f"{config_file}: method {meta.get('method')!r} cannot be loaded as a prompt adapter"
-            )
-        if meta.get("d_model") != self.d_model:
-            raise AdapterMismatchError(
-                f"{config_file}: adapter was trained for d_model={meta.get('d_model')}, "
+                f"{config_file}: adapter was trained for d_model={meta['d_model']}, "
                 f"this backbone ({self.base_model}) has d_model={self.d_model}"
             )
         fingerprint = self.backbone_fingerprint()
-        if meta.get("backbone_fingerprint") != fingerprint:
+        if meta["backbone_fingerprint"] != fingerprint:
             message = (
                 f"{config_file}: adapter was trained on backbone {meta.get('base_model')!r} "
-                f"(fingerprint {meta.get('backbone_fingerprint')}), but this backbone is "
+                f"(fingerprint {meta['backbone_fingerprint']}), but this backbone is "
                 f"{self.base_model!r} (fingerprint {fingerprint})"
             )
             if strict:
                 raise AdapterMismatchError(message + "; pass strict=False to load it anyway")
             logger.warning(message)
-        return meta, load_file(path / ADAPTER_WEIGHTS)
+        return meta, read_adapter_weights(path / ADAPTER_WEIGHTS)
 
     def load_adapter(
         self, directory: str | os.PathLike, name: str | None = None, strict: bool = True
@@ -563,14 +610,10 @@ class VLT5(nn.Module):
         path = Path(directory)
         meta, tensors = self.read_adapter(path, strict)
         name = name or path.name.replace("-", "_")
-        config = DePTConfig(
-            prompt_length=meta["prompt_length"], rank=meta["rank"], max_length=meta["max_length"],
-            alpha=meta["alpha"], prompt_init="random", task_prefix=meta["task_prefix"],
-            extra=meta.get("extra", {}),
-        )
+        config = dept_config_of(meta, path / ADAPTER_CONFIG)
         if name in self.adapters:
             self.delete_adapter(name)
-        adapter = self.add_adapter(name, config, train_projection=meta.get("train_projection", True))
+        adapter = self.add_adapter(name, config, train_projection=meta["train_projection"])
         expected = adapter.weights()
         missing = sorted(set(expected) - set(tensors))
         unexpected = sorted(set(tensors) - set(expected))
@@ -585,6 +628,338 @@ class VLT5(nn.Module):
             self.delete_adapter(name)
             raise AdapterMismatchError(f"{path / ADAPTER_WEIGHTS}: {error}") from None
         return name
+
+
+# ---------------------------------------------------------------------------- file checks
+class _Key(NamedTuple):
+    """What one key of a JSON file written by dept_vl may hold."""
+
+    types: tuple[type, ...]
+    required: bool = True
+    check: Callable[[Any], str | None] | None = None  # a complaint about the value, or None
+
+
+_NONE = type(None)
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+               dict: "a JSON object", _NONE: "null"}
+
+
+def _at_least(low: int) -> Callable[[Any], str | None]:
+    return lambda value: None if value >= low else f"must be >= {low}"
+
+
+def _finite_positive(value: float) -> str | None:
+    return None if math.isfinite(value) and value > 0 else "must be a finite number > 0"
+
+
+def _square(value: int) -> str | None:
+    return None if value >= 1 and math.isqrt(value) ** 2 == value else "must be a square number"
+
+
+def _known_prefix(value: str) -> str | None:
+    prefixes = [task.prefix for task in TASKS.values()]
+    return None if value in prefixes else f"must be one of {prefixes}"
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    return lambda value: None if value in choices else f"must be one of {list(choices)}"
+
+
+# adapter_config.json as save_adapter writes it; unknown keys are left alone (notes, newer fields)
+_ADAPTER_KEYS = {
+    "method": _Key((str,), check=_one_of("dept", "pt")),
+    "prompt_length": _Key((int,), check=_at_least(0)),
+    "rank": _Key((int,), check=_at_least(0)),
+    "max_length": _Key((int,), check=_at_least(0)),
+    "alpha": _Key((int, float), check=_finite_positive),
+    "d_model": _Key((int,), check=_at_least(1)),
+    "task_prefix": _Key((str,), check=_known_prefix),
+    "train_projection": _Key((bool,)),
+    "backbone_fingerprint": _Key((str,)),
+    "base_model": _Key((str,), required=False),
+    "prompt_init": _Key((str,), required=False, check=_one_of(*PROMPT_INITS)),
+    "prompt_init_text": _Key((str, _NONE), required=False),
+    "trainable_parameters": _Key((int,), required=False, check=_at_least(0)),
+    "extra": _Key((dict,), required=False),
+    "dept_vl_version": _Key((str,), required=False),
+}
+
+_MANIFEST_KEYS = {
+    "format_version": _Key((int,), required=False, check=lambda v: None if v <= FORMAT_VERSION
+                           else f"is newer than this dept_vl reads ({FORMAT_VERSION})"),
+    "base_model": _Key((str,), required=False),
+    "vision_model": _Key((str,), required=False),
+    "num_visual_tokens": _Key((int, _NONE), required=False, check=_square),
+    "max_text_length": _Key((int,), required=False, check=_at_least(1)),
+    "backbone_fingerprint": _Key((str,), required=False),
+    "metadata": _Key((dict,), required=False),
+    "dept_vl_version": _Key((str,), required=False),
+}
+
+# vision/config.json: exactly VisionConfig's fields, since they are passed to it
+_VISION_KEYS = {
+    "model_name": _Key((str,)),
+    "model_kwargs": _Key((dict,), required=False),
+    "image_size": _Key((int, _NONE), required=False, check=_at_least(1)),
+    "pretrained": _Key((bool,), required=False),
+    "weights_file": _Key((str, _NONE), required=False),
+}
+
+
+def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):  # JSON true is not an integer here
+        return bool in types
+    return isinstance(value, types)
+
+
+def _check_keys(values: dict[str, Any], keys: dict[str, _Key], file: Path,
+                error: type[UserError], closed: bool = False) -> None:
+    """Every key of `values` against `keys`: presence, JSON type, range; `closed` also refuses
+    keys not listed. The error names the file and the key."""
+    if closed:
+        unknown = sorted(set(values) - set(keys))
+        if unknown:
+            raise error(f"{file}: unknown key {unknown[0]!r} (known keys: {sorted(keys)})")
+    for key, spec in keys.items():
+        if key not in values:
+            if spec.required:
+                raise error(f"{file}: missing key {key!r}")
+            continue
+        value = values[key]
+        if not _type_ok(value, spec.types):
+            expected = " or ".join(_TYPE_NAMES[t] for t in spec.types
+                                   if not (t is int and float in spec.types))
+            raise error(f"{file}: key {key!r} must be {expected}, got {json.dumps(value)}")
+        problem = spec.check(value) if spec.check and value is not None else None
+        if problem:
+            raise error(f"{file}: key {key!r} {problem}, got {json.dumps(value)}")
+
+
+def _read_json(file: Path, error: type[UserError]) -> dict[str, Any]:
+    """The JSON object in `file`; a missing, empty, unparsable or non-object file is `error`."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{file}: missing") from None
+    except (OSError, UnicodeDecodeError) as problem:
+        raise error(f"{file}: cannot be read ({problem})") from None
+    if not text.strip():
+        raise error(f"{file}: the file is empty")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as problem:
+        raise error(f"{file}: not valid JSON (line {problem.lineno}, column {problem.colno}: "
+                    f"{problem.msg})") from None
+    if not isinstance(value, dict):
+        raise error(f"{file}: expected a JSON object, got a {type(value).__name__}")
+    return value
+
+
+def _read_tensors(file: Path, error: type[UserError]) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a missing, empty or damaged file is `error`."""
+    if not file.is_file():
+        raise error(f"{file}: missing")
+    _check_safetensors(file, error)
+    try:
+        return load_file(file)
+    except (SafetensorError, OSError) as problem:
+        raise error(f"{file}: not a readable safetensors file ({problem})") from None
+
+
+def _check_safetensors(file: Path, error: type[UserError]) -> None:
+    """Refuse an empty, truncated or damaged safetensors file before a library reads it (the
+    header check also finds a file shorter or longer than its header says)."""
+    if file.stat().st_size == 0:
+        raise error(f"{file}: the file is empty (0 bytes)")
+    try:
+        with safe_open(file, "pt"):
+            pass
+    except (SafetensorError, OSError) as problem:
+        raise error(f"{file}: not a readable safetensors file ({problem})") from None
+
+
+def _first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating tensor holding a NaN or inf, or None."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
+def _check_replaceable(target: Path, marker: str, error: type[UserError]) -> None:
+    """A save replaces the whole folder, so it only replaces an empty folder or one it wrote
+    before (holding `marker`): a wrong path must never delete a user's other files."""
+    if target.exists() and not target.is_dir():
+        raise error(f"{target}: exists and is not a folder")
+    if target.is_dir() and any(target.iterdir()) and not (target / marker).is_file():
+        raise error(f"{target}: the folder holds other files (no {marker}) and a save "
+                    "replaces the whole folder; choose a new or empty folder")
+
+
+# ---------------------------------------------------------------------------- adapter files
+def read_adapter_config(file: Path) -> dict[str, Any]:
+    """adapter_config.json checked against its schema (_ADAPTER_KEYS) and DePTConfig's rules."""
+    meta = _read_json(file, AdapterError)
+    if meta.get("method") == "lora":
+        raise AdapterMismatchError(
+            f"{file}: method 'lora' is a LoRA adapter (it changes T5's weights) and cannot be "
+            "loaded as a prompt adapter; only 'dept' and 'pt' adapters can")
+    _check_keys(meta, _ADAPTER_KEYS, file, AdapterError)
+    dept_config_of(meta, file)
+    return meta
+
+
+def dept_config_of(meta: dict[str, Any], file: Path) -> DePTConfig:
+    """The DePTConfig a checked adapter_config.json describes (initialisation: its weights)."""
+    try:
+        config = DePTConfig(
+            prompt_length=meta["prompt_length"], rank=meta["rank"], max_length=meta["max_length"],
+            alpha=float(meta["alpha"]), prompt_init="random", task_prefix=meta["task_prefix"],
+            extra=meta.get("extra", {}),
+        )
+    except ValueError as error:
+        raise AdapterError(f"{file}: {error}") from None
+    method = "pt" if config.rank == 0 else "dept"
+    if meta["method"] != method:
+        raise AdapterError(f"{file}: key 'method' is {meta['method']!r} but rank is "
+                           f"{config.rank} (a pt adapter has rank 0, a dept adapter rank > 0)")
+    return config
+
+
+def read_adapter_weights(file: Path) -> dict[str, torch.Tensor]:
+    """adapter_model.safetensors: readable, floating point and finite, or an AdapterError."""
+    tensors = _read_tensors(file, AdapterError)
+    for key, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            raise AdapterError(f"{file}: tensor {key} has dtype {tensor.dtype}; adapter weights "
+                               "are floating point")
+    bad = _first_non_finite(tensors)
+    if bad is not None:
+        raise AdapterError(f"{file}: tensor {bad} holds NaN or inf values")
+    return tensors
+
+
+# ---------------------------------------------------------------------------- backbone files
+T5_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+TOKENIZER_CONFIG = "tokenizer_config.json"
+TOKENIZER_VOCABULARY = ("tokenizer.json", "spiece.model")  # fast tokenizer or sentencepiece
+
+# What transformers raises for a T5 or tokenizer folder it cannot use: missing or unparsable
+# files (OSError, ValueError), a config of the wrong shape (TypeError), weights that do not fit
+# the config (RuntimeError), a damaged safetensors file.
+_LIBRARY_LOAD_ERRORS = (OSError, ValueError, TypeError, RuntimeError, SafetensorError)
+_T = TypeVar("_T")
+
+
+@contextlib.contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """No transformers progress bars while a backbone loads or saves: a local folder takes a
+    moment, and an entry point's stderr must stay one line when the load fails."""
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _not_reachable(source: str) -> str:
+    offline = " (HF_HUB_OFFLINE is set)" if hub_constants.HF_HUB_OFFLINE else ""
+    return (f"T5 {source!r} is neither a local directory nor reachable on the Hugging Face "
+            f"hub{offline}; point `t5:` (model.t5 in the config) at a local directory holding "
+            "the T5 save_pretrained files (config.json, model.safetensors) and its tokenizer "
+            "files")
+
+
+def _load_from(source: str, load: Callable[[str], _T], what: str) -> _T:
+    """`load(source)` for a local directory (checked first by the caller) or a hub name, with
+    a failure as one BackboneError naming the source."""
+    local = Path(source).expanduser().is_dir()
+    try:
+        with _quiet_progress():
+            return load(str(Path(source).expanduser()) if local else source)
+    except OSError as error:
+        if local:
+            raise BackboneError(f"{source}: the {what} cannot be loaded: {one_line(error)}") \
+                from error
+        raise BackboneError(_not_reachable(source)) from error
+    except _LIBRARY_LOAD_ERRORS as error:
+        where = source if local else f"T5 {source!r}"
+        raise BackboneError(f"{where}: the {what} cannot be loaded: {one_line(error)}") \
+            from error
+
+
+def load_t5(source: str) -> T5ForConditionalGeneration:
+    """T5 from a local directory (its config.json and weight files checked first) or a hub
+    name; what cannot be loaded is a BackboneError naming the directory or name and file."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        _read_json(path / "config.json", BackboneError)
+        if not any((path / name).is_file() for name in T5_WEIGHTS):
+            raise BackboneError(f"{path / T5_WEIGHTS[0]}: missing (no T5 weights in {path})")
+        for weights in sorted(path.glob("*.safetensors")):
+            _check_safetensors(weights, BackboneError)
+    return _load_from(source, T5ForConditionalGeneration.from_pretrained, "T5 model")
+
+
+def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
+    """A tokenizer from a local directory (tokenizer.save_pretrained files) or a hub name."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        _read_json(path / TOKENIZER_CONFIG, BackboneError)  # every save_pretrained writes it
+        if not any((path / name).is_file() for name in TOKENIZER_VOCABULARY):
+            raise BackboneError(f"{path / TOKENIZER_VOCABULARY[0]}: missing (no tokenizer "
+                                f"vocabulary in {path})")
+        if (path / "tokenizer.json").is_file():
+            _read_json(path / "tokenizer.json", BackboneError)
+    return _load_from(source, AutoTokenizer.from_pretrained, "tokenizer")
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    file = path / BACKBONE_MANIFEST
+    if not path.is_dir():
+        raise BackboneError(f"{path}: no such backbone directory")
+    if not file.is_file():
+        raise BackboneError(
+            f"{path} is not a dept_vl backbone directory (no {BACKBONE_MANIFEST}); build one "
+            "with `accelerate launch dept_vl/train.py --config configs/backbone_shapes.yaml` "
+            "or VLT5.save_pretrained")
+    manifest = _read_json(file, BackboneError)
+    _check_keys(manifest, _MANIFEST_KEYS, file, BackboneError)
+    return manifest
+
+
+def _load_encoder(path: Path) -> ImageEncoder:
+    """The timm encoder of a backbone folder: vision/config.json, then its saved weights (the
+    hub and any weights_file are never consulted)."""
+    file = path / VISION_CONFIG
+    values = _read_json(file, BackboneError)
+    _check_keys(values, _VISION_KEYS, file, BackboneError, closed=True)
+    try:
+        encoder = ImageEncoder(VisionConfig(**{**values, "pretrained": False,
+                                               "weights_file": None}))
+    except BackboneError as error:  # e.g. a model name this timm does not know
+        raise BackboneError(f"{file}: {error}") from error
+    _load_weights(encoder.model, path / VISION_WEIGHTS)
+    return encoder
+
+
+def _load_weights(module: nn.Module, file: Path) -> None:
+    """A backbone part's safetensors file into `module`: every tensor present, none extra, each
+    of the right shape, or a BackboneError naming the file and tensor."""
+    tensors = _read_tensors(file, BackboneError)
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise BackboneError(f"{file}: missing tensors {missing[:5]}, unexpected "
+                            f"{unexpected[:5]}")
+    for key, value in tensors.items():
+        if value.shape != expected[key].shape:
+            raise BackboneError(f"{file}: tensor {key} has shape {tuple(value.shape)}, "
+                                f"expected {tuple(expected[key].shape)}")
+    module.load_state_dict(tensors)
 
 
 def text_length(attention_mask: torch.Tensor) -> int:

@@ -2,26 +2,37 @@
 into the T5 embedding space, and a disk cache of the frozen encoder's outputs.
 
 timm gives every model the same face (`create_model`, `forward_features`, data config), so one
-wrapper serves ViTs (prefix tokens dropped) and CNNs (feature map flattened row by row).
+wrapper serves ViTs (prefix tokens dropped) and CNNs (feature map flattened row by row). A timm
+model that cannot be built as asked (unknown name, hub out of reach, a missing, unreadable or
+foreign weights file) is a BackboneError naming it and saying how to point `weights_file:` at
+local weights.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import math
+import os
+import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import timm
 import torch
+from huggingface_hub import constants as hub_constants
 from PIL import Image
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from timm.data import create_transform, resolve_data_config
+from timm.models import parse_model_name, split_model_name_tag
 from torch import nn
 from torch.nn import functional as F
+
+from dept_vl.errors import BackboneError, one_line
 
 
 @dataclass
@@ -38,21 +49,121 @@ class VisionConfig:
         return asdict(self)
 
 
+# What timm raises for weights it cannot use: a damaged safetensors file, a .pth that is not a
+# plain state dict (torch's weights_only refuses it), a truncated pickle, tensors of another
+# shape (RuntimeError from load_state_dict) or a model that has no pretrained weights at all.
+_WEIGHTS_ERRORS = (SafetensorError, RuntimeError, pickle.UnpicklingError, EOFError)
+_WEIGHTS_HINT = ("set `weights_file:` (vision.weights_file) to a local .safetensors/.pth file "
+                 "holding the encoder's weights")
+
+
+def _check_model_name(name: str) -> None:
+    """Refuse a name timm does not know before anything is built (hf-hub: and local-dir:
+    names are resolved by timm itself)."""
+    try:
+        source, model_id = parse_model_name(name)
+    except ValueError as error:
+        raise BackboneError(f"timm model {name!r}: {one_line(error)}") from None
+    if source is None and not timm.is_model(split_model_name_tag(model_id)[0]):
+        raise BackboneError(
+            f"unknown timm model {name!r} (vision.model_name); timm.list_models('*vit*') lists "
+            "the known names, a pretrained tag follows a dot: vit_base_patch16_clip_224.openai")
+
+
+def _check_weights_file(config: VisionConfig) -> None:
+    path = Path(str(config.weights_file))
+    problem = ("does not exist" if not path.is_file()
+               else "cannot be read" if not os.access(path, os.R_OK)
+               else "is empty" if path.stat().st_size == 0 else None)
+    if problem:
+        raise BackboneError(f"timm model {config.model_name!r}: weights_file {path} {problem}; "
+                            + _WEIGHTS_HINT)
+
+
+class _MissingKeys(logging.Handler):
+    """timm loads pretrained weights non-strictly once the classifier is dropped (num_classes=0)
+    and only logs which model weights the checkpoint lacked; this collects that report, so a
+    checkpoint of another model is an error rather than a randomly initialised frozen encoder."""
+
+    PREFIX = "Missing keys ("
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.keys: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith(self.PREFIX):
+            self.keys += message[len(self.PREFIX):message.index(")")].split(", ")
+
+    @classmethod
+    @contextlib.contextmanager
+    def collect(cls) -> Iterator["_MissingKeys"]:
+        report = cls()
+        timm_logger = logging.getLogger("timm.models._builder")
+        level = timm_logger.level
+        timm_logger.addHandler(report)
+        timm_logger.setLevel(logging.INFO)
+        try:
+            yield report
+        finally:
+            timm_logger.removeHandler(report)
+            timm_logger.setLevel(level)
+
+
+def _unusable_weights(config: VisionConfig, error: BaseException) -> BackboneError:
+    name = config.model_name
+    if isinstance(error, OSError) and not config.weights_file:
+        offline = " (HF_HUB_OFFLINE is set)" if hub_constants.HF_HUB_OFFLINE else ""
+        return BackboneError(f"timm model {name!r} is not in the local cache and the Hugging "
+                             f"Face hub cannot be reached{offline}; " + _WEIGHTS_HINT)
+    source = f"weights_file {config.weights_file}" if config.weights_file \
+        else "its pretrained weights"
+    return BackboneError(f"timm model {name!r}: {source} cannot be loaded "
+                         f"({one_line(error) or type(error).__name__}); " + _WEIGHTS_HINT)
+
+
+def create_timm_model(config: VisionConfig) -> nn.Module:
+    """`timm.create_model` without a classifier, loading `weights_file` or timm's pretrained
+    weights when asked; what the user can fix (unknown name, hub out of reach, a missing or
+    unusable weights file, options the model does not take) is one BackboneError naming it."""
+    _check_model_name(config.model_name)
+    kwargs = dict(config.model_kwargs)
+    if config.weights_file:
+        _check_weights_file(config)
+        kwargs["pretrained_cfg_overlay"] = {"file": config.weights_file}
+    pretrained = config.pretrained or bool(config.weights_file)
+    try:
+        with _MissingKeys.collect() as report:
+            model = timm.create_model(config.model_name, pretrained=pretrained, num_classes=0,
+                                      **kwargs)
+    except OSError as error:  # huggingface_hub's LocalEntryNotFoundError is one
+        raise _unusable_weights(config, error) from error
+    except TypeError as error:
+        if not config.model_kwargs:
+            raise
+        raise BackboneError(f"timm model {config.model_name!r} does not take model_kwargs "
+                            f"{config.model_kwargs}: {one_line(error)}") from error
+    except _WEIGHTS_ERRORS as error:
+        if not pretrained:
+            raise
+        raise _unusable_weights(config, error) from error
+    if report.keys:
+        source = config.weights_file or "its pretrained weights"
+        raise BackboneError(
+            f"timm model {config.model_name!r}: {source} lacks {len(report.keys)} of the "
+            f"model's weights ({', '.join(report.keys[:3])}, ...); is it a checkpoint of this "
+            "model? " + _WEIGHTS_HINT)
+    return model
+
+
 class ImageEncoder(nn.Module):
     """timm model → (B, N, D) visual tokens, with its preprocessing from timm's data config."""
 
     def __init__(self, config: VisionConfig):
         super().__init__()
         self.config = config
-        kwargs = dict(config.model_kwargs)
-        if config.weights_file:
-            kwargs["pretrained_cfg_overlay"] = {"file": config.weights_file}
-        self.model = timm.create_model(
-            config.model_name,
-            pretrained=config.pretrained or bool(config.weights_file),
-            num_classes=0,
-            **kwargs,
-        )
+        self.model = create_timm_model(config)
         self.feature_dim: int = self.model.num_features
         self.num_prefix_tokens: int = getattr(self.model, "num_prefix_tokens", 0)
         data_args: dict[str, Any] = {}

@@ -9,7 +9,8 @@ from safetensors.torch import save_file
 
 from conftest import tiny_model
 from dept_vl import AdapterMismatchError, DePTConfig, VLT5
-from dept_vl.vision import VisionConfig
+from dept_vl.errors import BackboneError, UserError, one_line
+from dept_vl.vision import ImageEncoder, VisionConfig
 
 CFG = DePTConfig(prompt_length=3, rank=2, max_length=24, task_prefix="vqa:")
 
@@ -192,7 +193,7 @@ def test_backbone_save_and_from_pretrained_round_trip(tmp_path):
         b = loaded(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=ids).logits
     assert torch.equal(a, b)
     assert not any(p.requires_grad for p in loaded.parameters())
-    with pytest.raises(FileNotFoundError, match="not a dept_vl backbone"):
+    with pytest.raises(BackboneError, match="not a dept_vl backbone"):
         VLT5.from_pretrained(tmp_path)
 
 
@@ -239,3 +240,144 @@ def test_adapter_file_with_a_wrong_tensor_shape_is_refused_and_not_left_loaded(t
                        match=r"adapter_model.safetensors: tensor lowrank_B has shape \(2, 7\)"):
         fresh.load_adapter(tmp_path / "vqa", name="vqa")
     assert "vqa" not in fresh.adapters
+
+
+# ---------------------------------------------------------------------------- damaged files
+def saved_adapter(path):
+    model = tiny_model("test_vit")
+    model.add_adapter("vqa", CFG)
+    model.save_adapter("vqa", path)
+    return model
+
+
+def edit_json(file, **changes):
+    values = json.loads(file.read_text())
+    values.update(changes)
+    file.write_text(json.dumps(values))
+
+
+def test_adapter_with_a_nan_weight_is_never_saved_and_the_old_one_stays(tmp_path):
+    model = saved_adapter(tmp_path / "vqa")
+    before = (tmp_path / "vqa" / "adapter_model.safetensors").read_bytes()
+    with torch.no_grad():
+        model.adapters["vqa"].prompt.lowrank_B[0, 0] = float("nan")
+    with pytest.raises(UserError, match=r"adapter 'vqa': tensor lowrank_B holds NaN or inf"):
+        model.save_adapter("vqa", tmp_path / "vqa")
+    assert (tmp_path / "vqa" / "adapter_model.safetensors").read_bytes() == before
+    with pytest.raises(UserError, match="lowrank_B"):
+        model.save_adapter("vqa", tmp_path / "fresh")
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_adapter_file_with_non_finite_weights_is_refused_naming_file_and_tensor(tmp_path):
+    from safetensors.torch import load_file
+
+    model = saved_adapter(tmp_path / "vqa")
+    file = tmp_path / "vqa" / "adapter_model.safetensors"
+    tensors = load_file(file)
+    tensors["prompt_embeddings"][1, 2] = float("inf")
+    save_file(tensors, file)
+    with pytest.raises(UserError, match=r"adapter_model.safetensors: tensor prompt_embeddings "
+                                        r"holds NaN or inf"):
+        model.load_adapter(tmp_path / "vqa", name="again")
+    assert "again" not in model.adapters
+
+
+@pytest.mark.parametrize("changes, complaint", [
+    ({"alpha": "8"}, r"key 'alpha' must be a number, got \"8\""),
+    ({"rank": -1}, r"key 'rank' must be >= 0, got -1"),
+    ({"task_prefix": "ocr:"}, r"key 'task_prefix' must be one of"),
+], ids=["alpha-string", "negative-rank", "unknown-task"])
+def test_hand_edited_adapter_config_is_refused_naming_file_and_key(tmp_path, changes, complaint):
+    model = saved_adapter(tmp_path / "vqa")
+    edit_json(tmp_path / "vqa" / "adapter_config.json", **changes)
+    with pytest.raises(UserError, match=r"adapter_config.json: " + complaint):
+        model.load_adapter(tmp_path / "vqa", name="again")
+
+
+def test_adapter_config_without_a_key_names_the_key_not_a_bare_key_error(tmp_path):
+    model = saved_adapter(tmp_path / "vqa")
+    file = tmp_path / "vqa" / "adapter_config.json"
+    values = json.loads(file.read_text())
+    del values["max_length"]
+    file.write_text(json.dumps(values))
+    with pytest.raises(UserError, match=r"adapter_config.json: missing key 'max_length'"):
+        model.load_adapter(tmp_path / "vqa")
+
+
+def test_truncated_adapter_weights_are_refused_naming_the_file(tmp_path):
+    model = saved_adapter(tmp_path / "vqa")
+    file = tmp_path / "vqa" / "adapter_model.safetensors"
+    file.write_bytes(file.read_bytes()[:-40])
+    with pytest.raises(UserError) as error:
+        model.load_adapter(tmp_path / "vqa")
+    assert str(file) in one_line(error.value)
+    assert isinstance(error.value, ValueError)  # callers' `except ValueError` still catches it
+
+
+def test_lora_adapter_is_refused_as_a_prompt_adapter(tmp_path):
+    model = saved_adapter(tmp_path / "vqa")
+    (tmp_path / "vqa" / "adapter_config.json").write_text(json.dumps(
+        {"method": "lora", "lora_rank": 8, "task_prefix": "vqa:"}))
+    with pytest.raises(AdapterMismatchError, match="method 'lora' is a LoRA adapter"):
+        model.load_adapter(tmp_path / "vqa")
+
+
+def test_save_never_replaces_a_folder_of_other_files(tmp_path):
+    model = tiny_model("test_vit")
+    model.add_adapter("vqa", CFG)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="holds other files"):
+        model.save_adapter("vqa", tmp_path)
+    with pytest.raises(UserError, match="holds other files"):
+        model.save_pretrained(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_damaged_backbone_files_are_backbone_errors_naming_the_file(tmp_path):
+    tiny_model("test_resnet").save_pretrained(tmp_path / "bb")
+    projection = tmp_path / "bb" / "projection.safetensors"
+    projection.write_bytes(projection.read_bytes()[:100])
+    with pytest.raises(BackboneError, match="projection.safetensors: not a readable safetensors"):
+        VLT5.from_pretrained(tmp_path / "bb")
+    (tmp_path / "bb" / "vision" / "config.json").write_text("")
+    with pytest.raises(BackboneError, match=r"vision/config.json: the file is empty"):
+        VLT5.from_pretrained(tmp_path / "bb")
+
+
+def test_backbone_whose_files_come_from_two_saves_is_refused(tmp_path):
+    tiny_model("test_vit", seed=0).save_pretrained(tmp_path / "a")
+    tiny_model("test_vit", seed=1).save_pretrained(tmp_path / "b")
+    (tmp_path / "a" / "model.safetensors").write_bytes(
+        (tmp_path / "b" / "model.safetensors").read_bytes())
+    with pytest.raises(BackboneError, match="dept_vl_backbone.json: backbone_fingerprint"):
+        VLT5.from_pretrained(tmp_path / "a")
+
+
+def test_t5_neither_local_nor_reachable_is_one_backbone_error_line():
+    # the suite runs without hub access (conftest sets HF_HUB_OFFLINE=1)
+    with pytest.raises(BackboneError) as error:
+        VLT5.from_components("t5-base", "test_vit")
+    message = one_line(error.value)
+    assert message.startswith("T5 't5-base' is neither a local directory nor reachable")
+    assert "point `t5:`" in message and "save_pretrained" in message
+
+
+@pytest.mark.parametrize("config, complaint", [
+    (VisionConfig("vit_nope_patch16"), "unknown timm model 'vit_nope_patch16'"),
+    (VisionConfig("test_vit", pretrained=True), "timm model 'test_vit' is not in the local cache"),
+    (VisionConfig("test_vit", weights_file="/nonexistent/vit.safetensors"),
+     "weights_file /nonexistent/vit.safetensors does not exist"),
+], ids=["unknown-model", "hub-unreachable", "weights-file-missing"])
+def test_timm_model_that_cannot_be_built_is_a_backbone_error(config, complaint):
+    with pytest.raises(BackboneError, match=complaint) as error:
+        ImageEncoder(config)
+    assert "weights_file" in str(error.value) or "list_models" in str(error.value)
+
+
+def test_timm_weights_file_of_another_model_is_refused_not_silently_random(tmp_path):
+    resnet = tiny_model("test_resnet").vision.model
+    save_file({k: v.contiguous() for k, v in resnet.state_dict().items()},
+              tmp_path / "resnet.safetensors")
+    with pytest.raises(BackboneError, match=r"resnet.safetensors lacks \d+ of the model's"):
+        ImageEncoder(VisionConfig("test_vit", weights_file=str(tmp_path / "resnet.safetensors")))
