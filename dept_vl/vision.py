@@ -179,8 +179,12 @@ class ImageEncoder(nn.Module):
         return tuple(self.data_config["input_size"])
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        """PIL images → (B, 3, H, W) normalised as the encoder expects."""
-        return torch.stack([self.transform(img.convert("RGB")) for img in images])
+        """PIL images → (B, 3, H, W) normalised as the encoder expects. Every mode becomes RGB
+        through `to_rgb` (16-bit scaled, alpha composited on white), as in training's
+        `load_image`, so generate() on a PIL image sees the pixels training saw."""
+        from dept_vl.images import to_rgb
+
+        return torch.stack([self.transform(to_rgb(img)) for img in images])
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         features = self.model.forward_features(pixel_values)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import random
 import re
+import struct
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from dept_vl.data.records import (
     LOADERS,
@@ -178,6 +181,17 @@ def test_jsonl_caption_errors(vqa_dir: Path) -> None:
         load_jsonl(path, "caption")
 
 
+def test_jsonl_bom_and_bad_bytes_spoil_one_line_only(vqa_dir: Path) -> None:
+    path = vqa_dir / "train.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf\n" + json.dumps(GOOD_ROW).encode() + b"\n"
+                     + b'{"question": "\xff"}\r\n' + json.dumps(GOOD_ROW).encode() + b"\r\n")
+    with pytest.raises(DataError, match=re.escape(f"{path}:3: not UTF-8 text (invalid start byte")):
+        load_jsonl(path, "vqa")
+    skipped: list = []
+    assert [r.id for r in load_jsonl(path, "vqa", skipped=skipped)] == ["train-2", "train-4"]
+    assert [(e["source"], e["reason"]) for e in skipped] == [(f"{path}:3", "invalid_json")]
+
+
 @pytest.mark.parametrize("content", ["", "\n\n  \n"])
 def test_jsonl_empty_file(tmp_path: Path, content: str) -> None:
     path = tmp_path / "empty.jsonl"
@@ -225,6 +239,65 @@ def test_validate_images_catches_truncated_file(vqa_dir: Path) -> None:
     path = write_jsonl(vqa_dir / "train.jsonl", [GOOD_ROW, GOOD_ROW, {**GOOD_ROW, "image": "img/cut.png"}])
     with pytest.raises(DataError, match=r"train\.jsonl:3: cannot read image .*cut\.png"):
         validate_images(load_jsonl(path, "vqa"))
+
+
+def test_validate_images_decodes_truncated_jpeg(vqa_dir: Path) -> None:
+    """Finding 2a: verify() does not decode JPEG data, so a cut JPEG used to pass the check
+    and fail at test time, after training. The check decodes now."""
+    noise = Image.frombytes("RGB", (64, 64), random.Random(0).randbytes(64 * 64 * 3))
+    noise.save(vqa_dir / "img" / "photo.jpg", quality=90)
+    whole = (vqa_dir / "img" / "photo.jpg").read_bytes()
+    (vqa_dir / "img" / "cut.jpg").write_bytes(whole[: len(whole) // 2])
+    path = write_jsonl(vqa_dir / "train.jsonl", [GOOD_ROW, {**GOOD_ROW, "image": "img/photo.jpg"},
+                                                {**GOOD_ROW, "image": "img/cut.jpg"}])
+    records = load_jsonl(path, "vqa")
+    with pytest.raises(DataError) as info:
+        validate_images(records)
+    prefix = f"{path}:3: cannot read image {vqa_dir / 'img' / 'cut.jpg'}: image file is truncated"
+    assert str(info.value).startswith(prefix)
+    assert not ImageFile.LOAD_TRUNCATED_IMAGES  # what makes truncation an error: left False
+
+
+def test_validate_images_returns_the_records_and_skips_bad_images(vqa_dir: Path) -> None:
+    (vqa_dir / "img" / "empty.png").write_bytes(b"")
+    rows = [GOOD_ROW, {**GOOD_ROW, "image": "img/empty.png"}, {**GOOD_ROW, "image": "img/b.png"},
+            {**GOOD_ROW, "image": "img/empty.png"}]
+    path = write_jsonl(vqa_dir / "train.jsonl", rows)
+    records = load_jsonl(path, "vqa")
+    assert validate_images(records[::2]) == records[::2]
+    skipped: list = []
+    assert validate_images(records, skipped) == records[::2]
+    empty = vqa_dir / "img" / "empty.png"
+    message = f"cannot read image {empty}: not an image format PIL can identify (or an empty file)"
+    assert skipped == [{"source": f"{path}:{n}", "reason": "image_unreadable",
+                        "error": f"{path}:{n}: {message}"} for n in (2, 4)]
+
+
+def test_validate_images_refuses_to_run_with_truncated_loading_on(vqa_dir: Path,
+                                                                   monkeypatch) -> None:
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    records = load_jsonl(write_jsonl(vqa_dir / "train.jsonl", [GOOD_ROW]), "vqa")
+    with pytest.raises(DataError, match="LOAD_TRUNCATED_IMAGES is True"):
+        validate_images(records)
+
+
+def test_load_image_scales_16_bit_and_composites_alpha(tmp_path: Path) -> None:
+    """Finding 7: a 16-bit PNG came out white and transparent pixels black."""
+    sixteen = Image.frombytes("I;16", (2, 1), struct.pack("<2H", 32768, 65535))
+    sixteen.save(tmp_path / "g16.png")
+    Image.new("RGBA", (2, 2), (0, 0, 0, 0)).save(tmp_path / "clear.png")
+    grey = load_image(CaptionRecord("g", str(tmp_path / "g16.png"), ("x",)))
+    assert [grey.getpixel((x, 0)) for x in (0, 1)] == [(128, 128, 128), (255, 255, 255)]
+    clear = load_image(CaptionRecord("c", str(tmp_path / "clear.png"), ("x",)))
+    assert clear.getpixel((0, 0)) == (255, 255, 255)  # the documented white background
+
+
+def test_data_error_reason_survives_pickling() -> None:
+    """DataLoader workers pickle errors; the reason must come across with the message."""
+    error = pickle.loads(pickle.dumps(DataError("f.jsonl:3: empty question", "bad_field")))
+    assert (str(error), error.reason) == ("f.jsonl:3: empty question", "bad_field")
+    with pytest.raises(ValueError, match="unknown DataError reason 'oops'"):
+        DataError("x", "oops")
 
 
 # ------------------------------------------------------------------ VQAv2
@@ -284,6 +357,25 @@ def test_vqav2_errors(tmp_path: Path) -> None:
         load_records(qfile, "vqa", annotations=str(afile))
     with pytest.raises(DataError, match="format 'vqav2' holds task 'vqa'"):
         load_records(qfile, "caption", annotations=str(afile), image_dir=str(images))
+
+
+def test_vqav2_refuses_an_annotation_about_another_image(tmp_path: Path) -> None:
+    """Finding 8: the join is by question_id; an annotation whose image_id disagrees with the
+    question's used to be accepted, training answers on the wrong picture."""
+    qfile, afile, images = build_vqav2(tmp_path)
+    doc = json.loads(afile.read_text())
+    doc["annotations"][1]["image_id"] = 42
+    write_json(afile, doc)
+    with pytest.raises(DataError) as info:
+        load_vqav2(qfile, afile, images)
+    assert str(info.value) == (
+        f"{qfile}:questions[1]: question_id 13370 is about image_id 1337, but its annotation "
+        f"({afile}:annotations[1]) has image_id 42")
+    assert info.value.reason == "id_mismatch"
+    skipped: list = []
+    assert [r.id for r in load_vqav2(qfile, afile, images, skipped=skipped)] == ["420"]
+    assert skipped == [{"source": f"{qfile}:questions[1]", "reason": "id_mismatch",
+                        "error": str(info.value)}]
 
 
 def test_vqav2_missing_image(tmp_path: Path) -> None:
@@ -454,6 +546,26 @@ def test_hf_corrupt_embedded_image_fails_at_load(hf, tmp_path: Path) -> None:
     ds.to_parquet(str(path))
     with pytest.raises(DataError, match=r"\[train\]#1: cannot read image broken\.png"):
         load_hf(path, "caption")
+
+
+def test_hf_skip_policy_drops_bad_rows(hf, tmp_path: Path) -> None:
+    """load_records passes `skipped` to the HF loader: bad rows are listed, good rows kept."""
+    ok = Path(make_image(tmp_path / "ok.png")).read_bytes()
+    images = [{"bytes": ok, "path": None}, {"bytes": ok, "path": None},
+              {"bytes": b"garbage", "path": "broken.png"}, {"bytes": ok, "path": None}]
+    ds = hf.Dataset.from_dict({"image": images, "caption": ["a", "", "b", "d"]},
+                              features=hf.Features({"image": hf.Image(), "caption": hf.Value("string")}))
+    path = tmp_path / "caps.parquet"
+    ds.to_parquet(str(path))
+    skipped: list = []
+    records = load_records(path, "caption", skipped=skipped)
+    assert [r.captions for r in records] == [("a",), ("d",)]
+    label = f"hf:{path}[train]"
+    assert [(e["source"], e["reason"]) for e in skipped] == [
+        (f"{label}#1", "bad_field"), (f"{label}#2", "image_unreadable")]
+    assert skipped[1]["error"] == (f"{label}#2: cannot read image broken.png: not an image "
+                                   "format PIL can identify (or an empty file)")
+    assert validate_images(records) == records  # the embedded bytes decode
 
 
 def test_hf_save_to_disk_dataset_and_dataset_dict(hf, tmp_path: Path) -> None:

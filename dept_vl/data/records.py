@@ -6,28 +6,55 @@ rest of the toolkit sees one shape. Loaders check everything they cheaply can *a
 and raise `DataError` naming the file and row, because a bad row found an hour into training
 is far more expensive than one found before it starts.
 
-This module knows nothing of models: it imports only the standard library and PIL, and
-`datasets` lazily inside the HF loader.
+Bad data policy. Every loader, `load_records` and `validate_images` take `skipped`:
+- `skipped=None` (policy "error", the default): the first bad row or image raises `DataError`
+  naming the file and line / row (and the image path).
+- a list (policy "skip"): each bad *row* is dropped and appended to the list as
+  `{"source": "<file>:<line or row>", "reason": <slug>, "error": <the one-line message the
+  error policy raises>}`; the good rows are returned in order. Problems with a whole file
+  (missing, unreadable, not JSON, unknown format, missing options, no record left) still raise.
+
+Every `DataError` carries `reason`, one of a closed set. Row reasons (skippable, `ROW_REASONS`):
+  invalid_json        a JSONL line that is not JSON (or not UTF-8)
+  not_an_object       a row that is not a JSON object / mapping
+  missing_field       a required field absent or null
+  bad_field           a field of the wrong type, empty, or an invalid value
+  image_not_found     the image path names no file
+  image_unreadable    the image cannot be opened or fully decoded
+  duplicate_id        an id (or a VQAv2 annotation's question_id) used twice; the first is kept
+  id_mismatch         a VQAv2 annotation about another image than its question
+  missing_annotation  a VQAv2 question without an annotation
+File reasons (always raised): bad_file (missing, unreadable, not JSON, unknown format),
+bad_option (unknown task, a missing or wrong loader option), no_records.
+
+This module knows nothing of models: it imports only the standard library, PIL (with
+`dept_vl.images`, PIL only, for the pixels) and `datasets` lazily inside the HF loader.
 """
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 import os
 import re
+import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn
 
-from PIL import Image
+from PIL import Image, ImageFile, UnidentifiedImageError
 
-from dept_vl.errors import UserError
+from dept_vl.errors import UserError, one_line
+from dept_vl.images import to_rgb
 
 __all__ = [
     "TASKS",
     "DataError",
+    "ROW_REASONS",
+    "FILE_REASONS",
+    "skip_entry",
     "VQARecord",
     "CaptionRecord",
     "Record",
@@ -64,13 +91,57 @@ _FILE_SUFFIXES = {
 _HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 
+ROW_REASONS = (
+    "invalid_json", "not_an_object", "missing_field", "bad_field", "image_not_found",
+    "image_unreadable", "duplicate_id", "id_mismatch", "missing_annotation",
+)
+FILE_REASONS = ("bad_file", "bad_option", "no_records")
+
+
 class DataError(UserError, ValueError):
-    """Raised for bad dataset input; the message always names the file (and line / row / field)."""
+    """Raised for bad dataset input; the message always names the file (and line / row / field).
+
+    `reason` is one slug of ROW_REASONS (the policy "skip" may drop the row) or FILE_REASONS.
+    """
+
+    def __init__(self, message: str, reason: str = "bad_file"):
+        if reason not in ROW_REASONS + FILE_REASONS:
+            raise ValueError(f"unknown DataError reason {reason!r}")
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # DataLoader workers and process pools pickle errors: keep the reason across.
+        return (type(self), (str(self), self.reason))
 
 
-def _fail(where: str, message: str) -> NoReturn:
+def _fail(where: str, message: str, reason: str) -> NoReturn:
     """One place that formats errors, so every message starts with where it happened."""
-    raise DataError(f"{where}: {message}")
+    raise DataError(f"{where}: {message}", reason)
+
+
+def skip_entry(where: str, error: DataError) -> dict[str, str]:
+    """The line `skipped` gets for a dropped row: where, why (a slug) and the full message."""
+    return {"source": where, "reason": error.reason, "error": one_line(error)}
+
+
+class _Policy:
+    """The bad-data policy of one load: raise on the first bad row, or drop it and record it."""
+
+    def __init__(self, skipped: list[dict[str, str]] | None):
+        self.skipped = skipped
+        self.count = 0
+
+    def row(self, where: str, build: Callable[..., Any], *args: Any) -> Any:
+        """`build(*args)`; a row-level DataError under "skip" is recorded and gives None."""
+        try:
+            return build(*args)
+        except DataError as error:
+            if self.skipped is None or error.reason not in ROW_REASONS:
+                raise
+            self.skipped.append(skip_entry(where, error))
+            self.count += 1
+            return None
 
 
 # --------------------------------------------------------------------------------------
@@ -80,7 +151,7 @@ def _fail(where: str, message: str) -> NoReturn:
 
 def _check_id(value: Any, where: str) -> None:
     if not isinstance(value, str) or not value:
-        _fail(where, f"record id must be a non-empty string, got {value!r}")
+        _fail(where, f"record id must be a non-empty string, got {value!r}", "bad_field")
 
 
 def _check_image(value: Any, where: str) -> str | Image.Image:
@@ -89,18 +160,29 @@ def _check_image(value: Any, where: str) -> str | Image.Image:
         value = os.fspath(value)
     if isinstance(value, Image.Image) or (isinstance(value, str) and value):
         return value
-    _fail(where, f"image must be a file path or a PIL image, got {value!r}")
+    _fail(where, f"image must be a file path or a PIL image, got {value!r}", "bad_field")
 
 
 def _check_text(value: Any, what: str, where: str) -> None:
     if not isinstance(value, str) or not value.strip():
-        _fail(where, f"{what} must be a non-empty string, got {value!r}")
+        _fail(where, f"{what} must be a non-empty string, got {value!r}", "bad_field")
+    _check_unicode(value, what, where)
+
+
+def _check_unicode(value: str, what: str, where: str) -> None:
+    """JSON may carry lone surrogates (\\ud800) that only fail when the tokenizer encodes them,
+    mid-epoch; refuse them while loading."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        _fail(where, f"{what} is not valid Unicode text ({e.reason} at position {e.start})",
+              "bad_field")
 
 
 def _check_texts(values: Any, what: str, where: str) -> tuple[str, ...]:
     """Lists are accepted (and frozen to tuples) so callers may build records from JSON."""
     if not isinstance(values, (list, tuple)) or not values:
-        _fail(where, f"{what} must be a non-empty sequence of strings, got {values!r}")
+        _fail(where, f"{what} must be a non-empty sequence of strings, got {values!r}", "bad_field")
     for value in values:
         _check_text(value, f"each of {what}", where)
     return tuple(values)
@@ -125,7 +207,10 @@ class VQARecord:
         _check_text(self.question, "question", where)
         object.__setattr__(self, "answers", _check_texts(self.answers, "answers", where))
         if self.question_type is not None and not isinstance(self.question_type, str):
-            _fail(where, f"question_type must be a string or None, got {self.question_type!r}")
+            _fail(where, f"question_type must be a string or None, got {self.question_type!r}",
+                  "bad_field")
+        if self.question_type is not None:
+            _check_unicode(self.question_type, "question_type", where)
 
 
 @dataclass(frozen=True)
@@ -151,7 +236,7 @@ Record = VQARecord | CaptionRecord
 def _check_task(task: str) -> None:
     if task not in TASKS:
         allowed = ", ".join(repr(t) for t in TASKS)
-        raise DataError(f"unknown task {task!r}; allowed tasks: {allowed}")
+        raise DataError(f"unknown task {task!r}; allowed tasks: {allowed}", "bad_option")
 
 
 # --------------------------------------------------------------------------------------
@@ -163,11 +248,11 @@ def _text_field(row: Mapping[str, Any], field: str, where: str) -> str:
     """A required string field, stripped; messages name the field the user wrote."""
     value = row.get(field)
     if value is None:
-        _fail(where, f"missing field '{field}'")
+        _fail(where, f"missing field '{field}'", "missing_field")
     if not isinstance(value, str):
-        _fail(where, f"field '{field}' must be a string, got {type(value).__name__}")
+        _fail(where, f"field '{field}' must be a string, got {type(value).__name__}", "bad_field")
     if not value.strip():
-        _fail(where, f"empty {field}")
+        _fail(where, f"empty {field}", "bad_field")
     return value.strip()
 
 
@@ -178,10 +263,11 @@ def _texts_field(row: Mapping[str, Any], field: str, where: str) -> tuple[str, .
         or not value
         or not all(isinstance(v, str) for v in value)
     ):
-        _fail(where, f"field '{field}' must be a non-empty list of strings, got {value!r}")
+        _fail(where, f"field '{field}' must be a non-empty list of strings, got {value!r}",
+              "bad_field")
     for k, text in enumerate(value):
         if not text.strip():
-            _fail(where, f"field '{field}' item {k} is empty")
+            _fail(where, f"field '{field}' item {k} is empty", "bad_field")
     return tuple(v.strip() for v in value)
 
 
@@ -191,7 +277,7 @@ def _one_or_many(row: Mapping[str, Any], plural: str, singular: str, where: str)
         return _texts_field(row, plural, where)
     if row.get(singular) is not None:
         return (_text_field(row, singular, where),)
-    _fail(where, f"missing field '{plural}' (or '{singular}')")
+    _fail(where, f"missing field '{plural}' (or '{singular}')", "missing_field")
 
 
 def _optional_text(row: Mapping[str, Any], field: str, where: str) -> str | None:
@@ -199,7 +285,7 @@ def _optional_text(row: Mapping[str, Any], field: str, where: str) -> str | None
     if value is None:
         return None
     if not isinstance(value, str):
-        _fail(where, f"field '{field}' must be a string, got {type(value).__name__}")
+        _fail(where, f"field '{field}' must be a string, got {type(value).__name__}", "bad_field")
     return value.strip() or None
 
 
@@ -209,7 +295,8 @@ def _id_field(row: Mapping[str, Any], where: str, default: str) -> str:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (str, int)) or str(value) == "":
-        _fail(where, f"field 'id' must be a non-empty string or an integer, got {value!r}")
+        _fail(where, f"field 'id' must be a non-empty string or an integer, got {value!r}",
+              "bad_field")
     return str(value)
 
 
@@ -234,7 +321,7 @@ def _row_to_record(
 
 def _image_field(row: Mapping[str, Any], where: str, resolve_image: ImageResolver) -> Any:
     if row.get("image") is None:
-        _fail(where, "missing field 'image'")
+        _fail(where, "missing field 'image'", "missing_field")
     return resolve_image(row["image"], where)
 
 
@@ -249,27 +336,43 @@ def _path_resolver(base_dir: Path, check_exists: bool) -> ImageResolver:
 
     def resolve(value: Any, where: str) -> str:
         if not isinstance(value, str) or not value.strip():
-            _fail(where, f"field 'image' must be a non-empty string (a file path), got {value!r}")
+            _fail(where, f"field 'image' must be a non-empty string (a file path), got {value!r}",
+                  "bad_field")
         path = _resolve_path(value, base_dir)
         if check_exists and path not in seen:
+            if os.path.isdir(path):
+                _fail(where, f"image path is a directory, not a file: {path}", "image_not_found")
             if not os.path.isfile(path):
-                _fail(where, f"image file not found: {path}")
+                _fail(where, f"image file not found: {path}", "image_not_found")
             seen.add(path)
         return path
 
     return resolve
 
 
-def _finish(records: list[Record], label: str) -> list[Record]:
-    """Every loader ends here: an empty dataset or clashing ids is an error, not a surprise."""
-    if not records:
-        raise DataError(f"{label}: no records")
+def _finish(records: list[Record | None], label: str, policy: _Policy) -> list[Record]:
+    """Every loader ends here: an empty dataset or clashing ids is an error, not a surprise.
+
+    `records` may hold None for rows the policy dropped (or a split left out); they go here.
+    Of two records with one id the first is kept: the second is the error (or the skip).
+    """
     first: dict[str, Record] = {}
+    kept = []
     for record in records:
-        other = first.setdefault(record.id, record)
-        if other is not record:
-            _fail(record.source, f"duplicate id {record.id!r} (first used at {other.source})")
-    return records
+        if record is not None and policy.row(record.source, _claim_id, first, record):
+            kept.append(record)
+    if not kept:
+        dropped = f" ({policy.count} bad rows skipped)" if policy.count else ""
+        raise DataError(f"{label}: no records{dropped}", "no_records")
+    return kept
+
+
+def _claim_id(first: dict[str, Record], record: Record) -> Record:
+    other = first.setdefault(record.id, record)
+    if other is not record:
+        _fail(record.source, f"duplicate id {record.id!r} (first used at {other.source})",
+              "duplicate_id")
+    return record
 
 
 # --------------------------------------------------------------------------------------
@@ -277,38 +380,64 @@ def _finish(records: list[Record], label: str) -> list[Record]:
 # --------------------------------------------------------------------------------------
 
 
-def _read_jsonl(path: str) -> Iterator[tuple[int, Any]]:
-    """Yield (line number, parsed object); blank lines are skipped but still counted."""
+def _read_lines(path: str) -> Iterator[tuple[int, bytes]]:
+    """Yield (line number, raw line) of the non-blank lines; blank lines still count.
+
+    Lines are decoded one by one (`_parse_line`), so a bad byte spoils one row, not the file.
+    """
     try:
-        with open(path, encoding="utf-8-sig") as f:
+        with open(path, "rb") as f:
             for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield number, json.loads(line)
-                except json.JSONDecodeError as e:
-                    _fail(f"{path}:{number}", f"invalid JSON ({e.msg} at column {e.colno})")
+                if number == 1:
+                    line = line.removeprefix(codecs.BOM_UTF8)
+                if line.strip():
+                    yield number, line
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read file ({e.strerror or e})") from None
+
+
+def _parse_line(line: bytes, where: str) -> Any:
+    try:
+        text = line.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason})") from None
+        _fail(where, f"not UTF-8 text ({e.reason} at byte {e.start})", "invalid_json")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        _fail(where, f"invalid JSON ({e.msg} at column {e.colno})", "invalid_json")
+    except (ValueError, RecursionError) as e:  # an int over Python's digit limit, deep nesting
+        _fail(where, f"invalid JSON ({type(e).__name__}: {one_line(e)})", "invalid_json")
 
 
-def load_jsonl(path: str | os.PathLike, task: str, check_images: bool = True) -> list[Record]:
+def _jsonl_record(
+    line: bytes, number: int, where: str, task: str, stem: str, resolve: ImageResolver
+) -> Record:
+    row = _parse_line(line, where)
+    if not isinstance(row, dict):
+        _fail(where, f"expected a JSON object, got {type(row).__name__}", "not_an_object")
+    return _row_to_record(row, task, where, f"{stem}-{number}", resolve)
+
+
+def load_jsonl(
+    path: str | os.PathLike,
+    task: str,
+    check_images: bool = True,
+    *,
+    skipped: list[dict[str, str]] | None = None,
+) -> list[Record]:
     """One JSON object per line; image paths resolve against the JSONL file's folder."""
     _check_task(task)
     label = os.fspath(path)
     resolve = _path_resolver(Path(label).expanduser().absolute().parent, check_images)
     stem = Path(label).stem
+    policy = _Policy(skipped)
     records = []
-    for number, row in _read_jsonl(label):
+    for number, line in _read_lines(label):
         where = f"{label}:{number}"
-        if not isinstance(row, dict):
-            _fail(where, f"expected a JSON object, got {type(row).__name__}")
-        records.append(_row_to_record(row, task, where, f"{stem}-{number}", resolve))
-    return _finish(records, label)
+        records.append(policy.row(where, _jsonl_record, line, number, where, task, stem, resolve))
+    return _finish(records, label, policy)
 
 
 # --------------------------------------------------------------------------------------
@@ -330,6 +459,9 @@ def _read_json(path: str | os.PathLike) -> Any:
         raise DataError(
             f"{os.fspath(path)}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})"
         ) from None
+    except (ValueError, RecursionError) as e:  # an int over Python's digit limit, deep nesting
+        raise DataError(f"{os.fspath(path)}: invalid JSON ({type(e).__name__}: {one_line(e)})"
+                        ) from None
 
 
 def _json_list(doc: Any, key: str, path: str | os.PathLike) -> list[Any]:
@@ -341,7 +473,8 @@ def _json_list(doc: Any, key: str, path: str | os.PathLike) -> list[Any]:
 def _check_dir(directory: str | os.PathLike, option: str, label: str) -> Path:
     path = Path(directory).expanduser()
     if not path.is_dir():
-        raise DataError(f"{label}: {option} is not a directory: {os.fspath(directory)}")
+        raise DataError(f"{label}: {option} is not a directory: {os.fspath(directory)}",
+                        "bad_option")
     return path
 
 
@@ -350,48 +483,89 @@ def _check_dir(directory: str | os.PathLike, option: str, label: str) -> Path:
 # --------------------------------------------------------------------------------------
 
 
-def _index_annotations(doc: Any, path: str | os.PathLike) -> dict[Any, dict]:
-    by_question: dict[Any, dict] = {}
+def _question_id(value: Any, where: str) -> int | str:
+    """VQAv2 question ids are integers; strings are accepted for hand-made files."""
+    if value is None:
+        _fail(where, "missing field 'question_id'", "missing_field")
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or value == "":
+        _fail(where, f"field 'question_id' must be an integer or a string, got {value!r}",
+              "bad_field")
+    return value
+
+
+def _annotation(ann: Any, where: str, by_question: dict[Any, tuple[str, dict]]) -> None:
+    if not isinstance(ann, dict):
+        _fail(where, f"expected a JSON object, got {type(ann).__name__}", "not_an_object")
+    qid = _question_id(ann.get("question_id"), where)
+    if qid in by_question:
+        _fail(where, f"second annotation for question_id {qid} (first at {by_question[qid][0]})",
+              "duplicate_id")
+    by_question[qid] = (where, ann)
+
+
+def _index_annotations(
+    doc: Any, path: str, policy: _Policy
+) -> dict[Any, tuple[str, dict]]:
+    """question_id -> (where the annotation is, the annotation); bad entries obey the policy."""
+    by_question: dict[Any, tuple[str, dict]] = {}
     for k, ann in enumerate(_json_list(doc, "annotations", path)):
-        if not isinstance(ann, dict) or "question_id" not in ann:
-            raise DataError(f"{os.fspath(path)}:annotations[{k}]: missing field 'question_id'")
-        by_question[ann["question_id"]] = ann
+        where = f"{path}:annotations[{k}]"
+        policy.row(where, _annotation, ann, where, by_question)
     return by_question
 
 
-def _vqav2_answers(ann: dict, qid: Any, annotations_file: str) -> list[Any]:
+def _vqav2_answers(ann: dict, qid: Any, where: str, at: str) -> list[Any]:
     """All ten human answers, duplicates kept: VQA accuracy counts agreeing annotators."""
     answers = ann.get("answers")
     if not isinstance(answers, list) or not all(isinstance(a, dict) for a in answers):
-        raise DataError(
-            f"{annotations_file}: annotation for question_id {qid}: "
-            "field 'answers' must be a list of {'answer': ...} objects"
-        )
+        _fail(where, f"the annotation of question_id {qid} ({at}): "
+              "field 'answers' must be a list of {'answer': ...} objects", "bad_field")
     return [a.get("answer") for a in answers]
 
 
+def _check_same_image(question_image: int, ann: dict, qid: Any, where: str, at: str) -> None:
+    """An annotation about another image would train the answer on the wrong picture."""
+    ann_image = ann.get("image_id")
+    if ann_image is None:
+        return  # nothing to compare with (hand-made files); the question's image is used
+    if type(ann_image) is not int or ann_image != question_image:
+        _fail(where, f"question_id {qid} is about image_id {question_image}, but its annotation "
+              f"({at}) has image_id {ann_image!r}", "id_mismatch")
+
+
 def _vqav2_row(
-    question: Any, where: str, annotations: dict[Any, dict], subtype: str, files: tuple[str, str]
+    question: Any, where: str, annotations: dict[Any, tuple[str, dict]], subtype: str,
+    files: tuple[str, str],
 ) -> dict[str, Any]:
     """Join one question with its annotation into a plain row for `_row_to_record`."""
     if not isinstance(question, dict):
-        _fail(where, "expected a JSON object")
-    for field in ("question_id", "image_id"):
-        if question.get(field) is None:
-            _fail(where, f"missing field '{field}'")
-    qid, image_id = question["question_id"], question["image_id"]
+        _fail(where, f"expected a JSON object, got {type(question).__name__}", "not_an_object")
+    qid = _question_id(question.get("question_id"), where)
+    image_id = question.get("image_id")
+    if image_id is None:
+        _fail(where, "missing field 'image_id'", "missing_field")
     if not isinstance(image_id, int) or isinstance(image_id, bool):
-        _fail(where, f"field 'image_id' must be an integer, got {image_id!r}")
-    ann = annotations.get(qid)
-    if ann is None:
-        _fail(where, f"question_id {qid} has no annotation in {files[1]} (questions: {files[0]})")
+        _fail(where, f"field 'image_id' must be an integer, got {image_id!r}", "bad_field")
+    if qid not in annotations:
+        _fail(where, f"question_id {qid} has no annotation in {files[1]} (questions: {files[0]})",
+              "missing_annotation")
+    at, ann = annotations[qid]
+    _check_same_image(image_id, ann, qid, where, at)
     return {
         "id": qid,
         "image": f"COCO_{subtype}_{image_id:012d}.jpg",
         "question": question.get("question"),
-        "answers": _vqav2_answers(ann, qid, files[1]),
+        "answers": _vqav2_answers(ann, qid, where, at),
         "question_type": ann.get("answer_type", ann.get("question_type")),
     }
+
+
+def _vqav2_record(
+    question: Any, where: str, annotations: dict[Any, tuple[str, dict]], subtype: str,
+    files: tuple[str, str], resolve: ImageResolver,
+) -> Record:
+    row = _vqav2_row(question, where, annotations, subtype, files)
+    return _row_to_record(row, "vqa", where, str(row["id"]), resolve)
 
 
 def load_vqav2(
@@ -399,24 +573,31 @@ def load_vqav2(
     annotations_file: str | os.PathLike,
     image_dir: str | os.PathLike,
     check_images: bool = True,
+    *,
+    skipped: list[dict[str, str]] | None = None,
 ) -> list[VQARecord]:
-    """Official VQAv2 json pair; images are `image_dir/COCO_<subtype>_<image_id:012d>.jpg`."""
+    """Official VQAv2 json pair; images are `image_dir/COCO_<subtype>_<image_id:012d>.jpg`.
+
+    Each question is joined with the annotation of its question_id, which must be about the
+    same image_id (a mismatch is an error, never a silent join).
+    """
     qfile, afile = os.fspath(questions_file), os.fspath(annotations_file)
     qdoc = _read_json(qfile)
     questions = _json_list(qdoc, "questions", qfile)
     subtype = qdoc.get("data_subtype")
     if not isinstance(subtype, str) or not subtype:
         raise DataError(f"{qfile}: missing 'data_subtype' (e.g. 'train2014'; it names the images)")
-    annotations = _index_annotations(_read_json(afile), afile)
+    policy = _Policy(skipped)
+    annotations = _index_annotations(_read_json(afile), afile, policy)
     if check_images:
         _check_dir(image_dir, "image_dir", qfile)
     resolve = _path_resolver(Path(image_dir).expanduser().absolute(), check_images)
     records = []
     for k, question in enumerate(questions):
         where = f"{qfile}:questions[{k}]"
-        row = _vqav2_row(question, where, annotations, subtype, (qfile, afile))
-        records.append(_row_to_record(row, "vqa", where, str(row["id"]), resolve))
-    return _finish(records, qfile)  # type: ignore[return-value]
+        records.append(policy.row(where, _vqav2_record, question, where, annotations, subtype,
+                                  (qfile, afile), resolve))
+    return _finish(records, qfile, policy)  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------------------
@@ -426,14 +607,29 @@ def load_vqav2(
 
 def _karpathy_row(entry: dict[str, Any], where: str) -> dict[str, Any]:
     filename = _text_field(entry, "filename", where)
+    folder = entry.get("filepath") or ""
+    if not isinstance(folder, str):
+        _fail(where, f"field 'filepath' must be a string, got {type(folder).__name__}", "bad_field")
     sentences = entry.get("sentences")
     if not isinstance(sentences, list) or not all(isinstance(s, dict) for s in sentences):
-        _fail(where, "field 'sentences' must be a list of {'raw': ...} objects")
+        _fail(where, "field 'sentences' must be a list of {'raw': ...} objects", "bad_field")
     return {
         "id": entry.get("cocoid", entry.get("imgid")),
-        "image": os.path.join(entry.get("filepath") or "", filename),
+        "image": os.path.join(folder, filename),
         "captions": [s.get("raw") for s in sentences],
     }
+
+
+def _karpathy_record(
+    entry: Any, where: str, wanted: tuple[str, ...], resolve: ImageResolver
+) -> Record | None:
+    """The entry's record, or None when it belongs to another split."""
+    if not isinstance(entry, dict):
+        _fail(where, f"expected a JSON object, got {type(entry).__name__}", "not_an_object")
+    if _text_field(entry, "split", where) not in wanted:
+        return None
+    row = _karpathy_row(entry, where)
+    return _row_to_record(row, "caption", where, Path(row["image"]).stem, resolve)
 
 
 def load_karpathy(
@@ -441,26 +637,25 @@ def load_karpathy(
     image_dir: str | os.PathLike,
     split: str,
     check_images: bool = True,
+    *,
+    skipped: list[dict[str, str]] | None = None,
 ) -> list[CaptionRecord]:
     """Karpathy json; split 'train' includes 'restval'; image = image_dir/filepath/filename."""
     path = os.fspath(json_file)
     if split not in KARPATHY_SPLITS:
-        raise DataError(f"{path}: unknown Karpathy split {split!r}; choose one of {list(KARPATHY_SPLITS)}")
+        raise DataError(f"{path}: unknown Karpathy split {split!r}; "
+                        f"choose one of {list(KARPATHY_SPLITS)}", "bad_option")
     images = _json_list(_read_json(path), "images", path)
     if check_images:
         _check_dir(image_dir, "image_dir", path)
     resolve = _path_resolver(Path(image_dir).expanduser().absolute(), check_images)
     wanted = KARPATHY_SPLITS[split]
+    policy = _Policy(skipped)
     records = []
     for k, entry in enumerate(images):
         where = f"{path}:images[{k}]"
-        if not isinstance(entry, dict):
-            _fail(where, "expected a JSON object")
-        if _text_field(entry, "split", where) not in wanted:
-            continue
-        row = _karpathy_row(entry, where)
-        records.append(_row_to_record(row, "caption", where, Path(entry["filename"]).stem, resolve))
-    return _finish(records, f"{path} (split {split!r})")  # type: ignore[return-value]
+        records.append(policy.row(where, _karpathy_record, entry, where, wanted, resolve))
+    return _finish(records, f"{path} (split {split!r})", policy)  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------------------
@@ -487,7 +682,8 @@ def _from_disk(path: Path, split: str, label: str) -> Any:
     loaded = datasets.load_from_disk(str(path))
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
-            raise DataError(f"{label}: no split {split!r}; available splits: {sorted(loaded)}")
+            raise DataError(f"{label}: no split {split!r}; available splits: {sorted(loaded)}",
+                            "bad_option")
         return loaded[split]
     return loaded
 
@@ -519,7 +715,8 @@ def _open_hf(name: str, split: str, label: str) -> tuple[Any, Path | None]:
 def _missing_column(label: str, field: str, column: str, available: Sequence[str]) -> NoReturn:
     raise DataError(
         f"{label}: column '{column}' (for field '{field}') not found; "
-        f"available columns: {list(available)}; map it with column_map={{'{field}': '<column>'}}"
+        f"available columns: {list(available)}; map it with column_map={{'{field}': '<column>'}}",
+        "bad_option",
     )
 
 
@@ -534,7 +731,8 @@ def _map_columns(
     if unknown:
         raise DataError(
             f"{label}: column_map has unknown field(s) {unknown}; "
-            f"fields for task '{task}': {sorted(known)}"
+            f"fields for task '{task}': {sorted(known)}",
+            "bad_option",
         )
     mapping: dict[str, str] = {}
     for group in groups:
@@ -578,10 +776,13 @@ def _item_text(item: Any) -> Any:
 
 def _open_image_bytes(data: bytes, name: str | None, where: str) -> Image.Image:
     """Open lazily (header only) so a bad image fails now but pixels decode on use."""
+    if not isinstance(data, (bytes, bytearray)):
+        _fail(where, f"field 'image' bytes must be bytes, got {type(data).__name__}", "bad_field")
     try:
         return Image.open(io.BytesIO(data))
-    except (OSError, SyntaxError, ValueError) as e:
-        _fail(where, f"cannot read image {name or '<embedded bytes>'}: {e}")
+    except _IMAGE_ERRORS as e:
+        _fail(where, f"cannot read image {name or '<embedded bytes>'}: {_cause(e)}",
+              "image_unreadable")
 
 
 def _hf_image_resolver(base_dir: Path | None, check_exists: bool) -> ImageResolver:
@@ -596,10 +797,10 @@ def _hf_image_resolver(base_dir: Path | None, check_exists: bool) -> ImageResolv
                 return _open_image_bytes(value["bytes"], value.get("path"), where)
             if value.get("path"):
                 return resolve_path(value["path"], where)
-            _fail(where, "field 'image' has neither bytes nor a path")
+            _fail(where, "field 'image' has neither bytes nor a path", "bad_field")
         if isinstance(value, str):
             return resolve_path(value, where)
-        _fail(where, f"field 'image' has unsupported type {type(value).__name__}")
+        _fail(where, f"field 'image' has unsupported type {type(value).__name__}", "bad_field")
 
     return resolve
 
@@ -620,6 +821,7 @@ def load_hf(
     column_map: dict[str, str] | None = None,
     *,
     check_images: bool = True,
+    skipped: list[dict[str, str]] | None = None,
 ) -> list[Record]:
     """Hub name, data directory, `save_to_disk` folder, or one parquet/csv/arrow file."""
     _check_task(task)
@@ -631,14 +833,17 @@ def load_hf(
     dataset = _undecoded(dataset.select_columns(sorted(set(columns.values()))), columns["image"])
     resolve = _hf_image_resolver(base_dir, check_images)
     stem = Path(name.rstrip("/\\")).stem or "hf"
+    policy = _Policy(skipped)
     records = []
     for index, cells in enumerate(dataset):
         row = {field: cells[column] for field, column in columns.items()}
         for field in ("answers", "captions"):
             if field in row:
                 row[field] = _flatten_texts(row[field])
-        records.append(_row_to_record(row, task, f"{label}#{index}", f"{stem}-{index}", resolve))
-    return _finish(records, label)
+        where = f"{label}#{index}"
+        records.append(policy.row(where, _row_to_record, row, task, where, f"{stem}-{index}",
+                                  resolve))
+    return _finish(records, label, policy)
 
 
 # --------------------------------------------------------------------------------------
@@ -655,39 +860,43 @@ class LoadOptions:
     split: str | None = None
     column_map: dict[str, str] | None = None
     check_images: bool = True
+    skipped: list[dict[str, str]] | None = None  # the bad-data policy (module docstring)
 
 
 def _need(value: str | None, option: str, fmt: str, path: str) -> str:
     if value is None:
-        raise DataError(f"{path}: format '{fmt}' needs the option '{option}'")
+        raise DataError(f"{path}: format '{fmt}' needs the option '{option}'", "bad_option")
     return value
 
 
 def _need_task(task: str, wanted: str, fmt: str, path: str) -> None:
     if task != wanted:
-        raise DataError(f"{path}: format '{fmt}' holds task '{wanted}' data, not '{task}'")
+        raise DataError(f"{path}: format '{fmt}' holds task '{wanted}' data, not '{task}'",
+                        "bad_option")
 
 
 def _jsonl_entry(path: str, task: str, opts: LoadOptions) -> list[Record]:
-    return load_jsonl(path, task, opts.check_images)
+    return load_jsonl(path, task, opts.check_images, skipped=opts.skipped)
 
 
 def _vqav2_entry(path: str, task: str, opts: LoadOptions) -> list[Record]:
     _need_task(task, "vqa", "vqav2", path)
     annotations = _need(opts.annotations, "annotations", "vqav2", path)
     image_dir = _need(opts.image_dir, "image_dir", "vqav2", path)
-    return list(load_vqav2(path, annotations, image_dir, opts.check_images))
+    return list(load_vqav2(path, annotations, image_dir, opts.check_images,
+                           skipped=opts.skipped))
 
 
 def _karpathy_entry(path: str, task: str, opts: LoadOptions) -> list[Record]:
     _need_task(task, "caption", "karpathy", path)
     image_dir = _need(opts.image_dir, "image_dir", "karpathy", path)
     split = _need(opts.split, "split", "karpathy", path)
-    return list(load_karpathy(path, image_dir, split, opts.check_images))
+    return list(load_karpathy(path, image_dir, split, opts.check_images, skipped=opts.skipped))
 
 
 def _hf_entry(path: str, task: str, opts: LoadOptions) -> list[Record]:
-    return load_hf(path, task, opts.split or "train", opts.column_map, check_images=opts.check_images)
+    return load_hf(path, task, opts.split or "train", opts.column_map,
+                   check_images=opts.check_images, skipped=opts.skipped)
 
 
 # A new format = one function `(path, task, LoadOptions) -> list[Record]` + one line here.
@@ -742,14 +951,19 @@ def load_records(
     split: str | None = None,
     column_map: dict[str, str] | None = None,
     check_images: bool = True,
+    skipped: list[dict[str, str]] | None = None,
 ) -> list[Record]:
-    """Load any supported dataset into validated records; the one call the toolkit uses."""
+    """Load any supported dataset into validated records; the one call the toolkit uses.
+
+    `skipped`: None stops at the first bad row; a list drops bad rows into it (module docstring).
+    """
     _check_task(task)
     label = os.fspath(path)
     fmt = detect_format(label) if format == "auto" else format
     if fmt not in LOADERS:
-        raise DataError(f"{label}: unknown format {fmt!r}; known formats: {['auto', *sorted(LOADERS)]}")
-    opts = LoadOptions(image_dir, annotations, split, column_map, check_images)
+        raise DataError(f"{label}: unknown format {fmt!r}; "
+                        f"known formats: {['auto', *sorted(LOADERS)]}", "bad_option")
+    opts = LoadOptions(image_dir, annotations, split, column_map, check_images, skipped)
     return LOADERS[fmt](label, task, opts)
 
 
@@ -757,7 +971,11 @@ def load_records(
 # Images
 # --------------------------------------------------------------------------------------
 
-_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+# What PIL raises for a damaged file depends on the plugin and on where the damage is.
+_IMAGE_ERRORS = (
+    OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error,
+    Image.DecompressionBombError,
+)
 
 
 def _image_name(image: str | Image.Image) -> str:
@@ -766,36 +984,99 @@ def _image_name(image: str | Image.Image) -> str:
     return getattr(image, "filename", "") or "<in-memory image>"
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Palette images with transparency go through RGBA, as PIL asks, to avoid a warning."""
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    return image.convert("RGB")
+def _cause(error: BaseException) -> str:
+    """PIL's text for an unknown format names the in-memory buffer we opened, not the file."""
+    if isinstance(error, UnidentifiedImageError):
+        return "not an image format PIL can identify (or an empty file)"
+    return one_line(error)
+
+
+def _image_error(record: Record, error: BaseException) -> DataError:
+    where = record.source or f"record {record.id!r}"
+    reason = "image_not_found" if isinstance(error, FileNotFoundError) else "image_unreadable"
+    return DataError(f"{where}: cannot read image {_image_name(record.image)}: {_cause(error)}",
+                     reason)
+
+
+def _encoded(image: str | Image.Image) -> bytes | None:
+    """The encoded bytes of a file, or of an in-memory image opened lazily from bytes (HF
+    rows); None for an image that has no bytes behind it (built or decoded in memory)."""
+    if isinstance(image, str):
+        with open(image, "rb") as f:
+            return f.read()
+    source = getattr(image, "fp", None)
+    return source.getvalue() if isinstance(source, io.BytesIO) else None
+
+
+def _decoded(image: str | Image.Image, *, cheap: bool = False) -> Image.Image:
+    """The image decoded from its own bytes, never in place: a record keeps its lazy image, so
+    a pass over the data does not leave every decoded image alive in memory.
+
+    `cheap` (validation): PIL's JPEG draft mode lets libjpeg scale by 1/8 while it still reads
+    every byte, so a truncated JPEG fails exactly as it does at full size (tested).
+    """
+    data = _encoded(image)
+    if data is None:
+        return image  # type: ignore[return-value]
+    opened = Image.open(io.BytesIO(data))
+    if cheap:
+        opened.draft(opened.mode, (1, 1))
+    opened.load()
+    return opened
 
 
 def load_image(record: Record) -> Image.Image:
-    """The record's image as RGB; any read failure names the image and the record's row."""
-    image = record.image
+    """The record's image as RGB (`dept_vl.images.to_rgb`); any read failure names the image
+    and the record's row."""
     try:
-        if isinstance(image, Image.Image):
-            return _to_rgb(image)
-        with Image.open(image) as opened:
-            return _to_rgb(opened)
+        return to_rgb(_decoded(record.image))
     except _IMAGE_ERRORS as e:
-        where = record.source or f"record {record.id!r}"
-        raise DataError(f"{where}: cannot read image {_image_name(image)}: {e}") from e
+        raise _image_error(record, e) from e
 
 
-def validate_images(records: Sequence[Record]) -> None:
-    """Open and verify every image file once (cheaper than decoding) before training starts."""
-    checked: set[str] = set()
-    for record in records:
-        if not isinstance(record.image, str) or record.image in checked:
-            continue
-        try:
-            with Image.open(record.image) as opened:
+def _decode_problem(image: str | Image.Image) -> BaseException | None:
+    """Why the image cannot be used for training, or None. Beyond decoding (which is what
+    training does), PNG and other formats with checksums are verified: decoding ignores a
+    damaged tail or a bad CRC that verify() reports."""
+    try:
+        data = _encoded(image)
+        if data is not None:
+            with Image.open(io.BytesIO(data)) as opened:
                 opened.verify()
-        except _IMAGE_ERRORS as e:
-            where = record.source or f"record {record.id!r}"
-            raise DataError(f"{where}: cannot read image {record.image}: {e}") from e
-        checked.add(record.image)
+        to_rgb(_decoded(image, cheap=True))
+    except _IMAGE_ERRORS as e:
+        return e
+    return None
+
+
+def _image_ok(record: Record, problem: BaseException | None) -> bool:
+    if problem is not None:
+        raise _image_error(record, problem)
+    return True
+
+
+def validate_images(
+    records: Sequence[Record], skipped: list[dict[str, str]] | None = None
+) -> list[Record]:
+    """Decode every distinct image (file or in-memory) once, before training starts.
+
+    `skipped=None`: the first record whose image cannot be decoded raises DataError naming its
+    file:line and the image. A list: every record of an undecodable image is dropped and listed
+    (reason image_unreadable, or image_not_found for a missing file); the rest is returned in
+    order.
+    """
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        raise DataError(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True in this process (set by other code): "
+            "truncated images would decode as grey fill and pass; leave it False", "bad_option")
+    policy = _Policy(skipped)
+    problems: dict[Any, BaseException | None] = {}
+    kept = []
+    for record in records:
+        key = record.image if isinstance(record.image, str) else id(record.image)
+        if key not in problems:
+            problems[key] = _decode_problem(record.image)
+        where = record.source or f"record {record.id!r}"
+        if policy.row(where, _image_ok, record, problems[key]):
+            kept.append(record)
+    return kept
