@@ -5,6 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dept_vl.errors import UserError
+
+
+class UnknownTaskError(UserError, ValueError):
+    """A task name (in a config, a data entry or a generate call) that has no TaskSpec."""
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -25,7 +31,7 @@ TASKS: dict[str, TaskSpec] = {
 
 def get_task(name: str) -> TaskSpec:
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}")
+        raise UnknownTaskError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}")
     return TASKS[name]
 
 

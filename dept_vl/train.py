@@ -5,12 +5,11 @@
     torchrun --nproc_per_node 2 dept_vl/train.py --config ...       # two CPU processes (gloo)
 
 Read top to bottom: config → data → backbone → trainable parameters → loop (periodic eval, best
-weights kept, checkpoints) → test evaluation → adapter + eval_results.json.
+weights kept, checkpoints) → the adapter saved → test evaluation → eval_results.json.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shlex
@@ -23,21 +22,24 @@ from typing import Any
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import ProjectConfiguration, set_seed
+from safetensors import SafetensorError
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from dept_vl.config import TrainConfig, load_config, parse_overrides
+from dept_vl.config import ConfigError, TrainConfig, load_config, parse_overrides
 from dept_vl.data.collate import RecordDataset, VLCollator, input_text
 from dept_vl.data.fewshot import class_counts
+from dept_vl.errors import BackboneError, CheckpointError, TrainingError, UserError, run_cli
 from dept_vl.evaluate import evaluate_many, mean_loss
+from dept_vl.files import atomic_write_json
 from dept_vl.model import BACKBONE_MANIFEST
 from dept_vl.tasks import get_task
 from dept_vl.training import (
-    CSVTracker, TaskData, TaskStream, build_model, ensure_corpus, find_checkpoint, load_tasks,
-    plan_tasks, prune_checkpoints, read_trainer_state, restore_state, save_result_model,
-    setup_method, task_schedule, trainable_state, write_trainer_state,
+    CSVTracker, Progress, TaskData, TaskStream, build_model, ensure_corpus, find_checkpoint,
+    load_progress, load_tasks, plan_tasks, restore_state, save_checkpoint, save_result_model,
+    setup_method, task_schedule, write_skipped,
 )
 from dept_vl.transfer import initialize
 from dept_vl.vision import FeatureCache
@@ -47,15 +49,21 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstar
 
 def reserved_type_report(metrics: dict[str, Any], rows: list[dict], pretrained: list[str] | None
                          ) -> dict[str, Any]:
-    """Accuracy on question types the backbone never saw, apart from the types it did see."""
+    """Accuracy on question types the backbone never saw, apart from the types it did see.
+
+    Only questions whose type is known count: a row without a question type (user data) is
+    neither reserved nor pretrained, and with no typed rows there is no report."""
     if not pretrained or "vqa_accuracy" not in metrics:
         return {}
     from dept_vl.metrics import vqa_score
 
-    seen = [r for r in rows if r.get("question_type") in pretrained]
-    unseen = [r for r in rows if "answers" in r and r.get("question_type") not in pretrained]
+    typed = [r for r in rows if "answers" in r and r.get("question_type")]
+    seen = [r for r in typed if r["question_type"] in pretrained]
+    unseen = [r for r in typed if r["question_type"] not in pretrained]
+    if not typed:
+        return {}
     report: dict[str, Any] = {"reserved_question_types": sorted(
-        {r["question_type"] for r in unseen if r.get("question_type")})}
+        {r["question_type"] for r in unseen})}
     for key, group in (("vqa_accuracy_reserved_types", unseen),
                        ("vqa_accuracy_pretrained_types", seen)):
         if group:
@@ -72,33 +80,52 @@ def use_cpu_threads(requested: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def run(cfg: TrainConfig, command: str) -> dict[str, Any]:
-    """One training job; returns the test metrics written to eval_results.json."""
-    out = Path(cfg.output_dir)
-    use_cpu_threads(cfg.num_threads)
+def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
     # the process state first (before the CSV tracker asks which process is main), on CPU
     # machines with cpu=True so that torchrun runs MULTI_CPU (gloo) rather than N lone copies
     PartialState(cpu=not torch.cuda.is_available())
-    accelerator = Accelerator(
+    return Accelerator(
         cpu=not torch.cuda.is_available(),
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         mixed_precision=cfg.mixed_precision,
         log_with=["tensorboard", CSVTracker(run_name="train", logging_dir=out / "logs")],
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
+
+
+def load_data(cfg: TrainConfig, accelerator: Accelerator
+              ) -> tuple[list[TaskData], list[Any], dict[str, Any]]:
+    """The run's tasks with their records (validated, images decoded, before any step), the
+    records a new tokenizer must cover, and what `on_bad_data: skip` dropped."""
+    if cfg.dry_run:
+        return plan_tasks(cfg), [], {}
+    with accelerator.main_process_first():
+        ensure_corpus(cfg)
+    tasks, tokenizer_records, dropped = load_tasks(cfg)
+    skipped = {}
+    if cfg.on_bad_data == "skip" and accelerator.is_main_process:
+        skipped = write_skipped(Path(cfg.output_dir), dropped)
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(skipped["by_reason"].items()))
+        accelerator.print(f"[dept_vl] on_bad_data skip: {skipped['total']} rows or images "
+                          f"skipped ({reasons or 'none'}), listed in {skipped['file']}")
+    for task in tasks:
+        shots = f" ({cfg.k_shot}-shot: {class_counts(task.train)})" if cfg.k_shot else ""
+        accelerator.print(f"[dept_vl] {cfg.method} on {task.name} ({task.kind}): "
+                          f"{len(task.train)} train, {len(task.eval)} eval, {len(task.test)} "
+                          f"test records{shots}")
+    return tasks, tokenizer_records, skipped
+
+
+def run(cfg: TrainConfig, command: str) -> dict[str, Any]:
+    """One training job; returns the test metrics written to eval_results.json."""
+    out = Path(cfg.output_dir)
+    use_cpu_threads(cfg.num_threads)
+    accelerator = make_accelerator(cfg, out)
     set_seed(cfg.seed)
     log = accelerator.print
 
     # ---- data: one task, or several (each batch one task's); validated before anything trains
-    tasks, tokenizer_records = plan_tasks(cfg), []
-    if not cfg.dry_run:
-        with accelerator.main_process_first():
-            ensure_corpus(cfg)
-        tasks, tokenizer_records = load_tasks(cfg)
-        for task in tasks:
-            shots = f" ({cfg.k_shot}-shot: {class_counts(task.train)})" if cfg.k_shot else ""
-            log(f"[dept_vl] {cfg.method} on {task.name} ({task.kind}): {len(task.train)} train, "
-                f"{len(task.eval)} eval, {len(task.test)} test records{shots}")
+    tasks, tokenizer_records, skipped = load_data(cfg, accelerator)
 
     # ---- backbone and what trains
     if cfg.dry_run and cfg.model is None and not (Path(cfg.backbone) / BACKBONE_MANIFEST).is_file():
@@ -111,8 +138,7 @@ def run(cfg: TrainConfig, command: str) -> dict[str, Any]:
     if cfg.init_from is not None and not cfg.dry_run:
         init_report = initialize_adapters(model, cfg, tasks)
         if accelerator.is_main_process:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "init.json").write_text(json.dumps(init_report, indent=2))
+            atomic_write_json(out / "init.json", init_report)
     trainable_line = model.print_trainable_parameters() if accelerator.is_main_process else ""
     for group in groups:
         log(f"  group {group['name']}: {sum(p.numel() for p in group['params']):,} params, "
@@ -122,136 +148,212 @@ def run(cfg: TrainConfig, command: str) -> dict[str, Any]:
         return {"trainable_parameters": model.trainable_parameters()[0]}
 
     features = build_feature_cache(model, cfg, tasks) if cfg.cache_features else None
-    collator = VLCollator(model.tokenizer, model.vision.transform, cfg.max_length,
-                          cfg.max_target_length, train=True, seed=cfg.seed,
-                          cache_images=cfg.cache_images, feature_cache=features)
-    loaders = [DataLoader(RecordDataset(task.train), batch_size=cfg.batch_size,
-                          collate_fn=collator, num_workers=cfg.num_workers,
-                          **shuffling(model, task.train, cfg)) for task in tasks]
-    optimizer = torch.optim.AdamW(groups, eps=1e-6)
-    scheduler = get_linear_schedule_with_warmup(
-        optimizer, cfg.warmup_steps * accelerator.num_processes,
-        max(cfg.max_steps, 1) * accelerator.num_processes,
-    )
-    model, optimizer, scheduler, *loaders = accelerator.prepare(model, optimizer, scheduler,
-                                                                *loaders)
-    unwrapped = accelerator.unwrap_model(model)
-    accelerator.init_trackers("train", config={k: str(v) for k, v in cfg.to_dict().items()})
+    loop = TrainLoop(cfg, accelerator, model, tasks, groups, features)
+    loop.train()
 
-    # ---- resume
-    step, best, best_metrics = 0, -math.inf, {}
-    if cfg.resume_from_checkpoint:
-        checkpoint = find_checkpoint(out, cfg.resume_from_checkpoint)
-        accelerator.load_state(str(checkpoint))
-        state = read_trainer_state(checkpoint)
-        step, best, best_metrics = state["step"], state["best"], state["best_metrics"]
-        log(f"[dept_vl] resumed from {checkpoint} at step {step}")
-    best_state = trainable_state(unwrapped)
-
-    # ---- loop: micro-batch i comes from task schedule[i] (always 0 with one task)
-    schedule = task_schedule([len(t.train) for t in tasks], cfg.task_sampling_temperature,
-                             cfg.seed, cfg.max_steps * cfg.gradient_accumulation_steps)
-    micro_done = step * cfg.gradient_accumulation_steps
-    consumed = Counter(schedule[:micro_done])
-    streams = [TaskStream(loader, accelerator, cfg.seed + 1000 * i, consumed[i])
-               for i, loader in enumerate(loaders)]
-    # the best weights are chosen on one task's metric; a multi-task run keeps its last weights
-    select_on = get_task(tasks[0].kind).metric if len(tasks) == 1 else None
-    kind_of = {task.name: task.kind for task in tasks}
-    progress = tqdm(total=cfg.max_steps, initial=step, disable=not accelerator.is_main_process,
-                    desc=f"{cfg.method}/{'+'.join(t.name for t in tasks)}")
-    start, running_loss = time.perf_counter(), []
-    model.train()
-    while step < cfg.max_steps:
-        task = tasks[schedule[micro_done]]
-        batch = next(streams[schedule[micro_done]])
-        with accelerator.accumulate(model):
-            loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         pixel_values=batch.get("pixel_values"), labels=batch["labels"],
-                         visual_features=batch.get("visual_features"), adapter=task.adapter).loss
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and cfg.max_grad_norm:
-                accelerator.clip_grad_norm_(
-                    [p for g in groups for p in g["params"]], cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-        micro_done += 1
-        running_loss.append(loss.detach().float().item())
-        if not accelerator.sync_gradients:
-            continue
-        step += 1
-        progress.update(1)
-        if step % cfg.logging_steps == 0 or step == cfg.max_steps:
-            mean_loss = sum(running_loss) / len(running_loss)
-            running_loss = []
-            progress.set_postfix(loss=f"{mean_loss:.4f}")
-            accelerator.log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]},
-                            step=step)
-        if any(t.eval for t in tasks) and (step % cfg.eval_steps == 0 or step == cfg.max_steps):
-            if accelerator.is_main_process:
-                evaluated, _ = evaluate_tasks(unwrapped, tasks, "eval", cfg, features)
-                for name, metrics in evaluated.items():
-                    prefix = "eval/" if len(tasks) == 1 else f"eval/{name}/"
-                    accelerator.log({prefix + k: v for k, v in metrics.items()}, step=step)
-                    metric = get_task(kind_of[name]).metric
-                    progress.write(f"step {step}: {name} eval {metric} "
-                                   f"{metrics.get(metric, math.nan):.2f}")
-                if select_on and tasks[0].name in evaluated:
-                    score = evaluated[tasks[0].name].get(select_on, -math.inf)
-                    if score > best:
-                        best, best_metrics = score, evaluated[tasks[0].name]
-                        best_state = trainable_state(unwrapped)
-            accelerator.wait_for_everyone()
-        if step % cfg.save_steps == 0 and step < cfg.max_steps:
-            # named by step, not by accelerate's automatic naming: with several processes
-            # its existence check races the main process creating the folder
-            saved = out / "checkpoints" / f"checkpoint_{step}"
-            accelerator.save_state(str(saved))
-            if accelerator.is_main_process:
-                write_trainer_state(saved, {"step": step, "best": best,
-                                            "best_metrics": best_metrics})
-                prune_checkpoints(out, cfg.checkpoints_total_limit)
-            accelerator.wait_for_everyone()
-    progress.close()
-    train_seconds = time.perf_counter() - start
-
-    # ---- test evaluation with the best weights, and the files a run leaves
+    # ---- the trained model first (nothing at test time can lose it), then the test
     results: dict[str, Any] = {}
     if accelerator.is_main_process:
-        if best_metrics:
-            restore_state(unwrapped, best_state)
-        tested, rows = evaluate_tasks(unwrapped, tasks, "test", cfg, features)
-        pretrained = unwrapped.metadata.get("pretrain_question_types")
-        for name, metrics in tested.items():
-            metrics.update(reserved_type_report(metrics, rows[name], pretrained))
-        trainable, total = unwrapped.trainable_parameters()
-        test_metrics = tested.get(tasks[0].name, {}) if len(tasks) == 1 else {"tasks": tested}
-        results = {
-            "task": cfg.task if len(tasks) == 1 else sorted(tested), "method": cfg.method,
-            "backbone": cfg.backbone, "split": "test", **test_metrics,
-            "best_eval": best_metrics, "steps": step, "train_seconds": round(train_seconds, 1),
-            "trainable_parameters": trainable, "total_parameters": total,
-            "trainable_summary": trainable_line,
-        }
-        if cfg.k_shot is not None:
-            results["k_shot"] = cfg.k_shot
-        saved_to = save_result_model(unwrapped, cfg, out, tested if cfg.adapter_per_task
-                                     else test_metrics, command)
-        results["saved_to"] = str(saved_to)
-        (out / "eval_results.json").write_text(json.dumps(results, indent=2))
-        all_rows = rows.get(tasks[0].name, []) if len(tasks) == 1 else rows
-        (out / "test_predictions.json").write_text(json.dumps(all_rows, indent=2))
-        for name, metrics in tested.items():
-            prefix = "test/" if len(tasks) == 1 else f"test/{name}/"
-            accelerator.log({prefix + k: v for k, v in metrics.items()}, step=step)
-            log(f"[dept_vl] {out / 'eval_results.json'}: {name}: " + ", ".join(
-                f"{k}={v:.2f}" for k, v in metrics.items() if isinstance(v, float)))
+        loop.restore_best()
+        saved_to = save_result_model(loop.unwrapped, cfg, out, None, command)
+        log(f"[dept_vl] saved {saved_to}")
+        results = test_and_report(loop, saved_to, command, trainable_line, skipped)
     # trackers closed by hand: end_training() would also destroy the process group, which
     # the next job of a multi-job config still needs
     for tracker in accelerator.trackers:
         tracker.finish()
     accelerator.wait_for_everyone()
+    return results
+
+
+class TrainLoop:
+    """The optimisation loop: micro-batch i comes from task schedule[i] (always 0 with one
+    task); periodic evaluation keeps the best weights; checkpoints hold everything a resume
+    needs to end exactly where the uninterrupted run ends."""
+
+    def __init__(self, cfg: TrainConfig, accelerator: Accelerator, model: Any,
+                 tasks: list[TaskData], groups: list[dict[str, Any]], features: Any):
+        self.cfg, self.accelerator, self.tasks, self.groups = cfg, accelerator, tasks, groups
+        self.features, self.out = features, Path(cfg.output_dir)
+        self.collator = VLCollator(model.tokenizer, model.vision.transform, cfg.max_length,
+                                   cfg.max_target_length, train=True, seed=cfg.seed,
+                                   cache_images=cfg.cache_images, feature_cache=features)
+        loaders = [DataLoader(RecordDataset(task.train), batch_size=cfg.batch_size,
+                              collate_fn=self.collator, num_workers=cfg.num_workers,
+                              **shuffling(model, task.train, cfg)) for task in tasks]
+        optimizer = torch.optim.AdamW(groups, eps=1e-6)
+        scheduler = get_linear_schedule_with_warmup(
+            optimizer, cfg.warmup_steps * accelerator.num_processes,
+            max(cfg.max_steps, 1) * accelerator.num_processes)
+        self.model, self.optimizer, self.scheduler, *self.loaders = accelerator.prepare(
+            model, optimizer, scheduler, *loaders)
+        self.unwrapped = accelerator.unwrap_model(self.model)
+        accelerator.init_trackers("train", config={k: str(v) for k, v in cfg.to_dict().items()})
+        self.progress = Progress()
+        self.last_checkpoint: Path | None = None
+        self.train_seconds = 0.0
+        # the best weights are chosen on one task's metric; a multi-task run keeps its last
+        self.select_on = get_task(tasks[0].kind).metric if len(tasks) == 1 else None
+
+    def resume(self, where: str) -> None:
+        checkpoint = find_checkpoint(self.out, where)
+        try:
+            self.accelerator.load_state(str(checkpoint))
+        except (OSError, RuntimeError, KeyError, ValueError, SafetensorError) as error:
+            raise CheckpointError(f"{checkpoint}: cannot restore the training state "
+                                  f"({type(error).__name__}: {error})") from None
+        self.progress = load_progress(checkpoint)
+        if self.progress.collator_rng is not None:
+            version, state, gauss = self.progress.collator_rng
+            self.collator.rng.setstate((version, tuple(state), gauss))
+        for tracker in self.accelerator.trackers:
+            if isinstance(tracker, CSVTracker):
+                tracker.drop_after(self.progress.step)
+        self.last_checkpoint = checkpoint
+        self.accelerator.print(f"[dept_vl] resumed from {checkpoint} at step {self.progress.step}")
+
+    def train(self) -> None:
+        cfg, progress = self.cfg, self.progress
+        if cfg.resume_from_checkpoint:
+            self.resume(cfg.resume_from_checkpoint)
+            progress = self.progress
+        schedule = task_schedule([len(t.train) for t in self.tasks],
+                                 cfg.task_sampling_temperature, cfg.seed,
+                                 cfg.max_steps * cfg.gradient_accumulation_steps)
+        micro_done = progress.step * cfg.gradient_accumulation_steps
+        consumed = Counter(schedule[:micro_done])
+        streams = [TaskStream(loader, self.accelerator, cfg.seed + 1000 * i, consumed[i])
+                   for i, loader in enumerate(self.loaders)]
+        bar = tqdm(total=cfg.max_steps, initial=progress.step,
+                   disable=not self.accelerator.is_main_process,
+                   desc=f"{cfg.method}/{'+'.join(t.name for t in self.tasks)}")
+        start, losses = time.perf_counter(), []
+        self.model.train()
+        with bar:  # closed before an error is printed, not after
+            while progress.step < cfg.max_steps:
+                task = self.tasks[schedule[micro_done]]
+                losses.append(self.micro_step(task, next(streams[schedule[micro_done]])))
+                micro_done += 1
+                if not self.accelerator.sync_gradients:
+                    continue
+                progress.step += 1
+                bar.update(1)
+                if progress.step % cfg.logging_steps == 0 or progress.step == cfg.max_steps:
+                    self.log_loss(bar, losses)
+                    losses = []
+                self.after_step(bar)
+        self.train_seconds = time.perf_counter() - start
+
+    def log_loss(self, bar: Any, losses: list[float]) -> None:
+        mean = sum(losses) / len(losses)
+        bar.set_postfix(loss=f"{mean:.4f}")
+        self.accelerator.log({"train/loss": mean, "train/lr": self.scheduler.get_last_lr()[0]},
+                             step=self.progress.step)
+
+    def micro_step(self, task: TaskData, batch: dict[str, Any]) -> float:
+        """Forward, backward and (at a sync step) the update; returns the loss averaged over
+        processes. A non-finite loss or gradient stops the run before it touches a weight."""
+        with self.accelerator.accumulate(self.model):
+            loss = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              pixel_values=batch.get("pixel_values"), labels=batch["labels"],
+                              visual_features=batch.get("visual_features"),
+                              adapter=task.adapter).loss
+            mean = float(self.accelerator.reduce(loss.detach().float(), reduction="mean"))
+            self.check_finite("loss", mean)
+            self.accelerator.backward(loss)
+            if self.accelerator.sync_gradients and self.cfg.max_grad_norm:
+                norm = self.accelerator.clip_grad_norm_(
+                    [p for g in self.groups for p in g["params"]], self.cfg.max_grad_norm)
+                if self.cfg.mixed_precision != "fp16":  # fp16's scaler skips overflow steps
+                    self.check_finite("gradient norm", float(norm))
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad()
+        return mean
+
+    def check_finite(self, what: str, value: float) -> None:
+        if math.isfinite(value):
+            return
+        kept = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
+                else "no checkpoint was written yet")
+        raise TrainingError(
+            f"step {self.progress.step + 1}: the training {what} is {value}; stopped without "
+            f"saving a result ({kept}). Lower the learning rates (lr_prompt={self.cfg.lr_prompt}, "
+            f"lr_lowrank={self.cfg.lr_lowrank}, lr_projection={self.cfg.lr_projection}, "
+            f"lr={self.cfg.lr}) or max_grad_norm, and resume or restart")
+
+    def after_step(self, bar: Any) -> None:
+        """Periodic evaluation (the best weights kept) and checkpoints."""
+        cfg, step = self.cfg, self.progress.step
+        if any(t.eval for t in self.tasks) and (step % cfg.eval_steps == 0 or step == cfg.max_steps):
+            if self.accelerator.is_main_process:
+                self.evaluate(bar)
+            self.accelerator.wait_for_everyone()
+        if step % cfg.save_steps == 0 and step < cfg.max_steps:
+            # named by step, not by accelerate's automatic naming: with several processes
+            # its existence check races the main process creating the folder
+            self.progress.collator_rng = self.collator.rng.getstate() if self.collator.rng else None
+            self.last_checkpoint = save_checkpoint(self.accelerator, self.out, self.progress,
+                                                   cfg.checkpoints_total_limit)
+
+    def evaluate(self, bar: Any) -> None:
+        step = self.progress.step
+        evaluated, _ = evaluate_tasks(self.unwrapped, self.tasks, "eval", self.cfg, self.features)
+        kinds = {task.name: task.kind for task in self.tasks}
+        for name, metrics in evaluated.items():
+            prefix = "eval/" if len(self.tasks) == 1 else f"eval/{name}/"
+            self.accelerator.log({prefix + k: v for k, v in metrics.items()}, step=step)
+            metric = get_task(kinds[name]).metric
+            bar.write(f"step {step}: {name} eval {metric} {metrics.get(metric, math.nan):.2f}")
+        first = self.tasks[0].name
+        if self.select_on and first in evaluated:
+            score = evaluated[first].get(self.select_on, -math.inf)
+            self.progress.improve(score, evaluated[first], self.unwrapped)
+
+    def restore_best(self) -> None:
+        if self.progress.best_state is not None:
+            restore_state(self.unwrapped, self.progress.best_state)
+
+
+def test_and_report(loop: TrainLoop, saved_to: Path, command: str, trainable_line: str,
+                    skipped: dict[str, Any]) -> dict[str, Any]:
+    """Test metrics with the best weights, eval_results.json, test_predictions.json, and the
+    model card again, now with its metrics. A failure here keeps the saved model."""
+    cfg, tasks, out = loop.cfg, loop.tasks, loop.out
+    try:
+        tested, rows = evaluate_tasks(loop.unwrapped, tasks, "test", cfg, loop.features)
+    except UserError as error:
+        raise TrainingError(f"test evaluation failed after training: {error}. The trained "
+                            f"model is saved in {saved_to}; evaluate it again with "
+                            "`python -m dept_vl.evaluate`") from error
+    pretrained = loop.unwrapped.metadata.get("pretrain_question_types")
+    for name, metrics in tested.items():
+        metrics.update(reserved_type_report(metrics, rows[name], pretrained))
+    trainable, total = loop.unwrapped.trainable_parameters()
+    test_metrics = tested.get(tasks[0].name, {}) if len(tasks) == 1 else {"tasks": tested}
+    results = {
+        "task": cfg.task if len(tasks) == 1 else sorted(tested), "method": cfg.method,
+        "backbone": cfg.backbone, "split": "test", **test_metrics,
+        "best_eval": loop.progress.best_metrics, "steps": loop.progress.step,
+        "train_seconds": round(loop.train_seconds, 1), "trainable_parameters": trainable,
+        "total_parameters": total, "trainable_summary": trainable_line,
+    }
+    if cfg.k_shot is not None:
+        results["k_shot"] = cfg.k_shot
+    if skipped:
+        results["skipped"] = skipped
+    if cfg.method != "full":  # the model card now carries the test metrics
+        save_result_model(loop.unwrapped, cfg, out, tested if cfg.adapter_per_task
+                          else test_metrics, command)
+    results["saved_to"] = str(saved_to)
+    atomic_write_json(out / "test_predictions.json",
+                      rows.get(tasks[0].name, []) if len(tasks) == 1 else rows)
+    atomic_write_json(out / "eval_results.json", results)
+    for name, metrics in tested.items():
+        prefix = "test/" if len(tasks) == 1 else f"test/{name}/"
+        loop.accelerator.log({prefix + k: v for k, v in metrics.items()}, step=loop.progress.step)
+        loop.accelerator.print(f"[dept_vl] {out / 'eval_results.json'}: {name}: " + ", ".join(
+            f"{k}={v:.2f}" for k, v in metrics.items() if isinstance(v, float)))
     return results
 
 
@@ -286,12 +388,12 @@ def build_feature_cache(model: Any, cfg: TrainConfig, tasks: list[TaskData]) -> 
     """The frozen encoder's outputs for every image of the run, computed once (only for images
     not cached yet, or changed since)."""
     if model.backbone_trainable:
-        raise ValueError("cache_features: the image encoder trains in this run (method full), "
+        raise ConfigError("cache_features: the image encoder trains in this run (method full), "
                          "so its outputs change every step and cannot be cached")
     cache = FeatureCache(cfg.feature_cache_dir, model.vision)
     images = [r.image for t in tasks for r in (*t.train, *t.eval, *t.test)]
     if not all(isinstance(image, str) for image in images):
-        raise ValueError("cache_features: needs image files (records with in-memory images, "
+        raise ConfigError("cache_features: needs image files (records with in-memory images, "
                          "e.g. from a hub dataset, cannot be keyed)")
     start = time.perf_counter()
     built = cache.build(images, cfg.eval_batch_size)
@@ -328,7 +430,7 @@ def ensure_backbone(cfg: TrainConfig, command: str) -> None:
     if cfg.dry_run or cfg.model is not None or (Path(cfg.backbone) / BACKBONE_MANIFEST).is_file():
         return
     if not cfg.bootstrap:
-        raise FileNotFoundError(
+        raise BackboneError(
             f"backbone: {cfg.backbone} is not a backbone directory; build one with "
             "`accelerate launch dept_vl/train.py --config configs/backbone_shapes.yaml` or set "
             "`bootstrap:` to such a config"
@@ -336,38 +438,50 @@ def ensure_backbone(cfg: TrainConfig, command: str) -> None:
     boot = load_config(cfg.bootstrap)
     produced = Path(boot.output_dir) / "model"
     if produced.resolve() != Path(cfg.backbone).resolve():
-        raise ValueError(f"bootstrap {cfg.bootstrap} writes {produced}, but backbone is "
+        raise ConfigError(f"bootstrap {cfg.bootstrap} writes {produced}, but backbone is "
                          f"{cfg.backbone}; make them the same path")
     print(f"[dept_vl] backbone {cfg.backbone} missing: pretraining it with {cfg.bootstrap}",
           flush=True)
     run(boot, command)
 
 
+# keys that name the data (or model) a run trains on: given without --config, they make a run of
+# their own rather than changes to the quickstart's two jobs
+DATA_KEYS = ("train_file", "eval_file", "test_file", "tasks", "model", "corpus")
+
+
+def config_path(argv: list[str]) -> tuple[str | None, list[str]]:
+    """`--config FILE` (or `--config=FILE`) and the other arguments. Without it: the quickstart
+    when no data is named, else no file (the flags and the defaults alone)."""
+    for i, arg in enumerate(argv):
+        if arg == "--config":
+            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                raise ConfigError("--config: needs a YAML file")
+            return argv[i + 1], argv[:i] + argv[i + 2:]
+        if arg.startswith("--config="):
+            return arg.partition("=")[2], argv[:i] + argv[i + 1:]
+    named = {a[2:].partition("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+    return (None if named & set(DATA_KEYS) else str(DEFAULT_CONFIG)), argv
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
-    config_path: str | None = str(DEFAULT_CONFIG)
-    if "--config" in argv:
-        i = argv.index("--config")
-        config_path = argv[i + 1]
-        del argv[i:i + 2]
-    cfg = load_config(config_path, parse_overrides(argv))
-    command = "accelerate launch dept_vl/train.py " + shlex.join(sys.argv[1:])
+    path, rest = config_path(argv)
+    cfg = load_config(path, parse_overrides(rest))
+    command = "accelerate launch dept_vl/train.py " + shlex.join(argv)
     jobs = {name: cfg.for_job(name) for name in cfg.jobs} or {"": cfg}
     results = {}
+    for job in jobs.values():
+        plan_tasks(job)  # every job's tasks and data named, before any backbone is built
     for name, job in jobs.items():
         ensure_backbone(job, command)
         results[name] = run(job, command)
     if cfg.jobs and not cfg.dry_run:
-        summary = Path(cfg.output_dir) / "eval_results.json"
-        summary.parent.mkdir(parents=True, exist_ok=True)
-        summary.write_text(json.dumps(results, indent=2))
+        atomic_write_json(Path(cfg.output_dir) / "eval_results.json", results)
     return results
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as error:  # config, data and adapter errors
-        # a bad config key or dataset row is the user's to fix: say what, not a traceback
-        print(f"dept_vl: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    # a config, data, adapter, backbone or checkpoint error is the user's to fix: one line and
+    # exit 2; anything else is a bug and keeps its traceback
+    sys.exit(run_cli(main))

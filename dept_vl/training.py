@@ -4,32 +4,43 @@ small state a checkpoint needs beyond what `accelerator.save_state` keeps."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
+import logging
+import math
 import os
 import random
+import re
 import shutil
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import numpy as np
 import torch
 from accelerate.tracking import GeneralTracker, on_main_process
 from accelerate.utils import set_seed
-from safetensors.torch import save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, T5Config
 
-from dept_vl.config import TrainConfig
+from dept_vl.config import ConfigError, TrainConfig
 from dept_vl.data import shapes
 from dept_vl.data.fewshot import sample_kshot
-from dept_vl.data.records import Record, VQARecord, load_records, validate_images
+from dept_vl.data.records import DataError, Record, VQARecord, load_records, validate_images
 from dept_vl.dept import DePTConfig, dept_budget, dept_param_groups
+from dept_vl.errors import CheckpointError, TrainingError
+from dept_vl.files import atomic_dir, atomic_write_json, atomic_write_text, replace_dir
 from dept_vl.model import ADAPTER_CONFIG, ADAPTER_WEIGHTS, VLT5
 from dept_vl.tasks import get_task
 from dept_vl.tokenization import build_word_tokenizer
 from dept_vl.vision import VisionConfig
 
 ADAPTER_NAME = "default"
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------- data
@@ -44,11 +55,14 @@ def ensure_corpus(cfg: TrainConfig) -> None:
         shapes.write_corpus(out, **spec)
 
 
-def load_split(entry: Any, task: str, question_types: list[str] | None = None) -> list[Record]:
+def load_split(entry: Any, task: str, question_types: list[str] | None = None,
+               skipped: list[dict[str, Any]] | None = None) -> list[Record]:
     """Records from a config entry: a path, a mapping of load_records options, or a list of them;
     VQA records kept only for `question_types` (None: all).
 
-    Images are checked (exist, readable) now, before any step is taken.
+    Every image is decoded now, before any step is taken. With `skipped` (on_bad_data: skip)
+    bad rows and undecodable images are dropped and listed there; without it the first one
+    is an error naming its file and line.
     """
     if entry is None:
         return []
@@ -58,12 +72,12 @@ def load_split(entry: Any, task: str, question_types: list[str] | None = None) -
         options = dict(item) if isinstance(item, dict) else {"path": item}
         path = options.pop("path")
         kind = options.pop("task", task)
-        records += load_records(path, kind, options.pop("format", "auto"), **options)
+        records += load_records(path, kind, options.pop("format", "auto"), skipped=skipped,
+                                **options)
     if question_types is not None:
         wanted = set(question_types)
         records = [r for r in records if not isinstance(r, VQARecord) or r.question_type in wanted]
-    validate_images(records)
-    return records
+    return validate_images(records, skipped=skipped)
 
 
 @dataclass
@@ -88,6 +102,9 @@ def plan_tasks(cfg: TrainConfig) -> list[TaskData]:
     for name, spec in specs.items():
         kind = spec.get("task", cfg.task)
         get_task(kind)
+        if spec.get("train_file") is None and not cfg.dry_run:
+            raise ConfigError(f"train_file{f' of task {name!r}' if cfg.tasks else ''}: no "
+                              "training data given")
         adapter = None
         if cfg.method in ("dept", "pt"):
             adapter = name if cfg.adapter_per_task else ADAPTER_NAME
@@ -95,31 +112,53 @@ def plan_tasks(cfg: TrainConfig) -> list[TaskData]:
     return tasks
 
 
-def load_tasks(cfg: TrainConfig) -> tuple[list[TaskData], list[Record]]:
-    """The run's tasks with their records, k-shot sampled when `k_shot` is set, and every
-    training record before question-type filtering (what a new tokenizer must cover)."""
+def load_tasks(cfg: TrainConfig) -> tuple[list[TaskData], list[Record], list[dict[str, Any]]]:
+    """The run's tasks with their records, k-shot sampled when `k_shot` is set; every
+    training record before question-type filtering (what a new tokenizer must cover); and the
+    rows and images dropped by `on_bad_data: skip` (each once, with its reason)."""
     tasks, unfiltered = plan_tasks(cfg), []
+    skipped: list[dict[str, Any]] | None = [] if cfg.on_bad_data == "skip" else None
     for task in tasks:
         spec, types = task.spec, task.spec.get("question_types")
-        every = load_split(spec["train_file"], task.kind)
+        every = load_split(spec["train_file"], task.kind, None, skipped)
         unfiltered += every
-        task.train = every if types is None else load_split(spec["train_file"], task.kind, types)
-        task.eval = load_split(spec.get("eval_file"), task.kind, types)
-        task.test = load_split(spec.get("test_file"), task.kind, types)
+        task.train = every if types is None else [
+            r for r in every if not isinstance(r, VQARecord) or r.question_type in set(types)]
+        task.eval = load_split(spec.get("eval_file"), task.kind, types, skipped)
+        task.test = load_split(spec.get("test_file"), task.kind, types, skipped)
         if not task.train:
-            raise ValueError(f"train_file of task {task.name!r}: no training records (check the "
-                             "path and question_types)")
+            raise DataError(f"train_file of task {task.name!r}: no training records (check the "
+                            "path and question_types)")
         if cfg.k_shot is not None:
             task.train = sample_kshot(task.train, cfg.k_shot, cfg.seed)
             task.eval = sample_kshot(task.eval, cfg.k_shot, cfg.seed) if task.eval else []
-    return tasks, unfiltered
+    return tasks, unfiltered, _unique(skipped or [])
+
+
+def _unique(skipped: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A data file named by several tasks or splits is read again each time: list each bad row
+    once."""
+    seen, unique = set(), []
+    for entry in skipped:
+        key = (entry["source"], entry["reason"])
+        if key not in seen:
+            seen.add(key)
+            unique.append(entry)
+    return unique
+
+
+def write_skipped(out: Path, skipped: list[dict[str, Any]]) -> dict[str, Any]:
+    """`skipped.jsonl` (one row per dropped row or image) and its summary by reason."""
+    atomic_write_text(out / "skipped.jsonl", "".join(json.dumps(e) + "\n" for e in skipped))
+    return {"total": len(skipped), "by_reason": dict(Counter(e["reason"] for e in skipped)),
+            "file": str(out / "skipped.jsonl")}
 
 
 def task_schedule(sizes: Sequence[int], temperature: float, seed: int, length: int) -> list[int]:
     """Which task each micro-batch comes from: p(task) ∝ size^(1/temperature), seeded, fixed in
     advance (a resumed run replays the same schedule)."""
     if temperature <= 0:
-        raise ValueError(f"task_sampling_temperature: must be positive, got {temperature}")
+        raise ConfigError(f"task_sampling_temperature: must be positive, got {temperature}")
     if len(sizes) == 1:
         return [0] * length
     weights = [size ** (1 / temperature) for size in sizes]
@@ -140,6 +179,14 @@ class TaskStream:
         return self
 
     def __next__(self) -> dict[str, Any]:
+        if not self.skip:
+            return self._next()
+        # a resume mid-epoch: the epoch's shuffle is drawn again from its seed, then the global
+        # RNG goes back to the state the checkpoint restored, as if never interrupted
+        with preserved_rng():
+            return self._next()
+
+    def _next(self) -> dict[str, Any]:
         while True:
             if self._batches is None:
                 set_seed(self.seed + self.epoch)
@@ -153,6 +200,16 @@ class TaskStream:
             except StopIteration:
                 self._batches = None
                 self.epoch += 1
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Python's, numpy's and torch's global RNG states are what they were before the block."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
+        yield
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
 
 
 def corpus_texts(records: list[Record]) -> list[str]:
@@ -177,8 +234,8 @@ def build_model(cfg: TrainConfig, tokenizer_records: list[Record]) -> VLT5:
     spec = dict(cfg.model)
     unknown = sorted(set(spec) - {"name", "t5", "vision", "num_visual_tokens", "tokenizer"})
     if unknown or "t5" not in spec or "vision" not in spec:
-        raise ValueError(f"model: needs keys t5 and vision (optional: name, num_visual_tokens, "
-                         f"tokenizer); unknown keys {unknown}")
+        raise ConfigError(f"model: needs keys t5 and vision (optional: name, num_visual_tokens, "
+                          f"tokenizer); unknown keys {unknown}")
     vision = spec["vision"]
     vision = VisionConfig(**vision) if isinstance(vision, dict) else VisionConfig(model_name=vision)
     t5 = spec["t5"]
@@ -203,18 +260,21 @@ def build_model(cfg: TrainConfig, tokenizer_records: list[Record]) -> VLT5:
 def adapter_config(cfg: TrainConfig, d_model: int, task: str | None = None) -> DePTConfig:
     """DePT as configured, or (method pt) vanilla prompt tuning with the same budget."""
     prefix = get_task(task or cfg.task).prefix
-    common = dict(max_length=cfg.max_length, alpha=cfg.alpha, prompt_init=cfg.prompt_init,
-                  prompt_init_text=cfg.prompt_init_text, task_prefix=prefix)
-    if cfg.method == "dept":
-        return DePTConfig(prompt_length=cfg.prompt_length, rank=cfg.rank, **common)
-    length = cfg.pt_prompt_length
+    length, rank = cfg.prompt_length, cfg.rank
+    if cfg.method == "pt":
+        length, rank = cfg.pt_prompt_length, 0
     if length is None:
         budget = dept_budget(cfg.prompt_length, cfg.rank, cfg.max_length, d_model)
         length = round(budget / d_model)
         if length * d_model != budget:
             print(f"[dept_vl] note: PT length {length} gives {length * d_model:,} parameters, "
                   f"DePT({cfg.prompt_length},{cfg.rank}) has {budget:,}", flush=True)
-    return DePTConfig(prompt_length=length, rank=0, **common)
+    try:
+        return DePTConfig(prompt_length=length, rank=rank, max_length=cfg.max_length,
+                          alpha=cfg.alpha, prompt_init=cfg.prompt_init,
+                          prompt_init_text=cfg.prompt_init_text, task_prefix=prefix)
+    except ValueError as error:  # DePTConfig checks the shape, which the config's keys set
+        raise ConfigError(f"method {cfg.method}: {error}") from None
 
 
 def setup_method(model: VLT5, cfg: TrainConfig, tasks: Sequence[TaskData]) -> list[dict[str, Any]]:
@@ -269,10 +329,13 @@ def restore_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> Non
             params[name].copy_(value)
 
 
-def save_result_model(model: VLT5, cfg: TrainConfig, out: Path, metrics: dict[str, Any],
+def save_result_model(model: VLT5, cfg: TrainConfig, out: Path, metrics: dict[str, Any] | None,
                       command: str) -> Path:
     """What a run leaves behind: `adapter/` (dept, pt, lora), `adapters/<task>/` (one adapter
-    per task) or `model/` (full). `metrics` are the test metrics, by task when there are tasks."""
+    per task) or `model/` (full). `metrics` are the test metrics, by task when there are tasks
+    (None: saved before the test evaluation, without them). Non-finite weights are refused."""
+    check_finite(model)
+    metrics = metrics or {}
     if cfg.adapter_per_task:
         target = out / "adapters"
         for name in model.adapters:
@@ -282,19 +345,26 @@ def save_result_model(model: VLT5, cfg: TrainConfig, out: Path, metrics: dict[st
         model.save_adapter(ADAPTER_NAME, target, metrics=metrics, command=command)
     elif cfg.method == "lora":
         target = out / "adapter"
-        target.mkdir(parents=True, exist_ok=True)
         tensors = {n: p.detach().contiguous() for n, p in model.named_parameters()
                    if p.requires_grad}
-        save_file(tensors, target / ADAPTER_WEIGHTS)
         meta = {"method": "lora", "lora_rank": cfg.lora_rank, "lora_alpha": cfg.lora_alpha,
                 "target_modules": cfg.lora_target_modules, "base_model": model.base_model,
                 "task_prefix": get_task(cfg.task).prefix,
                 "trainable_parameters": sum(t.numel() for t in tensors.values())}
-        (target / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2))
+        with atomic_dir(target) as tmp:
+            save_file(tensors, tmp / ADAPTER_WEIGHTS)
+            (tmp / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2))
     else:
         target = out / "model"
         model.save_pretrained(target)
     return target
+
+
+def check_finite(model: torch.nn.Module) -> None:
+    """A trained weight that is NaN or infinite must never be saved as a result."""
+    for name, param in model.named_parameters():
+        if param.requires_grad and not torch.isfinite(param).all():
+            raise TrainingError(f"trained weight {name} holds non-finite values; nothing saved")
 
 
 # ---------------------------------------------------------------------------- logging
@@ -322,6 +392,16 @@ class CSVTracker(GeneralTracker):
         (self.path.parent / "config.json").write_text(json.dumps(values, indent=2, default=str))
 
     @on_main_process
+    def drop_after(self, step: int) -> None:
+        """A resumed run logs steps after its checkpoint again: drop the first run's rows."""
+        with self.path.open(newline="") as f:
+            rows = list(csv.reader(f))
+        kept = [row for row in rows[1:] if row and row[0] and int(row[0]) <= step]
+        text = io.StringIO()
+        csv.writer(text, lineterminator="\n").writerows([rows[0], *kept])
+        atomic_write_text(self.path, text.getvalue())
+
+    @on_main_process
     def log(self, values: dict, step: int | None = None, **kwargs: Any) -> None:
         with self.path.open("a", newline="") as f:
             writer = csv.writer(f)
@@ -331,36 +411,132 @@ class CSVTracker(GeneralTracker):
 
 
 TRAINER_STATE = "trainer_state.json"
+BEST_WEIGHTS = "best_weights.safetensors"
+_CHECKPOINT_NAME = re.compile(r"checkpoint_(\d+)")
 
 
-def write_trainer_state(checkpoint: str | os.PathLike, state: dict[str, Any]) -> None:
-    (Path(checkpoint) / TRAINER_STATE).write_text(json.dumps(state, indent=2))
+@dataclass
+class Progress:
+    """What a run knows beyond its weights and optimizer (accelerate keeps those): the step, the
+    best evaluation so far and *its weights*, and the collator's answer-sampling RNG. A resumed
+    run restores all of it, so it ends exactly where the uninterrupted run would."""
+
+    step: int = 0
+    best: float | None = None  # the selection metric's best value (None: never evaluated)
+    best_metrics: dict[str, Any] = field(default_factory=dict)
+    best_state: dict[str, torch.Tensor] | None = None
+    collator_rng: Any = None  # random.Random.getstate() of the training collator
+
+    def improve(self, score: float, metrics: dict[str, Any], model: torch.nn.Module) -> None:
+        if self.best is None or score > self.best:
+            self.best, self.best_metrics = score, metrics
+            self.best_state = trainable_state(model)
+
+
+def save_checkpoint(accelerator: Any, out: Path, progress: Progress, keep: int) -> Path:
+    """`checkpoints/checkpoint_<step>`: accelerate's state, the best weights and the trainer
+    state, written into `checkpoint_<step>.partial` and renamed only once complete. The trainer
+    state, written last, lists every file with its size, so a checkpoint cut short is known."""
+    final = out / "checkpoints" / f"checkpoint_{progress.step}"
+    partial = final.with_name(final.name + ".partial")
+    if accelerator.is_main_process and partial.exists():
+        shutil.rmtree(partial)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()  # every process has written its RNG state
+    if accelerator.is_main_process:
+        if progress.best_state is not None:
+            save_file(_contiguous(progress.best_state), partial / BEST_WEIGHTS)
+        files = {p.name: p.stat().st_size for p in sorted(partial.iterdir()) if p.is_file()}
+        atomic_write_json(partial / TRAINER_STATE, {
+            "step": progress.step, "best": progress.best, "best_metrics": progress.best_metrics,
+            "collator_rng": progress.collator_rng, "files": files})
+        replace_dir(partial, final)
+        prune_checkpoints(out, keep)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous() for k, v in state.items()}
 
 
 def _checkpoints(out: Path) -> list[Path]:
-    """Complete `checkpoints/checkpoint_<step>` folders, oldest first."""
-    found = sorted((out / "checkpoints").glob("checkpoint_*"),
-                   key=lambda p: int(p.name.rsplit("_", 1)[-1]))
-    return [p for p in found if (p / TRAINER_STATE).is_file()]
+    """`checkpoints/checkpoint_<step>` folders (complete or not), oldest first."""
+    found = [p for p in (out / "checkpoints").glob("checkpoint_*")
+             if _CHECKPOINT_NAME.fullmatch(p.name) and p.is_dir()]
+    return sorted(found, key=lambda p: int(p.name.rsplit("_", 1)[-1]))
 
 
 def prune_checkpoints(out: Path, keep: int) -> None:
-    for old in _checkpoints(out)[:-keep] if keep > 0 else []:
+    complete = [p for p in _checkpoints(out) if checkpoint_problem(p) is None]
+    for old in complete[:-keep] if keep > 0 else []:
         shutil.rmtree(old)
 
 
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why `checkpoint` cannot be resumed from (None: it is complete)."""
+    try:
+        state = read_trainer_state(checkpoint)
+    except CheckpointError as error:
+        return str(error)
+    for name, size in state.get("files", {}).items():
+        file = checkpoint / name
+        if not file.is_file():
+            return f"{file}: missing (the checkpoint was cut short)"
+        if file.stat().st_size != size:
+            return f"{file}: {file.stat().st_size} bytes, {size} were written"
+    return None
+
+
 def find_checkpoint(out: Path, resume: str) -> Path:
-    """`latest` → the newest `checkpoints/checkpoint_<step>`; else the given directory."""
+    """`latest` → the newest complete `checkpoints/checkpoint_<step>` (incomplete ones are
+    skipped with a warning naming them); else the given directory, which must be complete."""
     if resume != "latest":
-        path = Path(resume)
-        if not (path / TRAINER_STATE).is_file():
-            raise FileNotFoundError(f"{path}: not a dept_vl checkpoint (no {TRAINER_STATE})")
-        return path
-    found = _checkpoints(out)
-    if not found:
-        raise FileNotFoundError(f"no checkpoint to resume from under {out / 'checkpoints'}")
-    return found[-1]
+        problem = checkpoint_problem(Path(resume))
+        if problem:
+            raise CheckpointError(f"resume_from_checkpoint: {problem}")
+        return Path(resume)
+    for candidate in reversed(_checkpoints(out)):
+        problem = checkpoint_problem(candidate)
+        if problem is None:
+            return candidate
+        logger.warning("skipping checkpoint %s: %s", candidate, problem)
+    raise CheckpointError(f"resume_from_checkpoint latest: no complete checkpoint under "
+                          f"{out / 'checkpoints'}")
 
 
 def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
-    return json.loads((checkpoint / TRAINER_STATE).read_text())
+    """The checkpoint's trainer_state.json, checked; a missing, empty or corrupt file is a
+    CheckpointError naming it."""
+    file = checkpoint / TRAINER_STATE
+    if not file.is_file():
+        raise CheckpointError(f"{checkpoint}: not a complete dept_vl checkpoint (no {TRAINER_STATE})")
+    try:
+        state = json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{file}: corrupt trainer state ({error})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) \
+            or not isinstance(state.get("best_metrics"), dict):
+        raise CheckpointError(f"{file}: corrupt trainer state (needs an integer 'step' and a "
+                              "'best_metrics' mapping)")
+    return state
+
+
+def load_progress(checkpoint: Path) -> Progress:
+    """The Progress a checkpoint saved, with its best weights."""
+    state = read_trainer_state(checkpoint)
+    best = state.get("best")
+    best_state = None
+    if (checkpoint / BEST_WEIGHTS).is_file():
+        try:
+            best_state = load_file(checkpoint / BEST_WEIGHTS)
+        except (OSError, SafetensorError) as error:
+            raise CheckpointError(f"{checkpoint / BEST_WEIGHTS}: cannot read ({error})") from None
+    elif state["best_metrics"]:
+        raise CheckpointError(f"{checkpoint}: has best_metrics but no {BEST_WEIGHTS} (written "
+                              "by an older dept_vl, whose resume lost the best weights)")
+    # older checkpoints wrote -inf for "never evaluated"
+    best = None if best is None or best == -math.inf else float(best)
+    return Progress(state["step"], best, state["best_metrics"], best_state,
+                    state.get("collator_rng"))

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from dept_vl import VLT5
 from dept_vl.data import shapes
 from dept_vl.data.records import DataError
+from dept_vl.errors import CheckpointError
 from conftest import split, write_config
 from dept_vl.train import main
 
@@ -85,7 +86,7 @@ def test_resume_from_checkpoint_continues_to_the_same_weights(tmp_path, corpus_d
     resumed = load_file(resumed_dir / "adapter" / "adapter_model.safetensors")
     for key in uninterrupted:
         torch.testing.assert_close(resumed[key], uninterrupted[key], atol=1e-6, rtol=1e-5)
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(CheckpointError, match="no complete checkpoint"):
         main(["--config", config, "--output_dir", str(tmp_path / "empty"),
               "--resume_from_checkpoint", "latest"])
 
@@ -140,3 +141,135 @@ def test_length_grouped_batches_train(tmp_path, corpus_dir, backbone):
                          save_steps=100, group_by_length=True)
     main(["--config", config])
     assert json.loads((tmp_path / "run" / "eval_results.json").read_text())["steps"] == 3
+
+
+# ---------------------------------------------------------------- nothing lost, nothing wrong
+def nan_after(monkeypatch, calls):
+    """The model's loss turns NaN from its `calls`-th forward pass on (a diverging run)."""
+    from dept_vl.model import VLT5 as Model
+
+    forward, seen = Model.forward, {"n": 0}
+
+    def diverging(self, *args, **kwargs):
+        output = forward(self, *args, **kwargs)
+        seen["n"] += 1
+        if seen["n"] >= calls and output.loss is not None:
+            output.loss = output.loss * float("nan")
+        return output
+
+    monkeypatch.setattr(Model, "forward", diverging)
+
+
+def test_a_nan_loss_stops_the_run_with_an_error_and_saves_nothing(
+        tmp_path, corpus_dir, backbone, monkeypatch, capsys):
+    from dept_vl.errors import TrainingError, run_cli
+
+    config = dept_config(tmp_path, corpus_dir, backbone, eval_file=None, save_steps=2)
+    nan_after(monkeypatch, 4)  # steps 1-3 are fine, step 4's loss is NaN
+    with pytest.raises(TrainingError, match=r"step 4: the training loss is nan.*checkpoint_2"):
+        main(["--config", config])
+    run = tmp_path / "run"
+    assert not (run / "adapter").exists() and not (run / "eval_results.json").exists()
+    assert (run / "checkpoints" / "checkpoint_2" / "trainer_state.json").is_file()
+    assert run_cli(main, ["--config", config, "--output_dir", str(tmp_path / "again")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()  # progress bars, then the error
+    assert err[-1].startswith("dept_vl: error: step ") and "training loss is nan" in err[-1]
+    assert sum(line.startswith("dept_vl: error") for line in err) == 1
+
+
+def test_the_adapter_is_saved_before_test_evaluation_can_fail(
+        tmp_path, corpus_dir, backbone, monkeypatch):
+    import dept_vl.train as train_module
+    from dept_vl.errors import TrainingError
+
+    test_image = Path(corpus_dir, json.loads(
+        Path(corpus_dir, "test_vqa.jsonl").read_text().splitlines()[0])["image"])
+    original_bytes = test_image.read_bytes()
+    save = train_module.save_result_model
+
+    def save_then_damage(*args, **kwargs):
+        saved = save(*args, **kwargs)
+        test_image.write_bytes(original_bytes[:40])  # the disk changes under a running job
+        return saved
+
+    monkeypatch.setattr(train_module, "save_result_model", save_then_damage)
+    try:
+        with pytest.raises(TrainingError, match=r"test evaluation failed.*saved in .*adapter"):
+            main(["--config", dept_config(tmp_path, corpus_dir, backbone, eval_file=None)])
+    finally:
+        test_image.write_bytes(original_bytes)
+    run = tmp_path / "run"
+    assert not (run / "eval_results.json").exists()
+    VLT5.from_pretrained(backbone).load_adapter(run / "adapter", name="vqa")
+
+
+def test_the_logged_training_loss_is_the_mean_over_processes(
+        tmp_path, corpus_dir, backbone, monkeypatch):
+    from accelerate import Accelerator
+
+    calls = []
+
+    def reduce(self, tensor, reduction="sum", scale=1.0):
+        calls.append(reduction)
+        return torch.full_like(tensor, 42.0)  # what the other ranks would have made of it
+
+    monkeypatch.setattr(Accelerator, "reduce", reduce)
+    main(["--config", dept_config(tmp_path, corpus_dir, backbone, eval_file=None,
+                                  test_file=None, max_steps=2, save_steps=100)])
+    rows = (tmp_path / "run" / "logs" / "metrics.csv").read_text().splitlines()
+    assert [r for r in rows if ",train/loss," in r] == ["1,train/loss,42.0", "2,train/loss,42.0"]
+    assert set(calls) == {"mean"}
+
+
+def test_flags_naming_data_without_a_config_make_one_run_of_that_data(
+        tmp_path, corpus_dir, backbone, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    results = main(["--method", "dept", "--backbone", backbone, "--task", "vqa",
+                    "--train_file", f"{corpus_dir}/train_vqa.jsonl",
+                    "--test_file", f"{corpus_dir}/test_vqa.jsonl", "--output_dir", "mine",
+                    "--prompt_length", "4", "--rank", "2", "--max_length", "24",
+                    "--max_steps", "2", "--batch_size", "8", "--save_steps", "100"])
+    assert list(results) == [""] and results[""]["method"] == "dept"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no quickstart corpus
+    assert (tmp_path / "mine" / "adapter").is_dir() and not (tmp_path / "mine" / "vqa").exists()
+
+
+def test_which_config_flags_use(tmp_path):
+    from dept_vl.config import ConfigError
+    from dept_vl.train import DEFAULT_CONFIG, config_path
+
+    assert config_path(["--max_steps", "5"]) == (str(DEFAULT_CONFIG), ["--max_steps", "5"])
+    assert config_path(["--train-file=a.jsonl"]) == (None, ["--train-file=a.jsonl"])
+    assert config_path(["--config=x.yaml", "--seed", "1"]) == ("x.yaml", ["--seed", "1"])
+    with pytest.raises(ConfigError, match="--config: needs a YAML file"):
+        config_path(["--config"])
+    with pytest.raises(ConfigError, match="train_file: no training data given"):
+        main(["--eval_file", "val.jsonl", "--backbone", "b", "--output_dir", str(tmp_path)])
+
+
+def test_data_without_question_types_reports_no_reserved_types(tmp_path, corpus_dir, backbone):
+    rows = []
+    for line in Path(corpus_dir, "test_vqa.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        row.pop("question_type", None)
+        row["image"] = str(Path(corpus_dir, row["image"]))
+        rows.append(json.dumps(row))
+    untyped = tmp_path / "untyped.jsonl"
+    untyped.write_text("\n".join(rows) + "\n")
+    main(["--config", dept_config(tmp_path, corpus_dir, backbone, eval_file=None, max_steps=1,
+                                  test_file=str(untyped), save_steps=100)])
+    results = json.loads((tmp_path / "run" / "eval_results.json").read_text())
+    assert "vqa_accuracy" in results
+    assert not {"vqa_accuracy_reserved_types", "vqa_accuracy_pretrained_types",
+                "reserved_question_types"} & set(results)
+
+
+def test_reserved_types_count_only_typed_questions():
+    from dept_vl.train import reserved_type_report
+
+    rows = [{"answers": ["red"], "prediction": "red", "question_type": "color"},
+            {"answers": ["2"], "prediction": "3", "question_type": "count"},
+            {"answers": ["yes"], "prediction": "yes", "question_type": None}]
+    report = reserved_type_report({"vqa_accuracy": 66.7}, rows, ["color"])
+    assert report == {"reserved_question_types": ["count"], "vqa_accuracy_reserved_types": 0.0,
+                      "vqa_accuracy_pretrained_types": 100.0}
