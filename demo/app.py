@@ -4,7 +4,7 @@ The app itself lives in `dept_vl/demo.py`, inside the installed package, so that
 `dept-vl-demo` console script and `python -m dept_vl.demo` run the same code.
 """
 
-from dept_vl.demo import main
+from dept_vl.demo import cli
 
 if __name__ == "__main__":
-    main()
+    cli()

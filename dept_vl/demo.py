@@ -9,10 +9,17 @@ Requests that arrive together are answered together: `MixedBatcher` runs them as
 mixed-adapter batch (a VQA question and a caption and another adapter's question share the
 backbone pass of their task), with the same answers as one at a time.
 
-Safe by default: binds to 127.0.0.1, no share link, analytics off, system fonts only (the page
-makes no request outside the server), a bounded queue, and a file-size limit. Every bad input
-(no image, a file that is not an image, an empty or overlong question, a task with no adapter)
-is a `gr.Error` with a message that says what to do; the app keeps answering afterwards.
+Safe by default: binds to 127.0.0.1 (or gradio's own GRADIO_SERVER_NAME / GRADIO_SERVER_PORT
+when --host / --port are not given), no share link, analytics off, system fonts only (the page
+makes no request outside the server), a bounded queue, and a file-size limit. Images are
+accepted as uploaded files only: the server never fetches a URL for a client (an API caller's
+image URL, or gradio's `/file=<url>` route), so it cannot be made to request anything from
+where it runs. Every bad input (no image, a URL, a file that is not an image, an empty or
+overlong question, a task with no adapter) is a `gr.Error` with a message that says what to
+do; the app keeps answering afterwards. An API call without a task uses the first adapter.
+
+Startup errors (a missing backbone or adapter, a bad --adapter or GRADIO_SERVER_PORT) are one
+line `dept_vl: error: ...` and exit code 2, like every dept_vl entry point.
 """
 
 from __future__ import annotations
@@ -20,18 +27,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import struct
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
 
 import gradio as gr  # noqa: E402
-from PIL import Image, UnidentifiedImageError  # noqa: E402
+from PIL import Image  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
+from starlette.responses import JSONResponse  # noqa: E402
 
 from dept_vl.batching import MixedBatcher  # noqa: E402
-from dept_vl.errors import UserError  # noqa: E402
+from dept_vl.errors import UserError, run_cli  # noqa: E402
+from dept_vl.images import to_rgb  # noqa: E402
 from dept_vl.model import VLT5  # noqa: E402
 from dept_vl.tasks import get_task, task_input  # noqa: E402
 
@@ -39,6 +51,8 @@ DEFAULT_BACKBONE = "runs/backbone-shapes/model"
 DEFAULT_ADAPTERS = {"vqa": "runs/quickstart/vqa/adapter",
                     "caption": "runs/quickstart/caption/adapter"}
 DEFAULT_EXAMPLES = "runs/shapes"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
 MAX_QUESTION_CHARS = 300
 MAX_IMAGE_SIDE = 1024  # larger uploads are downscaled first (the encoder resizes anyway)
 MAX_FILE_SIZE = "10mb"
@@ -54,26 +68,82 @@ class DemoError(UserError, ValueError):
     """The demo cannot start: a missing backbone or adapter, or a bad --adapter argument."""
 
 
+# any "scheme://": gradio downloads http(s) paths itself, and nothing else is an upload either
+_URL = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*://")
+# gradio's GET /gradio_api/file=<url> fetches a public URL for any caller and streams it back
+_FILE_ROUTE_URL = re.compile(r"/file=\s*[A-Za-z][A-Za-z0-9+.-]*:")
+# what PIL (and to_rgb, for a mode it cannot convert) raise for a file it cannot decode
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error,
+                Image.DecompressionBombError)
+URL_REFUSED = ("this demo does not fetch URLs ({url}); images are accepted as uploaded files "
+               "only: download the image and upload the file")
+
+
+def is_url(path: Any) -> bool:
+    return isinstance(path, str) and _URL.match(path) is not None
+
+
+def url_refused(url: str) -> gr.Error:
+    shown = url if len(url) <= 100 else url[:97] + "..."
+    return gr.Error(URL_REFUSED.format(url=shown))
+
+
 def unreadable_image_error(payload: Any, error: Exception) -> gr.Error:
     name = getattr(payload, "orig_name", None) or "the uploaded file"
     return gr.Error(f"{name} is not an image this demo can read ({error.__class__.__name__}); "
                     "upload a PNG, JPEG or WebP image")
 
 
-def check_uploads(image: gr.Image) -> gr.Image:
-    """Make gradio's own decoding of an upload that is not an image (or has too many pixels)
-    end in a clear gr.Error, not a bare server error. Wrapped on the instance: a gr.Image
+def uploads_only(image: gr.Image) -> gr.Image:
+    """Accept uploaded files only, and make gradio's own decoding of an upload that is not an
+    image (or has too many pixels) end in a clear gr.Error, not a bare server error.
+
+    Gradio downloads an input whose path is a URL when it moves the request's files into its
+    cache (`async_move_resource_to_block_cache`), before `preprocess` and before our function
+    run: a URL is refused there, so no request leaves the server, and again in `preprocess`
+    (a payload marked as a stream skips the cache step). Wrapped on the instance: a gr.Image
     subclass would make gradio write a .pyi stub into this package at import."""
-    decode = image.preprocess
+    move, move_async, decode = (image.move_resource_to_block_cache,
+                                image.async_move_resource_to_block_cache, image.preprocess)
+
+    def move_resource_to_block_cache(path: Any) -> Any:
+        if is_url(path):
+            raise url_refused(path)
+        return move(path)
+
+    async def async_move_resource_to_block_cache(path: Any) -> Any:
+        if is_url(path):
+            raise url_refused(path)
+        return await move_async(path)
 
     def preprocess(payload: Any) -> Any:
+        if payload is not None and is_url(payload.path):
+            raise url_refused(payload.path)
         try:
             return decode(payload)
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as error:
+        except IMAGE_ERRORS as error:
             raise unreadable_image_error(payload, error) from None
 
+    image.move_resource_to_block_cache = move_resource_to_block_cache  # type: ignore
+    image.async_move_resource_to_block_cache = async_move_resource_to_block_cache  # type: ignore
     image.preprocess = preprocess  # type: ignore[method-assign]
     return image
+
+
+class NoUrlFetches:
+    """ASGI middleware that answers gradio's `/file=<url>` route with 403 before gradio fetches
+    the URL (it would stream any public address to any caller: an open relay)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and _FILE_ROUTE_URL.search(scope.get("path", "")):
+            url = scope["path"].split("/file=", 1)[1]
+            refused = JSONResponse({"detail": URL_REFUSED.format(url=url)}, status_code=403)
+            await refused(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 class DemoService:
@@ -94,6 +164,11 @@ class DemoService:
         self.batcher = MixedBatcher(self.model, max_batch_size)
 
     @property
+    def default_task(self) -> str:
+        """The first adapter: what an API call that names no task (None) gets."""
+        return next(iter(self.model.adapters))
+
+    @property
     def tasks(self) -> list[tuple[str, str]]:
         """(label, adapter name) for the task selector."""
         return [(f"{name} ({TASK_LABELS.get(self.model.adapter_task(name), '?')})", name)
@@ -104,8 +179,8 @@ class DemoService:
             raise gr.Error("no image: upload an image (or click an example) first")
         try:
             with Image.open(path) as opened:
-                image = opened.convert("RGB")
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as error:
+                image = to_rgb(opened)  # 16-bit scaled, alpha on white: what training sees
+        except IMAGE_ERRORS as error:
             raise unreadable_image_error(None, error) from None
         if max(image.size) > MAX_IMAGE_SIDE:
             image.thumbnail((MAX_IMAGE_SIDE, MAX_IMAGE_SIDE))
@@ -134,6 +209,8 @@ class DemoService:
         """(answer or caption, time taken) for one image. Every check runs here, on the
         request's own thread, so a bad request fails alone before it joins a batch."""
         start = time.perf_counter()
+        if task is None:  # an API client that leaves the task out
+            task = self.default_task
         if task not in self.model.adapters:
             raise gr.Error(f"task {task!r} has no adapter loaded; choose one of "
                            f"{list(self.model.adapters)}")
@@ -174,8 +251,10 @@ def build_demo(service: DemoService, examples: list[list[str]] | None = None,
                     "ask a question (captioning ignores it).")
         with gr.Row():
             with gr.Column():
-                image = check_uploads(gr.Image(type="filepath", label="Image", elem_id="image",
-                                               sources=["upload", "clipboard"]))
+                # image_mode=None: the file reaches load_image as uploaded (gradio's own
+                # conversion to RGB turns 16-bit PNGs white and drops alpha)
+                image = uploads_only(gr.Image(type="filepath", label="Image", elem_id="image",
+                                              sources=["upload", "clipboard"], image_mode=None))
                 # custom values reach `answer`, which names the loaded adapters (API callers)
                 task = gr.Dropdown(choices=tasks, value=tasks[0][1], label="Task",
                                    elem_id="task", allow_custom_value=True)
@@ -211,31 +290,70 @@ def parse_adapters(values: list[str] | None) -> dict[str, str]:
     return adapters
 
 
+def port_number(text: str) -> int:
+    """A TCP port, 1 to 65535 (argparse type of --port)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, got {text!r}")
+    return port
+
+
+def server_address(host: str | None, port: int | None,
+                   environ: Mapping[str, str] = os.environ) -> tuple[str, int]:
+    """Where to listen: the --host / --port flags, else gradio's own GRADIO_SERVER_NAME /
+    GRADIO_SERVER_PORT environment variables, else 127.0.0.1:7860 (this machine only)."""
+    host = host or environ.get("GRADIO_SERVER_NAME", "").strip() or DEFAULT_HOST
+    if port is not None:
+        return host, port
+    raw = environ.get("GRADIO_SERVER_PORT", "").strip()
+    if not raw:
+        return host, DEFAULT_PORT
+    try:
+        return host, port_number(raw)
+    except argparse.ArgumentTypeError as error:
+        raise DemoError(f"environment variable GRADIO_SERVER_PORT: {error}; unset it or pass "
+                        "--port") from None
+
+
+def launch(demo: gr.Blocks, host: str, port: int, **options: Any) -> None:
+    """Start the server with the demo's safety settings: no share link, the file-size limit,
+    system fonts, and gradio's `/file=<url>` fetching refused."""
+    demo.launch(server_name=host, server_port=port, share=False, max_file_size=MAX_FILE_SIZE,
+                theme=THEME, app_kwargs={"middleware": [Middleware(NoUrlFetches)]}, **options)
+
+
 def main(argv: list[str] | None = None) -> None:
+    """The demo's command line; a startup error is raised (a UserError), see `cli`."""
     parser = argparse.ArgumentParser(prog="dept-vl-demo", description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
     parser.add_argument("--adapter", action="append", metavar="NAME=DIR",
                         help="an adapter to serve (repeatable); default: the quickstart's")
     parser.add_argument("--examples", default=DEFAULT_EXAMPLES,
                         help="built-in corpus folder to take example images from")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--host", help="default: $GRADIO_SERVER_NAME, else 127.0.0.1")
+    parser.add_argument("--port", type=port_number,
+                        help="default: $GRADIO_SERVER_PORT, else 7860")
     parser.add_argument("--max-batch-size", type=int, default=16,
                         help="requests answered together in one mixed-adapter batch")
     parser.add_argument("--max-queue", type=int, default=64, help="requests waiting at most")
     args = parser.parse_args(argv)
     if args.max_batch_size < 1 or args.max_queue < 1:
         parser.error("--max-batch-size and --max-queue must be at least 1")
-    try:
-        service = DemoService(args.backbone, parse_adapters(args.adapter), args.max_batch_size)
-    except (DemoError, ValueError, FileNotFoundError) as error:
-        print(f"dept_vl: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    host, port = server_address(args.host, args.port)
+    service = DemoService(args.backbone, parse_adapters(args.adapter), args.max_batch_size)
     kinds = {name: service.model.adapter_task(name) for name in service.model.adapters}
     demo = build_demo(service, corpus_examples(args.examples, kinds), args.max_queue)
-    demo.launch(server_name=args.host, server_port=args.port, share=False,
-                max_file_size=MAX_FILE_SIZE, theme=THEME)
+    launch(demo, host, port)
+
+
+def cli() -> None:
+    """`dept-vl-demo`, `python -m dept_vl.demo` and `python demo/app.py`: a startup error is
+    one line on stderr and exit code 2; a bug keeps its traceback."""
+    sys.exit(run_cli(main))
 
 
 if __name__ == "__main__":
-    main()
+    cli()
