@@ -1,21 +1,31 @@
 """Evaluation: generate for a split and score it (VQA accuracy per question type; BLEU-4 and
 CIDEr over the whole split, since CIDEr's IDF needs every reference at once).
 
-CLI: `python -m dept_vl.evaluate --backbone DIR --adapter DIR --data FILE [--out FILE]`.
+CLI: `python -m dept_vl.evaluate --backbone DIR --adapter DIR --data FILE [--out FILE]
+[--on-bad-data error|skip]`. A bad backbone, adapter or data file (an undecodable image
+included, checked before any generation) is one line `dept_vl: error: ...` and exit code 2;
+with `--on-bad-data skip` bad rows and images are dropped instead, counted in the metrics and
+listed in `--out`. `--out` is written atomically.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from collections import Counter
 from typing import Any, Sequence
 
 import torch
 from torch.utils.data import DataLoader
 
 from dept_vl.data.collate import RecordDataset, VLCollator, references
-from dept_vl.data.records import CaptionRecord, Record, VQARecord, load_records
+from dept_vl.data.records import (
+    CaptionRecord, DataError, Record, VQARecord, load_records, validate_images,
+)
+from dept_vl.errors import run_cli
+from dept_vl.files import atomic_write_json
 from dept_vl.metrics import caption_scores, vqa_accuracy, vqa_accuracy_by_type
 from dept_vl.model import VLT5
 
@@ -160,8 +170,24 @@ def mean_loss(
     return total / max(tokens, 1)
 
 
+def _load_checked(args: argparse.Namespace, task: str
+                  ) -> tuple[list[Record], list[dict[str, str]] | None]:
+    """The records of `--data`, every image decoded once before any generation (a bad image
+    found halfway through would waste the work so far); and, with `--on-bad-data skip`, the
+    rows and images dropped (None with the default policy, which stops at the first)."""
+    skipped: list[dict[str, str]] | None = [] if args.on_bad_data == "skip" else None
+    records = load_records(args.data, task, args.format, skipped=skipped)
+    records = validate_images(records, skipped=skipped)
+    if not records:
+        raise DataError(f"{args.data}: no usable record left after skipping "
+                        f"{len(skipped or [])} bad rows or images", "no_records")
+    return records, skipped
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Evaluate a dept_vl adapter on a dataset.")
+    """The evaluation command line; user errors are raised (UserError), see `run_cli`."""
+    parser = argparse.ArgumentParser(prog="python -m dept_vl.evaluate",
+                                     description="Evaluate a dept_vl adapter on a dataset.")
     parser.add_argument("--backbone", required=True, help="backbone directory")
     parser.add_argument("--adapter", help="adapter directory (omit: the bare backbone)")
     parser.add_argument("--data", required=True, help="dataset file (JSONL or another format)")
@@ -169,18 +195,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--format", default="auto")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--out", help="write metrics and predictions to this JSON file")
+    parser.add_argument("--on-bad-data", choices=["error", "skip"], default="error",
+                        help="error: stop at the first bad row or image, naming it; skip: "
+                             "drop them (counted in the metrics, listed in --out)")
     args = parser.parse_args(argv)
     model = VLT5.from_pretrained(args.backbone)
     name = model.load_adapter(args.adapter) if args.adapter else None
     task = args.task or model.adapter_task(name) or "vqa"
-    records = load_records(args.data, task, args.format)
+    records, skipped = _load_checked(args, task)
     max_length = model.adapters[name].config.max_length if name else model.max_text_length
     metrics, rows = evaluate(model, records, name, args.batch_size, max_length)
+    result: dict[str, Any] = {"metrics": metrics, "predictions": rows}
+    if skipped is not None:
+        metrics["skipped"] = {"total": len(skipped),
+                              "by_reason": dict(Counter(e["reason"] for e in skipped))}
+        result["skipped"] = skipped
     print(json.dumps(metrics, indent=2))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"metrics": metrics, "predictions": rows}, f, indent=2)
+    if args.out:  # a crash mid-write leaves the previous file, never half a file
+        atomic_write_json(args.out, result)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))
