@@ -1,33 +1,367 @@
 """Training configuration: one dataclass, filled from a YAML file and then `--key value` overrides.
 
-Unknown keys are errors (a typo must not silently train with a default). A config may hold
-`jobs:`, named sub-runs that share every other key (the quickstart trains a VQA and a caption
-adapter in one command); command-line overrides apply to every job.
+Nothing is taken on trust, because a typo or a bad number must never train silently with a
+default (or a NaN). Every value is checked where it is read, and the error names the file (or
+"command line") and the key path, e.g. `cfg.yaml: model.t5.d_modle: unknown key`:
+- types (YAML's `1e-4` is text: it becomes a float), numbers finite and in range (table `RULES`);
+- nested mappings against the keys they accept: `model:` (with `t5:` checked against T5Config's
+  own fields and `vision:` against VisionConfig's), `corpus:`, data-file entries, `tasks.<name>`
+  and `jobs.<name>`;
+- YAML itself: a syntax error or a key given twice names the file, line and column.
+A TrainConfig built in Python goes through the same checks (errors without a file name).
+
+A config may hold `jobs:`, named sub-runs that share every other key (the quickstart trains a VQA
+and a caption adapter in one command); command-line overrides apply to every job.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
+import inspect
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
-from dept_vl.errors import UserError
+from dept_vl.data.records import LOADERS
+from dept_vl.data.shapes import GRID
+from dept_vl.errors import UserError, one_line
+from dept_vl.tasks import TASKS
 
 METHODS = ("dept", "pt", "lora", "full")
-TASK_KEYS = {"task", "train_file", "eval_file", "test_file", "question_types"}
 INIT_PARTS = ("prompt", "lowrank", "projection")
+INIT_SELECT = ("best", "average")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+ON_BAD_DATA = ("error", "skip")
+JOB_FORBIDDEN = ("output_dir", "jobs")  # a job writes to <output_dir>/<job name>
+# build_model sets these T5Config fields from the tokenizer; given twice, T5Config would fail
+T5_FROM_TOKENIZER = ("vocab_size", "pad_token_id", "eos_token_id", "decoder_start_token_id")
+T5_META = ("self", "transformers_version", "architectures")  # bookkeeping, not model shape
 
 
 class ConfigError(UserError, ValueError):
     """A bad config file or command-line override; the message names the key (and file)."""
 
 
+# ---------------------------------------------------------------------------- where and rules
+@dataclass(frozen=True)
+class Where:
+    """Where a value was read: its file ("command line"; None for a config built in Python)
+    and its key path (`model.t5.d_model`, `train_file[1].format`)."""
+
+    source: str | None
+    path: str = ""
+
+    def key(self, name: Any) -> "Where":
+        return Where(self.source, f"{self.path}.{name}" if self.path else str(name))
+
+    def item(self, index: int) -> "Where":
+        return Where(self.source, f"{self.path}[{index}]")
+
+    def error(self, problem: str) -> ConfigError:
+        parts = [part for part in (self.source, self.path) if part]
+        return ConfigError(": ".join([*parts, problem]))
+
+
+Rule = Callable[[Any, Where], Any]  # a checked value (maybe normalised) or a ConfigError
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A number's range: at least `low` (above it when `above`), below `high` when given."""
+
+    low: float
+    above: bool = False
+    high: float | None = None
+
+    def __call__(self, value: Any, where: Where) -> Any:
+        inside = value > self.low if self.above else value >= self.low
+        if not (math.isfinite(value) and inside and (self.high is None or value < self.high)):
+            raise where.error(f"must be {self}, got {value!r}")
+        return value
+
+    def __str__(self) -> str:
+        low, high = _number(self.low), _number(self.high)
+        return f"in [{low}, {high})" if high else f"{'>' if self.above else '>='} {low}"
+
+
+@dataclass(frozen=True)
+class Choice:
+    options: tuple[str, ...]
+
+    def __call__(self, value: Any, where: Where) -> Any:
+        if value not in self.options:
+            raise where.error(f"must be one of {self.options}, got {value!r}")
+        return value
+
+
+POSITIVE = Bound(0, above=True)
+AT_LEAST_0 = Bound(0)
+AT_LEAST_1 = Bound(1)
+SEED = Bound(0, high=2**31)  # numpy wants < 2**32, and runs add epochs to the seed
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else str(int(value)) if value == int(value) else f"{value:g}"
+
+
+def _nonempty(value: Any, where: Where) -> Any:
+    if not value:
+        raise where.error("must not be empty")
+    return value
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _type_name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
+def _is(value: Any, kind: Any) -> bool:
+    if kind is Any or typing.get_args(kind):  # a nested mapping: its own rule names the key
+        return True
+    return isinstance(value, kind)
+
+
+def _items_fit(kind: Any, value: Any) -> bool:
+    """Whether a list's items / a mapping's keys and values have the types `kind` names (one
+    level deep: what a nested mapping holds is its own rule's to check)."""
+    args = typing.get_args(kind)
+    if not args:
+        return True
+    if isinstance(value, list):
+        return all(_is(item, args[0]) for item in value)
+    return all(_is(key, args[0]) and _is(item, args[1]) for key, item in value.items())
+
+
+def _typed(hint: Any, value: Any, where: Where) -> Any:
+    """Coerce what YAML parsed to the type `hint` (int → float, text "1e-4" → 1e-4), or say
+    where it is wrong. Floats must be finite: `.nan`, `.inf` and "nan" never get through."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    for kind in allowed:
+        origin = typing.get_origin(kind) or kind
+        if kind is Any:
+            return value
+        if origin is float and not isinstance(value, bool) and isinstance(value, (int, float, str)):
+            try:
+                number = float(value)
+            except ValueError:
+                continue
+            if not math.isfinite(number):
+                raise where.error(f"must be a finite number, got {value!r}")
+            return number
+        if origin is int and isinstance(value, bool):
+            continue
+        if isinstance(origin, type) and isinstance(value, origin) and _items_fit(kind, value):
+            return value
+    raise where.error(f"expected {_type_name(hint)}, got {_shown(value)}")
+
+
+def _checked(hint: Any, rule: Rule | None, value: Any, where: Where) -> Any:
+    value = _typed(hint, value, where)
+    return value if rule is None or value is None else rule(value, where)
+
+
+Spec = dict[str, tuple[Any, "Rule | None"]]  # key → (type, rule) of a mapping's values
+
+
+def _check_mapping(value: Any, spec: Spec, where: Where, label: str,
+                   required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A nested mapping's keys checked against `spec` (the first unknown one named, with the
+    `label`led list of what is allowed), its required keys present, and each value checked."""
+    if not isinstance(value, dict):
+        raise where.error(f"expected a mapping, got {_shown(value)}")
+    for key in value:
+        if key not in spec:
+            close = difflib.get_close_matches(str(key), list(spec), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise where.key(key).error(f"unknown key{hint}; {label}: {', '.join(sorted(spec))}")
+    missing = [key for key in required if value.get(key) is None]
+    if missing:
+        raise where.error(f"needs {' and '.join(missing)}")
+    return {key: _checked(*spec[key], item, where.key(key)) for key, item in value.items()}
+
+
+# ---------------------------------------------------------------------------- nested values
+def _data_file(entry: Any, where: Where) -> Any:
+    if isinstance(entry, str):
+        return _nonempty(entry, where)
+    if isinstance(entry, dict):
+        return _check_mapping(entry, DATA_FILE, where, "allowed", required=("path",))
+    raise where.error(f"expected a path, a mapping with path: and load options, or a list of "
+                      f"those, got {_shown(entry)}")
+
+
+def _data_files(entry: Any, where: Where) -> Any:
+    """A data-file entry (training.load_split): a path, a mapping, or a list of those."""
+    if isinstance(entry, list):
+        return [_data_file(item, where.item(i)) for i, item in enumerate(entry)]
+    return _data_file(entry, where)
+
+
+def _t5(value: Any, where: Where) -> Any:
+    """`model.t5`: a hub name / local directory, or T5Config fields for a fresh T5."""
+    if isinstance(value, str):
+        return _nonempty(value, where)
+    given = [key for key in T5_FROM_TOKENIZER if key in value]
+    if given:
+        raise where.key(given[0]).error("set by dept_vl from the tokenizer; leave it out")
+    checked = _check_mapping(value, _t5_spec(), where, "T5Config fields")
+    _t5_builds(checked, where)
+    return checked
+
+
+def _t5_builds(fields: dict[str, Any], where: Where) -> None:
+    """What the field types cannot say: T5Config's own validation, and that the activation
+    exists (an unknown one would fail only once the model is built)."""
+    from transformers import T5Config  # only configs that build a T5 pay for the import
+    from transformers.activations import ACT2FN
+
+    try:
+        T5Config(**fields)
+    except Exception as error:  # its strict-dataclass errors derive from no built-in type
+        raise where.error(f"T5Config refuses it: {one_line(error)}") from error
+    activation = fields.get("feed_forward_proj", "relu").split("-")[-1]
+    if activation not in ACT2FN:
+        raise where.key("feed_forward_proj").error(
+            f"unknown activation {activation!r}; known: {', '.join(sorted(ACT2FN))}")
+
+
+T5_RULES: dict[str, Rule] = {
+    **dict.fromkeys(("d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
+                     "relative_attention_num_buckets", "relative_attention_max_distance"),
+                    AT_LEAST_1),
+    "dropout_rate": Bound(0, high=1),
+    "classifier_dropout": Bound(0, high=1),
+    "layer_norm_epsilon": POSITIVE,
+}
+
+
+@functools.cache
+def _t5_spec() -> Spec:
+    """T5Config's own fields (its __init__ arguments), each typed like its default value."""
+    from transformers import T5Config
+
+    defaults = T5Config().to_dict()
+    spec: Spec = {}
+    for name, param in inspect.signature(T5Config.__init__).parameters.items():
+        if param.kind is param.VAR_KEYWORD or name in T5_META or name in T5_FROM_TOKENIZER:
+            continue
+        kind = type(defaults.get(name))
+        hint = kind if kind in (bool, int, float, str) else Any
+        if param.default is None and hint is not Any:
+            hint = hint | None
+        spec[name] = (hint, T5_RULES.get(name))
+    # not an __init__ argument, yet read by T5Config: False is T5 v1.1's unscaled decoder output
+    spec["tie_word_embeddings"] = (bool, None)
+    return spec
+
+
+def _vision(value: Any, where: Where) -> Any:
+    """`model.vision`: a timm model name, or VisionConfig's fields (dept_vl/vision.py)."""
+    if isinstance(value, str):
+        return _nonempty(value, where)
+    from dept_vl.vision import VisionConfig  # timm and torch: only when a backbone is built
+
+    hints = typing.get_type_hints(VisionConfig)
+    rules: dict[str, Rule] = {"model_name": _nonempty, "image_size": AT_LEAST_1}
+    spec = {f.name: (hints[f.name], rules.get(f.name)) for f in dataclasses.fields(VisionConfig)}
+    return _check_mapping(value, spec, where, "VisionConfig fields", required=("model_name",))
+
+
+def _model(value: Any, where: Where) -> Any:
+    return _check_mapping(value, MODEL, where, "allowed", required=("t5", "vision"))
+
+
+def _corpus(value: Any, where: Where) -> Any:
+    return _check_mapping(value, CORPUS, where, "allowed", required=("dir",))
+
+
+def _tasks(value: dict[str, Any], where: Where) -> dict[str, Any]:
+    checked = {}
+    for name, spec in value.items():
+        if not (isinstance(name, str) and name.isidentifier()):
+            raise where.key(name).error("task names must be identifiers (adapter names)")
+        checked[name] = _check_mapping(spec, TASK, where.key(name), "allowed",
+                                       required=("train_file",))
+    return checked
+
+
+def _jobs(value: dict[str, Any], where: Where) -> dict[str, Any]:
+    """Each job: config keys (checked like the top level's) but not output_dir or jobs."""
+    spec = {key: rule for key, rule in _train_spec().items() if key not in JOB_FORBIDDEN}
+    checked = {}
+    for name, job in value.items():
+        at = where.key(name)
+        if not isinstance(name, str) or name in ("", ".", "..") or set(name) & set("/\\"):
+            raise at.error("job names must be folder names (the job writes to "
+                           "<output_dir>/<job name>)")
+        for key in JOB_FORBIDDEN:
+            if isinstance(job, dict) and key in job:
+                raise at.key(key).error("a job cannot set output_dir or jobs (it writes to "
+                                        "<output_dir>/<job name>)")
+        checked[name] = _check_mapping(job, spec, at, "config keys")
+    return checked
+
+
+def _init_parts(value: list[str], where: Where) -> list[str]:
+    if not value or set(value) - set(INIT_PARTS):
+        raise where.error(f"choose from {list(INIT_PARTS)}, got {value}")
+    return value
+
+
+def _prompt_init(value: str, where: Where) -> str:
+    from dept_vl.dept import PROMPT_INITS  # torch: kept out of this module's import
+
+    return Choice(PROMPT_INITS)(value, where)
+
+
+# data-file mapping: `path` plus load_records' options (dept_vl/data/records.py)
+DATA_FILE: Spec = {
+    "path": (str, _nonempty),
+    "format": (str, Choice(("auto", *sorted(LOADERS)))),
+    "task": (str, Choice(tuple(TASKS))),
+    "image_dir": (str | None, None),
+    "annotations": (str | None, None),
+    "split": (str | None, None),
+    "column_map": (dict[str, str] | None, None),
+    "check_images": (bool, None),
+}
+MODEL: Spec = {
+    "name": (str | None, None),
+    "t5": (str | dict[str, Any], _t5),
+    "vision": (str | dict[str, Any], _vision),
+    "num_visual_tokens": (int | None, AT_LEAST_1),
+    "tokenizer": (str | None, None),
+}
+# the built-in corpus: shapes.write_corpus's arguments, `dir` its out_dir
+CORPUS: Spec = {
+    "dir": (str, _nonempty),
+    "n_images": (int, AT_LEAST_1),
+    "seed": (int, SEED),
+    "image_size": (int, Bound(2 * GRID)),
+}
+TASK: Spec = {
+    "task": (str, Choice(tuple(TASKS))),
+    "train_file": (Any, _data_files),
+    "eval_file": (Any, _data_files),
+    "test_file": (Any, _data_files),
+    "question_types": (list[str] | None, _nonempty),
+}
+
+
+# ---------------------------------------------------------------------------- the config
 @dataclass
 class TrainConfig:
     # what to train
@@ -36,12 +370,15 @@ class TrainConfig:
     backbone: str = "runs/backbone-shapes"  # backbone directory (VLT5.save_pretrained)
     bootstrap: str | None = None  # backbone YAML that builds `backbone` when it is missing
     model: dict[str, Any] | None = None  # build a fresh backbone instead (pretraining): t5/vision
-    # data: a path, a {path, format, task, image_dir, annotations, split, column_map} mapping,
-    # or a list of those
+    # data: a path, a {path, format, task, image_dir, annotations, split, column_map,
+    # check_images} mapping, or a list of those
     corpus: dict[str, Any] | None = None  # built-in corpus to create if missing: dir, n_images, seed
     train_file: Any = None
     eval_file: Any = None
     test_file: Any = None
+    # a bad row or undecodable image: "error" stops before training naming file and line;
+    # "skip" drops it before training and counts it by reason
+    on_bad_data: str = "error"
     question_types: list[str] | None = None  # keep only these VQA question types (None: all)
     max_eval_examples: int | None = 500  # periodic evaluation subset (final test: whole split)
     output_dir: str = "runs/dept"
@@ -56,7 +393,7 @@ class TrainConfig:
     lr: float = 1e-4  # lora and full fine-tuning
     weight_decay: float = 0.01  # projection / full / lora; always 0 on P, A, B
     warmup_steps: int = 100
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # 0: no clipping
     seed: int = 42
     mixed_precision: str = "no"
     # DePT shape
@@ -78,7 +415,7 @@ class TrainConfig:
     eval_steps: int = 200
     save_steps: int = 500
     logging_steps: int = 10
-    checkpoints_total_limit: int = 2
+    checkpoints_total_limit: int = 2  # 0: keep every checkpoint
     cache_images: bool = True  # keep transformed images in memory (small corpora)
     group_by_length: bool = False  # batches of similar text length (less padding), still shuffled
     cache_features: bool = False  # frozen encoder outputs computed once, kept on disk
@@ -103,39 +440,31 @@ class TrainConfig:
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"method: must be one of {METHODS}, got {self.method!r}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ConfigError(
-                f"mixed_precision: must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}"
-            )
-        for key in ("max_steps", "batch_size", "gradient_accumulation_steps", "eval_batch_size"):
-            if getattr(self, key) < (0 if key == "max_steps" else 1):
-                raise ConfigError(f"{key}: must be positive, got {getattr(self, key)}")
-        for name, spec in self.tasks.items():
-            if not isinstance(spec, dict) or set(spec) - TASK_KEYS or "train_file" not in spec:
-                raise ConfigError(f"tasks.{name}: needs train_file; allowed keys "
-                                  f"{sorted(TASK_KEYS)}, got {spec!r}")
-            if not name.isidentifier():
-                raise ConfigError(f"tasks.{name}: task names must be identifiers (adapter names)")
-        if self.adapter_per_task and (not self.tasks or self.method not in ("dept", "pt")):
+        # the same checks as a config file's (a config built in Python, a job's), no file named
+        where = Where(None)
+        for key, (hint, rule) in _train_spec().items():
+            setattr(self, key, _checked(hint, rule, getattr(self, key), where.key(key)))
+        if not self.jobs:
+            self._check_combinations()
+        for name in self.jobs:  # the jobs are what runs: each with the shared keys must make sense
+            try:
+                self.for_job(name)
+            except ConfigError as error:
+                raise ConfigError(f"jobs.{name}: {error}") from error
+
+    def _check_combinations(self) -> None:
+        prompt = self.method in ("dept", "pt")
+        if self.adapter_per_task and (not self.tasks or not prompt):
             raise ConfigError("adapter_per_task: needs `tasks:` and method dept or pt")
-        if self.init_from is not None and self.method not in ("dept", "pt"):
+        if self.init_from is not None and not prompt:
             raise ConfigError(f"init_from: only prompt adapters (dept, pt) can start from a "
                               f"source adapter, not method {self.method!r}")
-        if not self.init_parts or set(self.init_parts) - set(INIT_PARTS):
-            raise ConfigError(f"init_parts: choose from {list(INIT_PARTS)}, got {self.init_parts}")
-        if self.init_select not in ("best", "average"):
-            raise ConfigError(f"init_select: must be best or average, got {self.init_select!r}")
-        if self.k_shot is not None and self.k_shot < 1:
-            raise ConfigError(f"k_shot: must be at least 1, got {self.k_shot}")
-        for name, job in self.jobs.items():
-            unknown = sorted(set(job) - _field_names() - {"jobs", "output_dir"})
-            if unknown:
-                raise ConfigError(f"jobs.{name}: unknown keys {unknown}")
-            if "output_dir" in job or "jobs" in job:
-                raise ConfigError(f"jobs.{name}: a job cannot set output_dir or jobs "
-                                  "(it writes to <output_dir>/<job name>)")
+        sized_by_dept = self.method == "dept" or self.method == "pt" and not self.pt_prompt_length
+        if sized_by_dept and self.prompt_length == 0 and self.rank == 0:
+            raise ConfigError("prompt_length, rank: both 0 leave the prompt nothing to train")
+        if prompt and self.prompt_init == "text" and not self.prompt_init_text:
+            raise ConfigError("prompt_init: text needs prompt_init_text (the sentence whose "
+                              "token embeddings start the prompt)")
 
     def for_job(self, name: str) -> "TrainConfig":
         """This config with job `name`'s keys applied, writing to `<output_dir>/<name>`."""
@@ -147,32 +476,108 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+# what each field may hold beyond its type (fields not named here: any value of the type)
+RULES: dict[str, Rule] = {
+    "method": Choice(METHODS),
+    "task": Choice(tuple(TASKS)),
+    "backbone": _nonempty,
+    "model": _model,
+    "corpus": _corpus,
+    "train_file": _data_files,
+    "eval_file": _data_files,
+    "test_file": _data_files,
+    "on_bad_data": Choice(ON_BAD_DATA),
+    "question_types": _nonempty,
+    "max_eval_examples": AT_LEAST_1,
+    "output_dir": _nonempty,
+    "max_steps": AT_LEAST_0,
+    "batch_size": AT_LEAST_1,
+    "eval_batch_size": AT_LEAST_1,
+    "gradient_accumulation_steps": AT_LEAST_1,
+    "lr_prompt": POSITIVE,
+    "lr_lowrank": POSITIVE,
+    "lr_projection": POSITIVE,
+    "lr": POSITIVE,
+    "weight_decay": AT_LEAST_0,
+    "warmup_steps": AT_LEAST_0,
+    "max_grad_norm": AT_LEAST_0,
+    "seed": SEED,
+    "mixed_precision": Choice(MIXED_PRECISION),
+    "prompt_length": AT_LEAST_0,
+    "rank": AT_LEAST_0,
+    "max_length": AT_LEAST_1,
+    "alpha": POSITIVE,
+    "prompt_init": _prompt_init,
+    "pt_prompt_length": AT_LEAST_1,
+    "lora_rank": AT_LEAST_1,
+    "lora_alpha": POSITIVE,
+    "lora_dropout": Bound(0, high=1),
+    "lora_target_modules": _nonempty,
+    "max_target_length": AT_LEAST_1,
+    "eval_steps": AT_LEAST_1,
+    "save_steps": AT_LEAST_1,
+    "logging_steps": AT_LEAST_1,
+    "checkpoints_total_limit": AT_LEAST_0,
+    "feature_cache_dir": _nonempty,
+    "num_workers": AT_LEAST_0,
+    "num_threads": AT_LEAST_1,
+    "tasks": _tasks,
+    "task_sampling_temperature": POSITIVE,
+    "k_shot": AT_LEAST_1,
+    "init_from": _nonempty,
+    "init_parts": _init_parts,
+    "init_select": Choice(INIT_SELECT),
+    "init_temperature": POSITIVE,
+    "jobs": _jobs,
+}
+
+
+@functools.cache
+def _train_spec() -> Spec:
+    hints = typing.get_type_hints(TrainConfig)
+    return {f.name: (hints[f.name], RULES.get(f.name)) for f in dataclasses.fields(TrainConfig)}
+
+
 def _field_names() -> set[str]:
-    return {f.name for f in dataclasses.fields(TrainConfig)}
+    return set(_train_spec())
 
 
-def _check_type(key: str, value: Any, source: str) -> Any:
-    """Coerce what YAML parsed to the field's declared type, or say which key is wrong."""
-    hint = typing.get_type_hints(TrainConfig)[key]
-    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    if value is None and type(None) in allowed:
-        return None
-    for kind in allowed:
-        origin = typing.get_origin(kind) or kind
-        if kind is Any:
-            return value
-        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if origin is float and isinstance(value, str):  # YAML reads "1e-4" as a string
-            try:
-                return float(value)
-            except ValueError:
-                continue
-        if origin is int and isinstance(value, bool):
-            continue
-        if isinstance(origin, type) and isinstance(value, origin):
-            return value
-    raise ConfigError(f"{source}: {key}: expected {hint}, got {value!r}")
+# ---------------------------------------------------------------------------- reading
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
+
+
+def _no_repeated_keys(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    first: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+            continue  # `<<:` merges may be overridden by design
+        key = loader.construct_object(key_node)
+        if key in first:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} given twice (first on line {first[key] + 1})",
+                key_node.start_mark)
+        first[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_repeated_keys)
+
+
+def _read_yaml(file: Path) -> Any:
+    """The parsed file; a syntax error names the file, line and column."""
+    try:
+        return yaml.load(file.read_text(encoding="utf-8"), Loader=_StrictLoader)
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{file}: not UTF-8 text (byte {error.start})") from error
+    except OSError as error:
+        raise ConfigError(f"{file}: cannot read the config ({error.strerror})") from error
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        if mark is None:
+            raise ConfigError(f"{file}: invalid YAML: {one_line(error)}") from error
+        raise ConfigError(f"{file}: line {mark.line + 1}, column {mark.column + 1}: invalid "
+                          f"YAML: {error.problem}") from error
 
 
 def parse_overrides(argv: list[str]) -> dict[str, Any]:
@@ -202,14 +607,18 @@ def _from_cli(key: str, raw: Any) -> Any:
     no` stays "no"), YAML-parsed otherwise (numbers, booleans, lists, mappings)."""
     if not isinstance(raw, str) or key not in _field_names():
         return raw
-    hint = typing.get_type_hints(TrainConfig)[key]
+    hint = _train_spec()[key][0]
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if raw in ("null", "None", "~") and type(None) in allowed:
         return None
     if str in allowed and not (raw.startswith("[") and any(
             typing.get_origin(kind) is list for kind in allowed)):
         return raw  # text stays text; `--init_from "[a, b]"` is still a list
-    return yaml.safe_load(raw)
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"command line: {key}: invalid YAML {raw!r} "
+                          f"({getattr(error, 'problem', None) or one_line(error)})") from error
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -219,23 +628,25 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         file = Path(path)
         if not file.is_file():
             raise ConfigError(f"config file not found: {file}")
-        loaded = yaml.safe_load(file.read_text()) or {}
+        loaded = _read_yaml(file) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{file}: top level must be a mapping of keys to values")
         values.update(_validated(loaded, str(file)))
     cli = _validated({k: _from_cli(k, v) for k, v in (overrides or {}).items()}, "command line")
     values.update(cli)
     # the command line beats the file, the jobs' own keys included
-    job_cli = {k: v for k, v in cli.items() if k != "output_dir"}
+    job_cli = {k: v for k, v in cli.items() if k not in JOB_FORBIDDEN}
     values["jobs"] = {name: {**job, **job_cli} for name, job in values.get("jobs", {}).items()}
     return TrainConfig(**values)
 
 
 def _validated(values: dict[str, Any], source: str) -> dict[str, Any]:
-    names = _field_names()
-    unknown = sorted(set(values) - names)
+    """Values of one source (a file, the command line) checked, the source named in errors."""
+    spec = _train_spec()
+    unknown = sorted(str(key) for key in values if key not in spec)
     if unknown:
         raise ConfigError(
-            f"{source}: unknown keys {unknown}; known keys: {', '.join(sorted(names))}"
+            f"{source}: unknown keys {unknown}; known keys: {', '.join(sorted(spec))}"
         )
-    return {key: _check_type(key, value, source) for key, value in values.items()}
+    where = Where(source)
+    return {key: _checked(*spec[key], value, where.key(key)) for key, value in values.items()}

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from dept_vl.config import ConfigError, load_config, parse_overrides
+from dept_vl.config import ConfigError, TrainConfig, load_config, parse_overrides
 from dept_vl.train import main
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -69,3 +69,143 @@ def test_init_from_takes_a_path_or_a_list_from_the_command_line():
         "runs/a", "runs/b"]
     cfg = load_config(None, parse_overrides(["--init_parts", "[prompt]", "--k_shot", "16"]))
     assert cfg.init_parts == ["prompt"] and cfg.k_shot == 16
+
+
+# ---------------------------------------------------------------- issue 10: nothing silently wrong
+def write(tmp_path, text, name="c.yaml"):
+    file = tmp_path / name
+    file.write_text(text)
+    return file
+
+
+BAD_NUMBERS = [
+    ("lr: -1.0e-4", "lr: must be > 0, got -0.0001"),
+    ("lr: .nan", "lr: must be a finite number, got nan"),
+    ("lr_prompt: nan", "lr_prompt: must be a finite number, got 'nan'"),
+    ("lr_lowrank: .inf", "lr_lowrank: must be a finite number, got inf"),
+    ("eval_steps: 0", "eval_steps: must be >= 1, got 0"),
+    ("save_steps: 0", "save_steps: must be >= 1, got 0"),
+    ("logging_steps: 0", "logging_steps: must be >= 1, got 0"),
+    ("max_grad_norm: -1", "max_grad_norm: must be >= 0, got -1.0"),
+    ("lora_dropout: 1", "lora_dropout: must be in [0, 1), got 1.0"),
+    ("seed: -3", "seed: must be in [0, 2147483648), got -3"),
+    ("max_eval_examples: 0", "max_eval_examples: must be >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize("text, message", BAD_NUMBERS, ids=[t for t, _ in BAD_NUMBERS])
+def test_bad_numbers_are_refused_naming_file_and_key(tmp_path, text, message):
+    file = write(tmp_path, text + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(file)
+    assert str(caught.value) == f"{file}: {message}"
+
+
+def test_a_config_built_in_python_gets_the_same_checks():
+    with pytest.raises(ConfigError, match=r"^lr: must be a finite number, got nan$"):
+        TrainConfig(lr=float("nan"))
+    with pytest.raises(ConfigError, match=r"^eval_steps: must be >= 1, got 0$"):
+        TrainConfig(eval_steps=0)
+    with pytest.raises(ConfigError, match=r"^model\.t5\.d_modle: unknown key \(did you mean "
+                                          r"'d_model'\?\); T5Config fields: .*\bd_model\b"):
+        TrainConfig(model={"t5": {"d_modle": 32}, "vision": "test_vit"})
+    with pytest.raises(ConfigError, match=r"^train_file\.formt: unknown key"):
+        TrainConfig(train_file={"path": "a.jsonl", "formt": "jsonl"})
+    with pytest.raises(ConfigError, match=r"^jobs\.a\.lr: must be > 0, got -1\.0$"):
+        TrainConfig(jobs={"a": {"lr": -1}})
+
+
+def test_on_bad_data_is_error_by_default_or_skip(tmp_path):
+    assert TrainConfig().on_bad_data == "error"
+    assert load_config(write(tmp_path, "on_bad_data: skip\n")).on_bad_data == "skip"
+    assert load_config(None, parse_overrides(["--on_bad_data", "skip"])).on_bad_data == "skip"
+    with pytest.raises(ConfigError, match=r"command line: on_bad_data: must be one of "
+                                          r"\('error', 'skip'\), got 'drop'"):
+        load_config(None, parse_overrides(["--on_bad_data", "drop"]))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("model: {t5: {d_modle: 32}, vision: test_vit}",
+     "model.t5.d_modle: unknown key (did you mean 'd_model'?); T5Config fields: "),
+    ("model: {t5: {d_model: 32}, vision: {model_name: test_vit, image_sise: 32}}",
+     "model.vision.image_sise: unknown key (did you mean 'image_size'?); VisionConfig fields: "
+     "image_size, model_kwargs, model_name, pretrained, weights_file"),
+    ("train_file: [a.jsonl, {path: b.jsonl, formt: jsonl}]",
+     "train_file[1].formt: unknown key (did you mean 'format'?); allowed: annotations, "
+     "check_images, column_map, format, image_dir, path, split, task"),
+    ("corpus: {dir: runs/shapes, n_image: 40}",
+     "corpus.n_image: unknown key (did you mean 'n_images'?); allowed: dir, image_size, "
+     "n_images, seed"),
+    ("tasks: {color: {train_file: {path: a.jsonl, image_dri: img}}}",
+     "tasks.color.train_file.image_dri: unknown key (did you mean 'image_dir'?); allowed: "),
+    ("jobs: {vqa: {eval_step: 5}}",
+     "jobs.vqa.eval_step: unknown key (did you mean 'eval_steps'?); config keys: "),
+], ids=["t5", "vision", "data-file", "corpus", "tasks", "jobs"])
+def test_nested_typos_name_file_and_key_path(tmp_path, text, message):
+    file = write(tmp_path, text + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(file)
+    assert str(caught.value).startswith(f"{file}: {message}")
+
+
+def test_t5_mapping_takes_t5config_fields_typed_and_not_the_tokenizers(tmp_path):
+    cfg = load_config(write(tmp_path, "model: {t5: {d_model: 32, layer_norm_epsilon: 1e-6, "
+                                      "feed_forward_proj: gated-gelu}, vision: test_vit}\n"))
+    assert cfg.model["t5"]["layer_norm_epsilon"] == 1e-6  # YAML's text "1e-6" became a float
+    for t5, message in [("{d_model: '32'}", "model.t5.d_model: expected int, got '32'"),
+                        ("{vocab_size: 9}", "model.t5.vocab_size: set by dept_vl from the "
+                                            "tokenizer; leave it out"),
+                        ("{feed_forward_proj: gated-gleu}",
+                         "model.t5.feed_forward_proj: unknown activation 'gleu'; known: ")]:
+        file = write(tmp_path, f"model: {{t5: {t5}, vision: test_vit}}\n")
+        with pytest.raises(ConfigError) as caught:
+            load_config(file)
+        assert str(caught.value).startswith(f"{file}: {message}")
+
+
+def test_yaml_syntax_error_names_file_line_and_column(tmp_path):
+    file = write(tmp_path, "method: dept\nquestion_types: [color, shape\nmax_steps: 3\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(file)
+    assert str(caught.value) == (f"{file}: line 3, column 10: invalid YAML: expected ',' or "
+                                 "']', but got ':'")
+
+
+def test_a_key_given_twice_in_yaml_is_an_error(tmp_path):
+    file = write(tmp_path, "lr: 1.0e-4\nseed: 0\nlr: 1.0e-3\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(file)
+    assert str(caught.value) == (f"{file}: line 3, column 1: invalid YAML: key 'lr' given twice "
+                                 "(first on line 1)")
+
+
+def test_jobs_given_on_the_command_line_are_jobs():
+    cfg = load_config(None, parse_overrides(["--jobs", "{a: {task: caption}}", "--max_steps", "3"]))
+    assert cfg.jobs == {"a": {"task": "caption", "max_steps": 3}}
+    assert cfg.for_job("a").task == "caption"
+
+
+def test_every_shipped_config_and_experiment_cell_loads(tmp_path):
+    """The checks refuse no config the repository ships, nor any run its experiments make."""
+    from dept_vl import experiments
+
+    for name in ("quickstart", "backbone_shapes", "vqav2_t5base_vit"):
+        cfg = load_config(CONFIGS / f"{name}.yaml")
+        assert all(cfg.for_job(job).output_dir for job in cfg.jobs)
+    cells = 0
+    for name, quick in [(n, q) for n in ("compare_shapes", "fewshot_shapes") for q in (0, 1)]:
+        spec = experiments.load_experiment(CONFIGS / f"{name}.yaml", bool(quick), str(tmp_path))
+        load_config(spec["backbone"]["config"], spec["backbone"].get("overrides", {}))
+        base = experiments.base_values(spec, "runs/backbone")
+        for run in spec.get("runs", []):
+            run = {k: v for k, v in run.items() if k not in ("name", "seeds")}
+            load_config(None, experiments.merged(experiments.merged(base, spec["data"]), run))
+            cells += 1
+        for target in spec.get("targets", {}).values():
+            sources = {"shared": "a", "color": "b"}
+            load_config(None, experiments.merged(base, {**spec["sources"], "method": "dept"}))
+            for init in experiments.fewshot_inits(spec, "pt", 2, sources).values():
+                load_config(None, experiments.merged(base, {**spec["fewshot"], **target, **init,
+                                                            "k_shot": 2}))
+                cells += 1
+    assert cells > 20
