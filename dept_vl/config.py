@@ -300,7 +300,7 @@ def _tasks(value: dict[str, Any], where: Where) -> dict[str, Any]:
 
 def _jobs(value: dict[str, Any], where: Where) -> dict[str, Any]:
     """Each job: config keys (checked like the top level's) but not output_dir or jobs."""
-    spec = {key: rule for key, rule in _train_spec().items() if key not in JOB_FORBIDDEN}
+    spec = {key: entry for key, entry in _train_spec().items() if key not in JOB_FORBIDDEN}
     checked = {}
     for name, job in value.items():
         at = where.key(name)
@@ -564,8 +564,8 @@ def _no_repeated_keys(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_repeated_keys)
 
 
-def _read_yaml(file: Path) -> Any:
-    """The parsed file; a syntax error names the file, line and column."""
+def read_yaml(file: Path) -> Any:
+    """The parsed file; a syntax error or a repeated key names the file, line and column."""
     try:
         return yaml.load(file.read_text(encoding="utf-8"), Loader=_StrictLoader)
     except UnicodeDecodeError as error:
@@ -621,18 +621,20 @@ def _from_cli(key: str, raw: Any) -> Any:
                           f"({getattr(error, 'problem', None) or one_line(error)})") from error
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """YAML file (optional) + overrides → validated TrainConfig."""
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None,
+                source: str = "command line") -> TrainConfig:
+    """YAML file (optional) + overrides → validated TrainConfig; errors in the overrides name
+    `source` (a caller passing keys of its own file names that file)."""
     values: dict[str, Any] = {}
     if path is not None:
         file = Path(path)
         if not file.is_file():
             raise ConfigError(f"config file not found: {file}")
-        loaded = _read_yaml(file) or {}
+        loaded = read_yaml(file) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{file}: top level must be a mapping of keys to values")
         values.update(_validated(loaded, str(file)))
-    cli = _validated({k: _from_cli(k, v) for k, v in (overrides or {}).items()}, "command line")
+    cli = _validated({k: _from_cli(k, v) for k, v in (overrides or {}).items()}, source)
     values.update(cli)
     # the command line beats the file, the jobs' own keys included
     job_cli = {k: v for k, v in cli.items() if k not in JOB_FORBIDDEN}

@@ -209,3 +209,10 @@ def test_every_shipped_config_and_experiment_cell_loads(tmp_path):
                                                             "k_shot": 2}))
                 cells += 1
     assert cells > 20
+
+
+def test_a_caller_names_the_source_of_its_overrides():
+    """experiments.py passes keys of its own file: errors may name that file, not the command
+    line."""
+    with pytest.raises(ConfigError, match=r"^exp\.yaml: train: lr: must be > 0, got -1\.0$"):
+        load_config(None, {"lr": -1}, source="exp.yaml: train")
