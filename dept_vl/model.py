@@ -543,6 +543,11 @@ class VLT5(nn.Module):
                                f"not saving it to {out}")
         _check_replaceable(out, ADAPTER_CONFIG, AdapterError)
         meta = self._adapter_meta(adapter, weights)
+        try:  # never write what read_adapter would refuse (e.g. alpha <= 0)
+            _check_keys(meta, _ADAPTER_KEYS, out / ADAPTER_CONFIG, AdapterError)
+        except AdapterError as error:
+            raise AdapterError(f"adapter {name!r} would not load back, not saved: {error}") \
+                from None
         with atomic_dir(out) as tmp:
             (tmp / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2))
             save_file(weights, tmp / ADAPTER_WEIGHTS, metadata={"format": "pt"})

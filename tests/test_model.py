@@ -269,6 +269,15 @@ def test_adapter_with_a_nan_weight_is_never_saved_and_the_old_one_stays(tmp_path
     assert not (tmp_path / "fresh").exists()
 
 
+def test_adapter_that_would_not_load_back_is_not_saved(tmp_path):
+    model = tiny_model("test_vit")
+    model.add_adapter("vqa", DePTConfig(prompt_length=3, rank=2, max_length=24, alpha=0.0))
+    with pytest.raises(UserError, match=r"adapter 'vqa' would not load back, not saved: .*"
+                                        r"key 'alpha' must be a finite number > 0"):
+        model.save_adapter("vqa", tmp_path / "vqa")
+    assert not (tmp_path / "vqa").exists()
+
+
 def test_adapter_file_with_non_finite_weights_is_refused_naming_file_and_tensor(tmp_path):
     from safetensors.torch import load_file
 
