@@ -71,7 +71,8 @@ class DemoError(UserError, ValueError):
 # any "scheme://": gradio downloads http(s) paths itself, and nothing else is an upload either
 _URL = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*://")
 # gradio's GET /gradio_api/file=<url> fetches a public URL for any caller and streams it back
-_FILE_ROUTE_URL = re.compile(r"/file=\s*[A-Za-z][A-Za-z0-9+.-]*:")
+# ("://", so that a Windows path such as /file=C:/... is still served)
+_FILE_ROUTE_URL = re.compile(r"/file=\s*[A-Za-z][A-Za-z0-9+.-]*://")
 # what PIL (and to_rgb, for a mode it cannot convert) raise for a file it cannot decode
 IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error,
                 Image.DecompressionBombError)
