@@ -273,3 +273,43 @@ def test_reserved_types_count_only_typed_questions():
     report = reserved_type_report({"vqa_accuracy": 66.7}, rows, ["color"])
     assert report == {"reserved_question_types": ["count"], "vqa_accuracy_reserved_types": 0.0,
                       "vqa_accuracy_pretrained_types": 100.0}
+
+
+def test_on_bad_data_skip_drops_counts_and_lists_bad_rows_and_images(
+        tmp_path, corpus_dir, backbone, capsys):
+    lines = Path(corpus_dir, "train_vqa.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    for row in rows:
+        row["image"] = str(Path(corpus_dir, row["image"]))
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(Path(rows[0]["image"]).read_bytes()[:60])
+    bad = [json.dumps({**rows[0], "id": "no-image", "image": str(tmp_path / "missing.png")}),
+           "{not json",
+           json.dumps({**rows[1], "id": "broken", "image": str(truncated)}),
+           json.dumps({k: v for k, v in rows[2].items() if k != "question"} | {"id": "noq"})]
+    data = tmp_path / "scraped.jsonl"
+    data.write_text("\n".join([json.dumps(r) for r in rows[3:]] + bad) + "\n")
+    config = dept_config(tmp_path, corpus_dir, backbone, train_file=str(data), eval_file=None,
+                         max_steps=1, save_steps=100)
+    with pytest.raises(DataError, match=r"scraped.jsonl:\d+"):
+        main(["--config", config])  # the default policy stops before training
+    assert not (tmp_path / "run" / "adapter").exists()
+    main(["--config", config, "--on_bad_data", "skip"])
+    run = tmp_path / "run"
+    skipped = [json.loads(line) for line in (run / "skipped.jsonl").read_text().splitlines()]
+    first_bad = len(rows) - 3 + 1
+    assert {s["source"] for s in skipped} == {f"{data}:{first_bad + i}" for i in range(4)}
+    results = json.loads((run / "eval_results.json").read_text())
+    assert results["skipped"]["total"] == 4 and sum(results["skipped"]["by_reason"].values()) == 4
+    assert "4 rows or images skipped" in capsys.readouterr().out
+
+
+def test_dry_run_of_a_hub_backbone_offline_is_one_line_naming_it(capsys, monkeypatch):
+    from dept_vl.errors import run_cli
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = str(Path(__file__).resolve().parent.parent / "configs" / "vqav2_t5base_vit.yaml")
+    # (in-process, so the accelerator state of earlier tests stays: no bf16 here)
+    assert run_cli(main, ["--config", config, "--dry_run", "true", "--mixed_precision", "no"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dept_vl: error:") and "t5-base" in err[0]
