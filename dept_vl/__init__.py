@@ -3,10 +3,12 @@
 __version__ = "0.1.0"
 
 from dept_vl.dept import DePTConfig, DePTPrompt, dept_budget, dept_split, dept_splits  # noqa: E402
-from dept_vl.model import VLT5, AdapterMismatchError  # noqa: E402
+from dept_vl.errors import UserError  # noqa: E402
+from dept_vl.model import VLT5, AdapterError, AdapterMismatchError, AdapterNotFoundError  # noqa: E402
 from dept_vl.vision import VisionConfig  # noqa: E402
 
 __all__ = [
-    "VLT5", "DePTConfig", "DePTPrompt", "VisionConfig", "AdapterMismatchError",
+    "VLT5", "DePTConfig", "DePTPrompt", "VisionConfig", "UserError", "AdapterError",
+    "AdapterMismatchError", "AdapterNotFoundError",
     "dept_budget", "dept_split", "dept_splits", "__version__",
 ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import statistics
 import sys
@@ -25,9 +26,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
-from dept_vl.config import ConfigError, load_config
+from dept_vl.config import ConfigError, load_config, read_yaml
+from dept_vl.errors import run_cli
+from dept_vl.files import atomic_write_json, atomic_write_text
 from dept_vl.model import BACKBONE_MANIFEST
 from dept_vl.tasks import get_task
 
@@ -59,7 +60,9 @@ def load_experiment(path: str | Path, quick: bool, output_dir: str | None) -> di
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"experiment config not found: {file}")
-    spec = yaml.safe_load(file.read_text()) or {}
+    spec = read_yaml(file) or {}
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{file}: top level must be a mapping of keys to values")
     quick_spec = spec.pop("quick", {})
     if quick:
         spec = merged(spec, quick_spec)
@@ -70,22 +73,24 @@ def load_experiment(path: str | Path, quick: bool, output_dir: str | None) -> di
             raise ConfigError(f"{file}: missing key {key!r}")
     names = {"out": spec["output_dir"]}
     names["corpus"] = _expand(spec["corpus"]["dir"], names)
-    return _expand(spec, names)
+    return {**_expand(spec, names), "source": str(file)}  # named in the cells' config errors
 
 
 # ---------------------------------------------------------------------------- runs
-def run_cell(values: dict[str, Any], out: Path) -> dict[str, Any]:
-    """One training run writing to `out`, or its saved results when it already ran."""
+def run_cell(values: dict[str, Any], out: Path, source: str = "experiment config"
+             ) -> dict[str, Any]:
+    """One training run writing to `out`, or its saved results when it already ran; a bad key
+    in `values` is an error naming `source`, the experiment file."""
     from dept_vl.train import run
 
     done = out / "eval_results.json"
     if done.is_file():
         return json.loads(done.read_text())
-    cfg = load_config(None, {**values, "output_dir": str(out)})
+    cfg = load_config(None, {**values, "output_dir": str(out)}, source=source)
     start = time.perf_counter()
     results = run(cfg, f"python -m dept_vl.experiments ({out})")
     results["wall_seconds"] = round(time.perf_counter() - start, 1)
-    done.write_text(json.dumps(results, indent=2))
+    atomic_write_json(done, results)
     return results
 
 
@@ -119,10 +124,11 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     keys = list(dict.fromkeys(k for row in rows for k in row))
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())
 
 
 def group_rows(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -177,8 +183,10 @@ def train_sources(spec: dict[str, Any], base: dict[str, Any], method: str, out: 
     Returns {source name: adapter directory}."""
     sources = dict(spec["sources"])
     values = merged(base, {**sources, "method": method})
-    shared = run_cell({**values, "adapter_per_task": False}, out / method / "shared")
-    per_task = run_cell({**values, "adapter_per_task": True}, out / method / "per_task")
+    shared = run_cell({**values, "adapter_per_task": False}, out / method / "shared",
+                      spec["source"])
+    per_task = run_cell({**values, "adapter_per_task": True}, out / method / "per_task",
+                        spec["source"])
     found = {"shared": shared["saved_to"]}
     for name in sorted(sources["tasks"]):
         found[name] = str(Path(per_task["saved_to"]) / name)
@@ -222,11 +230,11 @@ def run_fewshot(spec: dict[str, Any]) -> Path:
                                                "k_shot": shots, "seed": seed})
                         cell = out / "runs" / target / method / f"k{shots}" / \
                             init.replace(":", "-") / f"seed{seed}"
-                        results = run_cell(values, cell)
+                        results = run_cell(values, cell, spec["source"])
                         rows.append(_fewshot_row(target, method, shots, init, seed, results,
                                                  cell, sources))
     write_csv(out / "results.csv", rows)
-    (out / "results.md").write_text(fewshot_report(rows, spec))
+    atomic_write_text(out / "results.md", fewshot_report(rows, spec))
     save_plot(out / "results.png", lambda plt: fewshot_plot(plt, rows))
     print(f"[experiments] wrote {out / 'results.md'}, results.csv, results.png", flush=True)
     return out
@@ -343,7 +351,7 @@ def run_compare(spec: dict[str, Any]) -> Path:
         name = entry.pop("name")
         for seed in entry.pop("seeds", spec["seeds"]):
             results = run_cell(merged(base, {**entry, "seed": seed}), out / "runs" / name /
-                               f"seed{seed}")
+                               f"seed{seed}", spec["source"])
             rows.append({"name": name, "method": results["method"], "seed": seed,
                          "score": score_of(results),
                          "reserved_types": results.get("vqa_accuracy_reserved_types"),
@@ -352,7 +360,7 @@ def run_compare(spec: dict[str, Any]) -> Path:
                          "wall_seconds": results.get("wall_seconds", results["train_seconds"]),
                          **{f"{k}": v for k, v in entry.items() if k != "method"}})
     write_csv(out / "results.csv", rows)
-    (out / "results.md").write_text(compare_report(rows, spec))
+    atomic_write_text(out / "results.md", compare_report(rows, spec))
     save_plot(out / "results.png", lambda plt: compare_plot(plt, rows))
     print(f"[experiments] wrote {out / 'results.md'}, results.csv, results.png", flush=True)
     return out
@@ -408,8 +416,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as error:
-        print(f"dept_vl: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_cli(main))

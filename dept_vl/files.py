@@ -19,6 +19,15 @@ from typing import Any, Iterator
 _RENAME_EXCHANGE = 2  # linux/fs.h
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once: setting it back and forth races with other threads
+
+
 def _fsync_dir(directory: Path) -> None:
     with contextlib.suppress(OSError):  # not every file system lets a folder be opened
         fd = os.open(directory, os.O_RDONLY)
@@ -34,6 +43,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; a saved file is shared as usual
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -71,9 +81,9 @@ def _exchange(a: Path, b: Path) -> bool:
 def replace_dir(new: Path, target: Path) -> None:
     """Put folder `new` at `target`, replacing what is there.
 
-    Where the kernel can swap two paths atomically this is a single step. Elsewhere the old
-    folder is first renamed to `<target>.old-<pid>`: a crash between the two renames leaves
-    the complete old folder there, never a mix.
+    Where the kernel can swap two paths atomically (Linux renameat2) this is a single step.
+    Elsewhere the old folder is first renamed to `<target>.old-<pid>`: a crash between the two
+    renames leaves no folder at `target` and the complete old one beside it, never a mix.
     """
     if not target.exists():
         os.replace(new, target)
@@ -94,6 +104,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700
     try:
         yield tmp
         for file in tmp.rglob("*"):

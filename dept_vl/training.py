@@ -25,7 +25,7 @@ from accelerate.tracking import GeneralTracker, on_main_process
 from accelerate.utils import set_seed
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from transformers import AutoTokenizer, T5Config
+from transformers import T5Config
 
 from dept_vl.config import ConfigError, TrainConfig
 from dept_vl.data import shapes
@@ -34,7 +34,7 @@ from dept_vl.data.records import DataError, Record, VQARecord, load_records, val
 from dept_vl.dept import DePTConfig, dept_budget, dept_param_groups
 from dept_vl.errors import CheckpointError, TrainingError
 from dept_vl.files import atomic_dir, atomic_write_json, atomic_write_text, replace_dir
-from dept_vl.model import ADAPTER_CONFIG, ADAPTER_WEIGHTS, VLT5
+from dept_vl.model import ADAPTER_CONFIG, ADAPTER_WEIGHTS, VLT5, load_tokenizer
 from dept_vl.tasks import get_task
 from dept_vl.tokenization import build_word_tokenizer
 from dept_vl.vision import VisionConfig
@@ -244,7 +244,7 @@ def build_model(cfg: TrainConfig, tokenizer_records: list[Record]) -> VLT5:
         if tokenizer is None:
             tokenizer = build_word_tokenizer(corpus_texts(tokenizer_records))
         else:
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+            tokenizer = load_tokenizer(tokenizer)
         t5 = T5Config(
             vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,

@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from dept_vl.config import INIT_PARTS
+from dept_vl.config import INIT_PARTS, ConfigError
 from dept_vl.model import ADAPTER_CONFIG, AdapterMismatchError, DePTAdapter, VLT5
 
 logger = logging.getLogger(__name__)
@@ -52,10 +52,11 @@ def expand_sources(sources: str | Path | Sequence[str | Path]) -> list[Path]:
         if (path / ADAPTER_CONFIG).is_file():
             found.append(path)
             continue
-        inside = sorted(p for p in path.glob("*") if (p / ADAPTER_CONFIG).is_file()) \
-            if path.is_dir() else []
+        # hidden folders are saves still in progress (or cut short), never sources
+        inside = sorted(p for p in path.glob("*") if not p.name.startswith(".")
+                        and (p / ADAPTER_CONFIG).is_file()) if path.is_dir() else []
         if not inside:
-            raise FileNotFoundError(f"init_from: {path} is not an adapter directory and holds none")
+            raise ConfigError(f"init_from: {path} is not an adapter directory and holds none")
         found += inside
     return found
 
@@ -82,7 +83,7 @@ def source_tensors(model: VLT5, target: DePTAdapter, source: str | Path,
     """The `parts` of a saved adapter, shaped for `target`; refuses what cannot fit."""
     unknown = sorted(set(parts) - set(PARTS))
     if unknown or not parts:
-        raise ValueError(f"init_parts: choose from {list(PARTS)}, got {list(parts)}")
+        raise ConfigError(f"init_parts: choose from {list(PARTS)}, got {list(parts)}")
     meta, tensors = model.read_adapter(source, strict)
     where = f"init_from {source}"
     config = target.config
@@ -122,7 +123,7 @@ def average_tensors(candidates: Sequence[dict[str, torch.Tensor]],
 def loss_weights(losses: Sequence[float], temperature: float) -> list[float]:
     """softmax(-loss / temperature): lower zero-step loss, larger share of the average."""
     if temperature <= 0:
-        raise ValueError(f"init_temperature: must be positive, got {temperature}")
+        raise ConfigError(f"init_temperature: must be positive, got {temperature}")
     top = max(-loss / temperature for loss in losses)
     raw = [math.exp(-loss / temperature - top) for loss in losses]
     return [w / sum(raw) for w in raw]
@@ -145,7 +146,7 @@ def initialize(
     starts from the lowest, `average` from the softmax(-loss/temperature)-weighted mean.
     """
     if select not in SELECTIONS:
-        raise ValueError(f"init_select: must be one of {SELECTIONS}, got {select!r}")
+        raise ConfigError(f"init_select: must be one of {SELECTIONS}, got {select!r}")
     adapter = model.get_adapter(adapter_name)
     paths = expand_sources(sources)
     candidates = {str(p): source_tensors(model, adapter, p, parts, strict) for p in paths}

@@ -5,6 +5,8 @@ import csv
 import shutil
 
 import pytest
+
+from dept_vl.errors import run_cli
 import torch
 from PIL import Image
 
@@ -94,4 +96,5 @@ def test_features_cli_fills_the_cache(tmp_path, corpus_dir, backbone, capsys):
     code = features_main(["--backbone", backbone, "--data", f"{corpus_dir}/val_vqa.jsonl",
                           "--cache-dir", str(tmp_path / "cache")])
     assert code == 0 and "images encoded" in capsys.readouterr().out
-    assert features_main(["--backbone", backbone, "--data", str(tmp_path / "none.jsonl")]) == 2
+    assert run_cli(features_main, ["--backbone", backbone, "--data",
+                                   str(tmp_path / "none.jsonl")]) == 2
