@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from dept_vl.errors import BackboneError, one_line
+from dept_vl.images import to_rgb
 
 
 @dataclass
@@ -182,8 +183,6 @@ class ImageEncoder(nn.Module):
         """PIL images → (B, 3, H, W) normalised as the encoder expects. Every mode becomes RGB
         through `to_rgb` (16-bit scaled, alpha composited on white), as in training's
         `load_image`, so generate() on a PIL image sees the pixels training saw."""
-        from dept_vl.images import to_rgb
-
         return torch.stack([self.transform(to_rgb(img)) for img in images])
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -289,7 +288,7 @@ class FeatureCache:
             images = []
             for path in todo[start:start + batch_size]:
                 with Image.open(path) as image:
-                    images.append(image.convert("RGB"))
+                    images.append(to_rgb(image))  # the pixels training sees
             chunks.append(self.encoder(self.encoder.preprocess(images).to(device)).float().cpu())
         shard = f"features-{len(list(self.dir.glob('features-*.safetensors'))):05d}.safetensors"
         save_file({"features": torch.cat(chunks).contiguous()}, self.dir / shard)

@@ -8,6 +8,7 @@ import torch
 
 from conftest import tiny_model
 from dept_vl import AdapterMismatchError, DePTConfig
+from dept_vl.config import ConfigError
 from dept_vl.transfer import expand_sources, initialize, loss_weights
 
 CFG = DePTConfig(prompt_length=3, rank=2, max_length=24, task_prefix="vqa:")
@@ -124,5 +125,5 @@ def test_a_folder_of_adapters_expands_to_each_of_them(tmp_path):
     for name in ("b", "a"):
         saved_source(tmp_path / "sources", name)
     assert [p.name for p in expand_sources(tmp_path / "sources")] == ["a", "b"]
-    with pytest.raises(FileNotFoundError, match="holds none"):
+    with pytest.raises(ConfigError, match="holds none"):
         expand_sources(tmp_path / "nothing")
