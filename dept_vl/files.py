@@ -1,7 +1,7 @@
 """Atomic writes: a file or a whole folder is written beside its target and renamed into place,
 so a crash at any point leaves the old version or the new one, never a mix or a half file.
-
-Standard library only (plus safetensors for tensor files), so every layer may use it.
+And the matching reads: a JSON object or a safetensors file whose every problem (missing,
+empty, cut short, not parsable) is the caller's error type, naming the file.
 """
 
 from __future__ import annotations
@@ -15,6 +15,12 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+
+from dept_vl.errors import UserError
 
 _RENAME_EXCHANGE = 2  # linux/fs.h
 
@@ -115,3 +121,47 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# ---------------------------------------------------------------- reading, with errors that name the file
+def read_json_object(file: Path, error: type[UserError]) -> dict[str, Any]:
+    """The JSON object in `file`; a missing, empty, unparsable or non-object file is `error`."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{file}: missing") from None
+    except (OSError, UnicodeDecodeError) as problem:
+        raise error(f"{file}: cannot be read ({problem})") from None
+    if not text.strip():
+        raise error(f"{file}: the file is empty")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as problem:
+        raise error(f"{file}: not valid JSON (line {problem.lineno}, column {problem.colno}: "
+                    f"{problem.msg})") from None
+    if not isinstance(value, dict):
+        raise error(f"{file}: expected a JSON object, got a {type(value).__name__}")
+    return value
+
+
+def read_safetensors(file: Path, error: type[UserError]) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a missing, empty or damaged file is `error`."""
+    if not file.is_file():
+        raise error(f"{file}: missing")
+    check_safetensors(file, error)
+    try:
+        return load_file(file)
+    except (SafetensorError, OSError) as problem:
+        raise error(f"{file}: not a readable safetensors file ({problem})") from None
+
+
+def check_safetensors(file: Path, error: type[UserError]) -> None:
+    """Refuse an empty, truncated or damaged safetensors file before a library reads it (the
+    header check also finds a file shorter or longer than its header says)."""
+    if file.stat().st_size == 0:
+        raise error(f"{file}: the file is empty (0 bytes)")
+    try:
+        with safe_open(file, "pt"):
+            pass
+    except (SafetensorError, OSError) as problem:
+        raise error(f"{file}: not a readable safetensors file ({problem})") from None

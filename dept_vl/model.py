@@ -25,8 +25,8 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence, TypeVar
 import torch
 from huggingface_hub import constants as hub_constants
 from PIL import Image
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5Config, T5ForConditionalGeneration
 from transformers.utils import logging as hf_logging
@@ -34,7 +34,7 @@ from transformers.utils import logging as hf_logging
 from dept_vl.dept import (PROMPT_INITS, DePTConfig, DePTPrompt, dept_budget,
                           init_prompt_from_embeddings)
 from dept_vl.errors import BackboneError, UserError, one_line
-from dept_vl.files import atomic_dir
+from dept_vl.files import atomic_dir, check_safetensors, read_json_object, read_safetensors
 from dept_vl.tasks import TASKS, get_task, task_input
 from dept_vl.vision import ImageEncoder, VisionConfig, VisualProjection
 
@@ -740,49 +740,6 @@ def _check_keys(values: dict[str, Any], keys: dict[str, _Key], file: Path,
             raise error(f"{file}: key {key!r} {problem}, got {json.dumps(value)}")
 
 
-def _read_json(file: Path, error: type[UserError]) -> dict[str, Any]:
-    """The JSON object in `file`; a missing, empty, unparsable or non-object file is `error`."""
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise error(f"{file}: missing") from None
-    except (OSError, UnicodeDecodeError) as problem:
-        raise error(f"{file}: cannot be read ({problem})") from None
-    if not text.strip():
-        raise error(f"{file}: the file is empty")
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as problem:
-        raise error(f"{file}: not valid JSON (line {problem.lineno}, column {problem.colno}: "
-                    f"{problem.msg})") from None
-    if not isinstance(value, dict):
-        raise error(f"{file}: expected a JSON object, got a {type(value).__name__}")
-    return value
-
-
-def _read_tensors(file: Path, error: type[UserError]) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file; a missing, empty or damaged file is `error`."""
-    if not file.is_file():
-        raise error(f"{file}: missing")
-    _check_safetensors(file, error)
-    try:
-        return load_file(file)
-    except (SafetensorError, OSError) as problem:
-        raise error(f"{file}: not a readable safetensors file ({problem})") from None
-
-
-def _check_safetensors(file: Path, error: type[UserError]) -> None:
-    """Refuse an empty, truncated or damaged safetensors file before a library reads it (the
-    header check also finds a file shorter or longer than its header says)."""
-    if file.stat().st_size == 0:
-        raise error(f"{file}: the file is empty (0 bytes)")
-    try:
-        with safe_open(file, "pt"):
-            pass
-    except (SafetensorError, OSError) as problem:
-        raise error(f"{file}: not a readable safetensors file ({problem})") from None
-
-
 def _first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
     """The name of the first floating tensor holding a NaN or inf, or None."""
     for name, tensor in tensors.items():
@@ -804,7 +761,7 @@ def _check_replaceable(target: Path, marker: str, error: type[UserError]) -> Non
 # ---------------------------------------------------------------------------- adapter files
 def read_adapter_config(file: Path) -> dict[str, Any]:
     """adapter_config.json checked against its schema (_ADAPTER_KEYS) and DePTConfig's rules."""
-    meta = _read_json(file, AdapterError)
+    meta = read_json_object(file, AdapterError)
     if meta.get("method") == "lora":
         raise AdapterMismatchError(
             f"{file}: method 'lora' is a LoRA adapter (it changes T5's weights) and cannot be "
@@ -833,7 +790,7 @@ def dept_config_of(meta: dict[str, Any], file: Path) -> DePTConfig:
 
 def read_adapter_weights(file: Path) -> dict[str, torch.Tensor]:
     """adapter_model.safetensors: readable, floating point and finite, or an AdapterError."""
-    tensors = _read_tensors(file, AdapterError)
+    tensors = read_safetensors(file, AdapterError)
     for key, tensor in tensors.items():
         if not tensor.is_floating_point():
             raise AdapterError(f"{file}: tensor {key} has dtype {tensor.dtype}; adapter weights "
@@ -900,11 +857,11 @@ def load_t5(source: str) -> T5ForConditionalGeneration:
     name; what cannot be loaded is a BackboneError naming the directory or name and file."""
     path = Path(source).expanduser()
     if path.is_dir():
-        _read_json(path / "config.json", BackboneError)
+        read_json_object(path / "config.json", BackboneError)
         if not any((path / name).is_file() for name in T5_WEIGHTS):
             raise BackboneError(f"{path / T5_WEIGHTS[0]}: missing (no T5 weights in {path})")
         for weights in sorted(path.glob("*.safetensors")):
-            _check_safetensors(weights, BackboneError)
+            check_safetensors(weights, BackboneError)
     return _load_from(source, T5ForConditionalGeneration.from_pretrained, "T5 model")
 
 
@@ -912,12 +869,12 @@ def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
     """A tokenizer from a local directory (tokenizer.save_pretrained files) or a hub name."""
     path = Path(source).expanduser()
     if path.is_dir():
-        _read_json(path / TOKENIZER_CONFIG, BackboneError)  # every save_pretrained writes it
+        read_json_object(path / TOKENIZER_CONFIG, BackboneError)  # every save_pretrained writes it
         if not any((path / name).is_file() for name in TOKENIZER_VOCABULARY):
             raise BackboneError(f"{path / TOKENIZER_VOCABULARY[0]}: missing (no tokenizer "
                                 f"vocabulary in {path})")
         if (path / "tokenizer.json").is_file():
-            _read_json(path / "tokenizer.json", BackboneError)
+            read_json_object(path / "tokenizer.json", BackboneError)
     return _load_from(source, AutoTokenizer.from_pretrained, "tokenizer")
 
 
@@ -930,7 +887,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
             f"{path} is not a dept_vl backbone directory (no {BACKBONE_MANIFEST}); build one "
             "with `accelerate launch dept_vl/train.py --config configs/backbone_shapes.yaml` "
             "or VLT5.save_pretrained")
-    manifest = _read_json(file, BackboneError)
+    manifest = read_json_object(file, BackboneError)
     _check_keys(manifest, _MANIFEST_KEYS, file, BackboneError)
     return manifest
 
@@ -939,7 +896,7 @@ def _load_encoder(path: Path) -> ImageEncoder:
     """The timm encoder of a backbone folder: vision/config.json, then its saved weights (the
     hub and any weights_file are never consulted)."""
     file = path / VISION_CONFIG
-    values = _read_json(file, BackboneError)
+    values = read_json_object(file, BackboneError)
     _check_keys(values, _VISION_KEYS, file, BackboneError, closed=True)
     try:
         encoder = ImageEncoder(VisionConfig(**{**values, "pretrained": False,
@@ -953,7 +910,7 @@ def _load_encoder(path: Path) -> ImageEncoder:
 def _load_weights(module: nn.Module, file: Path) -> None:
     """A backbone part's safetensors file into `module`: every tensor present, none extra, each
     of the right shape, or a BackboneError naming the file and tensor."""
-    tensors = _read_tensors(file, BackboneError)
+    tensors = read_safetensors(file, BackboneError)
     expected = module.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))

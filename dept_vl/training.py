@@ -23,8 +23,7 @@ import numpy as np
 import torch
 from accelerate.tracking import GeneralTracker, on_main_process
 from accelerate.utils import set_seed
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers import T5Config
 
 from dept_vl.config import ConfigError, TrainConfig
@@ -33,7 +32,9 @@ from dept_vl.data.fewshot import sample_kshot
 from dept_vl.data.records import DataError, Record, VQARecord, load_records, validate_images
 from dept_vl.dept import DePTConfig, dept_budget, dept_param_groups
 from dept_vl.errors import CheckpointError, TrainingError
-from dept_vl.files import atomic_dir, atomic_write_json, atomic_write_text, replace_dir
+from dept_vl.files import (
+    atomic_dir, atomic_write_json, atomic_write_text, read_json_object, read_safetensors, replace_dir,
+)
 from dept_vl.model import ADAPTER_CONFIG, ADAPTER_WEIGHTS, VLT5, load_tokenizer
 from dept_vl.tasks import get_task
 from dept_vl.tokenization import build_word_tokenizer
@@ -446,7 +447,8 @@ def save_checkpoint(accelerator: Any, out: Path, progress: Progress, keep: int) 
     accelerator.wait_for_everyone()  # every process has written its RNG state
     if accelerator.is_main_process:
         if progress.best_state is not None:
-            save_file(_contiguous(progress.best_state), partial / BEST_WEIGHTS)
+            save_file({k: v.contiguous() for k, v in progress.best_state.items()},
+                      partial / BEST_WEIGHTS)
         files = {p.name: p.stat().st_size for p in sorted(partial.iterdir()) if p.is_file()}
         atomic_write_json(partial / TRAINER_STATE, {
             "step": progress.step, "best": progress.best, "best_metrics": progress.best_metrics,
@@ -455,10 +457,6 @@ def save_checkpoint(accelerator: Any, out: Path, progress: Progress, keep: int) 
         prune_checkpoints(out, keep)
     accelerator.wait_for_everyone()
     return final
-
-
-def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().contiguous() for k, v in state.items()}
 
 
 def _checkpoints(out: Path) -> list[Path]:
@@ -512,12 +510,8 @@ def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
     file = checkpoint / TRAINER_STATE
     if not file.is_file():
         raise CheckpointError(f"{checkpoint}: not a complete dept_vl checkpoint (no {TRAINER_STATE})")
-    try:
-        state = json.loads(file.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{file}: corrupt trainer state ({error})") from None
-    if not isinstance(state, dict) or not isinstance(state.get("step"), int) \
-            or not isinstance(state.get("best_metrics"), dict):
+    state = read_json_object(file, CheckpointError)
+    if not isinstance(state.get("step"), int) or not isinstance(state.get("best_metrics"), dict):
         raise CheckpointError(f"{file}: corrupt trainer state (needs an integer 'step' and a "
                               "'best_metrics' mapping)")
     return state
@@ -529,10 +523,7 @@ def load_progress(checkpoint: Path) -> Progress:
     best = state.get("best")
     best_state = None
     if (checkpoint / BEST_WEIGHTS).is_file():
-        try:
-            best_state = load_file(checkpoint / BEST_WEIGHTS)
-        except (OSError, SafetensorError) as error:
-            raise CheckpointError(f"{checkpoint / BEST_WEIGHTS}: cannot read ({error})") from None
+        best_state = read_safetensors(checkpoint / BEST_WEIGHTS, CheckpointError)
     elif state["best_metrics"]:
         raise CheckpointError(f"{checkpoint}: has best_metrics but no {BEST_WEIGHTS} (written "
                               "by an older dept_vl, whose resume lost the best weights)")
