@@ -14,7 +14,6 @@ import argparse
 import json
 import sys
 import time
-from collections import Counter
 from typing import Any, Sequence
 
 import torch
@@ -22,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from dept_vl.data.collate import RecordDataset, VLCollator, references
 from dept_vl.data.records import (
-    CaptionRecord, DataError, Record, VQARecord, load_records, validate_images,
+    CaptionRecord, DataError, Record, VQARecord, load_records, skip_summary, validate_images,
 )
 from dept_vl.errors import run_cli
 from dept_vl.files import atomic_write_json
@@ -207,8 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     metrics, rows = evaluate(model, records, name, args.batch_size, max_length)
     result: dict[str, Any] = {"metrics": metrics, "predictions": rows}
     if skipped is not None:
-        metrics["skipped"] = {"total": len(skipped),
-                              "by_reason": dict(Counter(e["reason"] for e in skipped))}
+        metrics["skipped"] = skip_summary(skipped)
         result["skipped"] = skipped
     print(json.dumps(metrics, indent=2))
     if args.out:  # a crash mid-write leaves the previous file, never half a file

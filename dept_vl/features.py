@@ -15,9 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections import Counter
 
-from dept_vl.data.records import TASKS, load_records, validate_images
+from dept_vl.data.records import TASKS, load_records, skip_line, validate_images
 from dept_vl.errors import run_cli
 from dept_vl.model import VLT5
 from dept_vl.vision import FeatureCache
@@ -41,9 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     records = [r for path in args.data for r in load_records(path, args.task, skipped=skipped)]
     images = [r.image for r in validate_images(records, skipped=skipped)]  # before any encoding
     if skipped:
-        reasons = Counter(e["reason"] for e in skipped)
-        print(f"{len(skipped)} bad rows or images left out "
-              f"({', '.join(f'{k} {n}' for k, n in sorted(reasons.items()))})")
+        print(skip_line(skipped))
     model = VLT5.from_pretrained(args.backbone)
     cache = FeatureCache(args.cache_dir, model.vision)
     start = time.perf_counter()

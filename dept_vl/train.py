@@ -31,6 +31,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from dept_vl.config import ConfigError, TrainConfig, load_config, parse_overrides
 from dept_vl.data.collate import RecordDataset, VLCollator, input_text
 from dept_vl.data.fewshot import class_counts
+from dept_vl.data.records import skip_line
 from dept_vl.errors import BackboneError, CheckpointError, TrainingError, UserError, run_cli
 from dept_vl.evaluate import evaluate_many, mean_loss
 from dept_vl.files import atomic_write_json
@@ -105,9 +106,8 @@ def load_data(cfg: TrainConfig, accelerator: Accelerator
     skipped = {}
     if cfg.on_bad_data == "skip" and accelerator.is_main_process:
         skipped = write_skipped(Path(cfg.output_dir), dropped)
-        reasons = ", ".join(f"{k} {v}" for k, v in sorted(skipped["by_reason"].items()))
-        accelerator.print(f"[dept_vl] on_bad_data skip: {skipped['total']} rows or images "
-                          f"skipped ({reasons or 'none'}), listed in {skipped['file']}")
+        accelerator.print(f"[dept_vl] on_bad_data skip: {skip_line(dropped)}, listed in "
+                          f"{skipped['file']}")
     for task in tasks:
         shots = f" ({cfg.k_shot}-shot: {class_counts(task.train)})" if cfg.k_shot else ""
         accelerator.print(f"[dept_vl] {cfg.method} on {task.name} ({task.kind}): "

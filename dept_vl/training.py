@@ -14,7 +14,6 @@ import os
 import random
 import re
 import shutil
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -29,7 +28,9 @@ from transformers import T5Config
 from dept_vl.config import ConfigError, TrainConfig
 from dept_vl.data import shapes
 from dept_vl.data.fewshot import sample_kshot
-from dept_vl.data.records import DataError, Record, VQARecord, load_records, validate_images
+from dept_vl.data.records import (
+    DataError, Record, VQARecord, load_records, skip_summary, validate_images,
+)
 from dept_vl.dept import DePTConfig, dept_budget, dept_param_groups
 from dept_vl.errors import CheckpointError, TrainingError
 from dept_vl.files import (
@@ -151,8 +152,7 @@ def _unique(skipped: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def write_skipped(out: Path, skipped: list[dict[str, Any]]) -> dict[str, Any]:
     """`skipped.jsonl` (one row per dropped row or image) and its summary by reason."""
     atomic_write_text(out / "skipped.jsonl", "".join(json.dumps(e) + "\n" for e in skipped))
-    return {"total": len(skipped), "by_reason": dict(Counter(e["reason"] for e in skipped)),
-            "file": str(out / "skipped.jsonl")}
+    return {**skip_summary(skipped), "file": str(out / "skipped.jsonl")}
 
 
 def task_schedule(sizes: Sequence[int], temperature: float, seed: int, length: int) -> list[int]:

@@ -193,7 +193,7 @@ def test_features_on_bad_data_skip_encodes_the_rest(backbone, corpus_dir, tmp_pa
     assert f"{data}:2" in error_line(capsys)
     assert run_cli(main, argv + ["--on-bad-data", "skip"]) == 0
     printed = capsys.readouterr().out
-    assert "2 bad rows or images left out (image_unreadable 1, invalid_json 1)" in printed
+    assert "2 rows or images skipped (image_unreadable 1, invalid_json 1)" in printed
     images = {json.loads(line)["image"] for i, line in
               enumerate(data.read_text().splitlines()) if i not in (1, 3)}
     assert f"{len(images)} images encoded" in printed

@@ -55,6 +55,8 @@ __all__ = [
     "ROW_REASONS",
     "FILE_REASONS",
     "skip_entry",
+    "skip_line",
+    "skip_summary",
     "VQARecord",
     "CaptionRecord",
     "Record",
@@ -123,6 +125,21 @@ def _fail(where: str, message: str, reason: str) -> NoReturn:
 def skip_entry(where: str, error: DataError) -> dict[str, str]:
     """The line `skipped` gets for a dropped row: where, why (a slug) and the full message."""
     return {"source": where, "reason": error.reason, "error": one_line(error)}
+
+
+def skip_summary(skipped: Sequence[dict[str, str]]) -> dict[str, Any]:
+    """What a skip policy dropped, by reason: `{"total": n, "by_reason": {reason: n}}`."""
+    by_reason: dict[str, int] = {}
+    for entry in skipped:
+        by_reason[entry["reason"]] = by_reason.get(entry["reason"], 0) + 1
+    return {"total": len(skipped), "by_reason": dict(sorted(by_reason.items()))}
+
+
+def skip_line(skipped: Sequence[dict[str, str]]) -> str:
+    """`N rows or images skipped (reason n, ...)`: the line a command prints."""
+    summary = skip_summary(skipped)
+    reasons = ", ".join(f"{k} {n}" for k, n in summary["by_reason"].items())
+    return f"{summary['total']} rows or images skipped ({reasons or 'none'})"
 
 
 class _Policy:
