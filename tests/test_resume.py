@@ -210,3 +210,17 @@ def test_a_corrupt_trainer_state_is_a_clear_error_naming_it(tmp_path, corpus_dir
     # latest has no other checkpoint to fall back to here: a clear error too
     with pytest.raises(CheckpointError, match="no complete checkpoint"):
         main(["--config", config, "--output_dir", str(run), "--resume_from_checkpoint", "latest"])
+
+
+def test_resuming_a_finished_runs_checkpoint_restores_the_best_weights(tmp_path, corpus_dir,
+                                                                        backbone):
+    """The same finding without any hook (this runs on the code before the fix too, where the
+    resumed run kept the resume point's weights as 'best': max difference 0.77)."""
+    config = write_config(tmp_path / "c.yaml", **base_values(corpus_dir, backbone))
+    main(["--config", config, "--output_dir", str(tmp_path / "straight")])
+    run = tmp_path / "again"
+    main(["--config", config, "--output_dir", str(run)])
+    shutil.rmtree(run / "adapter")
+    main(["--config", config, "--output_dir", str(run), "--resume_from_checkpoint",
+          str(run / "checkpoints" / "checkpoint_6")])
+    assert_same_result(tmp_path / "straight", run)
