@@ -4,7 +4,7 @@ image encoder, a small visual projection, and any number of named DePT adapters 
 The backbone is loaded once; adapters are small modules switched by name, so one process can
 serve VQA and captioning side by side.
 
-On disk (DESIGN.md §4), adapter and backbone folders are written whole beside their target and
+On disk, adapter and backbone folders are written whole beside their target and
 swapped in, so a crash leaves the old folder or the new one. Reading them checks every file
 against what `save_adapter` / `save_pretrained` write: a damaged, hand-edited or unreachable
 file is an AdapterError / BackboneError naming the file and the key or tensor, never a bare
@@ -81,7 +81,7 @@ class DePTAdapter(nn.Module):
         return "pt" if self.config.rank == 0 else "dept"
 
     def weights(self) -> dict[str, torch.Tensor]:
-        """Copies of the tensors, under the names of the adapter file format (DESIGN.md §4)."""
+        """Copies of the tensors, under the names `adapter_model.safetensors` stores them by."""
         tensors = {
             name: param.detach().clone()
             for name, param in self.prompt.named_parameters()
@@ -468,7 +468,7 @@ class VLT5(nn.Module):
 
     # ------------------------------------------------------------------ save / load: backbone
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """T5 + tokenizer files, `vision/`, the projection and a manifest (DESIGN.md §4), built
+        """T5 + tokenizer files, `vision/`, the projection and a manifest, built
         in a folder beside `directory` and swapped in whole; non-finite weights are refused."""
         out = Path(directory)
         _check_replaceable(out, BACKBONE_MANIFEST, BackboneError)

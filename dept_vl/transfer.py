@@ -2,7 +2,7 @@
 several sources) the source picked by its zero-step loss on the target's k-shot examples, or a
 loss-weighted average of them.
 
-Parts of an adapter file (DESIGN.md §4):
+Parts of an adapter file (`adapter_model.safetensors`):
     prompt      prompt_embeddings (m, d)
     lowrank     lowrank_A (s, r), lowrank_B (r, d)
     projection  visual_projection.*
