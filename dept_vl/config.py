@@ -34,8 +34,6 @@ from dept_vl.data.shapes import GRID
 from dept_vl.errors import UserError, one_line
 from dept_vl.tasks import TASKS
 
-METHODS = ("dept", "pt", "lora", "full")
-INIT_PARTS = ("prompt", "lowrank", "projection")
 INIT_SELECT = ("best", "average")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 ON_BAD_DATA = ("error", "skip")
@@ -315,10 +313,24 @@ def _jobs(value: dict[str, Any], where: Where) -> dict[str, Any]:
     return checked
 
 
+def init_parts() -> tuple[str, ...]:
+    """Every part a transfer can copy: the parts of the registered methods, and the projection."""
+    from dept_vl.methods import METHODS  # torch: kept out of this module's import
+
+    parts = [part for method in METHODS.values() for part in method.parts]
+    return (*dict.fromkeys(parts), "projection")
+
+
 def _init_parts(value: list[str], where: Where) -> list[str]:
-    if not value or set(value) - set(INIT_PARTS):
-        raise where.error(f"choose from {list(INIT_PARTS)}, got {value}")
+    if not value or set(value) - set(init_parts()):
+        raise where.error(f"choose from {list(init_parts())}, got {value}")
     return value
+
+
+def _method(value: str, where: Where) -> str:
+    from dept_vl.methods import method_names  # torch: kept out of this module's import
+
+    return Choice(method_names())(value, where)
 
 
 def _prompt_init(value: str, where: Where) -> str:
@@ -434,7 +446,7 @@ class TrainConfig:
     k_shot: int | None = None
     # transfer: start the adapter from saved adapter(s): paths, or folders of adapters
     init_from: str | list[str] | None = None
-    init_parts: list[str] = field(default_factory=lambda: list(INIT_PARTS))
+    init_parts: list[str] | None = None  # None: every part the target adapter has
     init_select: str = "best"  # several sources: best (lowest zero-step loss) | average
     init_temperature: float = 1.0  # average: weights softmax(-loss / temperature)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -453,18 +465,20 @@ class TrainConfig:
                 raise ConfigError(f"jobs.{name}: {error}") from error
 
     def _check_combinations(self) -> None:
-        prompt = self.method in ("dept", "pt")
-        if self.adapter_per_task and (not self.tasks or not prompt):
-            raise ConfigError("adapter_per_task: needs `tasks:` and method dept or pt")
-        if self.init_from is not None and not prompt:
-            raise ConfigError(f"init_from: only prompt adapters (dept, pt) can start from a "
-                              f"source adapter, not method {self.method!r}")
-        sized_by_dept = self.method == "dept" or self.method == "pt" and not self.pt_prompt_length
-        if sized_by_dept and self.prompt_length == 0 and self.rank == 0:
-            raise ConfigError("prompt_length, rank: both 0 leave the prompt nothing to train")
-        if prompt and self.prompt_init == "text" and not self.prompt_init_text:
-            raise ConfigError("prompt_init: text needs prompt_init_text (the sentence whose "
-                              "token embeddings start the prompt)")
+        from dept_vl.methods import get_method, method_names
+
+        method = get_method(self.method)
+        adapters = [n for n in method_names() if get_method(n).kind != "backbone"]
+        if self.adapter_per_task and (not self.tasks or method.kind == "backbone"):
+            raise ConfigError(f"adapter_per_task: needs `tasks:` and an adapter method "
+                              f"({', '.join(adapters)})")
+        if self.init_from is not None and method.kind == "backbone":
+            raise ConfigError(f"init_from: only adapters ({', '.join(adapters)}) can start from "
+                              f"a source adapter, not method {self.method!r}")
+        try:
+            method.config_class.check_train_config(self)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
 
     def for_job(self, name: str) -> "TrainConfig":
         """This config with job `name`'s keys applied, writing to `<output_dir>/<name>`."""
@@ -478,7 +492,7 @@ class TrainConfig:
 
 # what each field may hold beyond its type (fields not named here: any value of the type)
 RULES: dict[str, Rule] = {
-    "method": Choice(METHODS),
+    "method": _method,
     "task": Choice(tuple(TASKS)),
     "backbone": _nonempty,
     "model": _model,

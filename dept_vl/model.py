@@ -1,5 +1,6 @@
 """VLT5: a frozen T5 encoder-decoder reading `[prompt | text + A·B | visual tokens]`, a frozen timm
-image encoder, a small visual projection, and any number of named DePT adapters on top.
+image encoder, a small visual projection, and any number of named adapters on top (of any
+method in the registry, `dept_vl/methods/`).
 
 The backbone is loaded once; adapters are small modules switched by name, so one process can
 serve VQA and captioning side by side.
@@ -31,11 +32,11 @@ from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5Config, T5ForConditionalGeneration
 from transformers.utils import logging as hf_logging
 
-from dept_vl.dept import (PROMPT_INITS, DePTConfig, DePTPrompt, dept_budget,
-                          init_prompt_from_embeddings)
 from dept_vl.errors import BackboneError, UserError, one_line
 from dept_vl.files import atomic_dir, check_safetensors, read_json_object, read_safetensors
-from dept_vl.tasks import TASKS, get_task, task_input
+from dept_vl.methods import UnknownMethodError, get_method
+from dept_vl.methods.base import MethodConfig, MethodModule
+from dept_vl.tasks import get_task, task_input
 from dept_vl.vision import ImageEncoder, VisionConfig, VisualProjection
 
 logger = logging.getLogger(__name__)
@@ -67,10 +68,12 @@ class AdapterMismatchError(AdapterError):
     """An adapter that does not fit this backbone (other d_model, other weights)."""
 
 
-class DePTAdapter(nn.Module):
-    """One task's trainable state: the DePT prompt and (by default) its own visual projection."""
+class Adapter(nn.Module):
+    """One task's trainable state: its method's module (a registered MethodModule, under
+    `.prompt`) and (by default) its own visual projection."""
 
-    def __init__(self, config: DePTConfig, prompt: DePTPrompt, projection: VisualProjection | None):
+    def __init__(self, config: MethodConfig, prompt: MethodModule,
+                 projection: VisualProjection | None):
         super().__init__()
         self.config = config
         self.prompt = prompt
@@ -78,23 +81,38 @@ class DePTAdapter(nn.Module):
 
     @property
     def method(self) -> str:
-        return "pt" if self.config.rank == 0 else "dept"
+        return self.config.method
+
+    @property
+    def task(self) -> str:
+        return self.config.task
 
     def weights(self) -> dict[str, torch.Tensor]:
         """Copies of the tensors, under the names `adapter_model.safetensors` stores them by."""
-        tensors = {
-            name: param.detach().clone()
-            for name, param in self.prompt.named_parameters()
-        }
+        tensors = self.prompt.tensors()
         if self.projection is not None:
             for name, param in self.projection.state_dict().items():
                 tensors[f"visual_projection.{name}"] = param.detach().clone()
         return tensors
 
+    def part_of(self, key: str) -> str:
+        """The transfer part a tensor of `weights()` belongs to."""
+        if key.startswith("visual_projection."):
+            return "projection"
+        try:
+            return self.prompt.part_of(key)
+        except KeyError:
+            raise AdapterMismatchError(f"tensor {key}: not part of a {self.method} adapter") \
+                from None
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return (*self.prompt.parts, *(("projection",) if self.projection is not None else ()))
+
     @torch.no_grad()
     def assign(self, tensors: dict[str, torch.Tensor]) -> None:
         """Copy the given tensors (file-format names, any subset) into this adapter's weights."""
-        params = dict(self.prompt.named_parameters())
+        params = self.prompt.weight_refs()
         if self.projection is not None:
             params.update({f"visual_projection.{k}": v
                            for k, v in self.projection.state_dict().items()})
@@ -107,8 +125,11 @@ class DePTAdapter(nn.Module):
             params[key].copy_(value)
 
 
+DePTAdapter = Adapter  # the name dept_vl 0.1 used
+
+
 class VLT5(nn.Module):
-    """Frozen T5 + frozen timm encoder + visual projection + named DePT adapters."""
+    """Frozen T5 + frozen timm encoder + visual projection + named adapters (DePT, PT, ...)."""
 
     def __init__(
         self,
@@ -130,6 +151,7 @@ class VLT5(nn.Module):
         self.max_text_length = max_text_length
         self.backbone_trainable = False
         self.metadata: dict[str, Any] = {}  # saved in the manifest, e.g. pretraining question types
+        self._engaged: Any = None  # the weights-kind adapter acting inside T5 (None: none)
         self.freeze_backbone()
 
     # ------------------------------------------------------------------ construction
@@ -200,38 +222,39 @@ class VLT5(nn.Module):
     def add_adapter(
         self,
         name: str,
-        config: DePTConfig,
+        config: MethodConfig,
         train_projection: bool = True,
         generator: torch.Generator | None = None,
-    ) -> DePTAdapter:
-        """A new adapter; its projection starts as a copy of the backbone's."""
+    ) -> Adapter:
+        """A new adapter of `config`'s method (looked up in the registry); its projection starts
+        as a copy of the backbone's."""
         if name in self.adapters:
             raise ValueError(f"adapter {name!r} already exists; delete_adapter it first")
         if not name.isidentifier():
             raise ValueError(f"adapter name must be a Python identifier, got {name!r}")
-        get_task(self._task_of_prefix(config.task_prefix))
-        text_ids = None
-        if config.prompt_init == "text":
-            text_ids = self.tokenizer(config.prompt_init_text, add_special_tokens=False)["input_ids"]
-        init = init_prompt_from_embeddings(
-            config, self.t5.get_input_embeddings().weight, text_ids, generator
-        )
-        prompt = DePTPrompt(config, self.d_model, init)
+        method = get_method(config.method)
+        if method.kind == "backbone":
+            raise ValueError(f"method {config.method!r} trains the backbone itself; it is not "
+                             "an adapter (call unfreeze_backbone)")
+        prompt = method.build(config, self, generator, name).to(self.t5.device)
+        self._engaged = ()  # a weights method may have changed T5's layers: switch again
         projection = None
         if train_projection:
             projection = VisualProjection(
                 self.vision.feature_dim, self.d_model, self.projection.num_tokens
             )
             projection.load_state_dict(self.projection.state_dict())
-        adapter = DePTAdapter(config, prompt, projection).to(self.t5.device)
+        adapter = Adapter(config, prompt, projection).to(self.t5.device)
         self.adapters[name] = adapter
         if self.active_adapter is None:
             self.active_adapter = name
         return adapter
 
     def delete_adapter(self, name: str) -> None:
-        self.get_adapter(name)
+        adapter = self.get_adapter(name)
+        adapter.prompt.detach_from(self)
         del self.adapters[name]
+        self._engaged = ()
         if self.active_adapter == name:
             self.active_adapter = next(iter(self.adapters), None)
 
@@ -240,17 +263,13 @@ class VLT5(nn.Module):
             self.get_adapter(name)
         self.active_adapter = name
 
-    def get_adapter(self, name: str) -> DePTAdapter:
+    def get_adapter(self, name: str) -> Adapter:
         if name not in self.adapters:
             raise KeyError(f"no adapter named {name!r}; loaded adapters: {list(self.adapters)}")
         return self.adapters[name]
 
-    @staticmethod
-    def _task_of_prefix(prefix: str) -> str:
-        return prefix.rstrip(":").strip()
-
     def adapter_task(self, name: str | None) -> str | None:
-        return None if name is None else self._task_of_prefix(self.get_adapter(name).config.task_prefix)
+        return None if name is None else self.get_adapter(name).config.task
 
     # ------------------------------------------------------------------ forward
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -331,9 +350,27 @@ class VLT5(nn.Module):
         """Seq2seq output of T5 (`.loss` when labels are given); `adapter`: one name for the
         batch, or one per example."""
         adapter = self.active_adapter if adapter == "active" else adapter
+        self.engage(adapter)
         inputs, mask = self.build_inputs(input_ids, attention_mask, pixel_values,
                                          visual_features, adapter)
         return self.t5(inputs_embeds=inputs, attention_mask=mask, labels=labels)
+
+    def engage(self, adapter: str | None | Sequence[str | None]) -> None:
+        """Switch T5's injected weights (LoRA) to the batch's adapter, or off for prompt
+        adapters. An adapter that changes T5's weights cannot share a batch with another."""
+        names = [adapter] if adapter is None or isinstance(adapter, str) else list(adapter)
+        hosts = {n for n in names if n is not None and self.get_adapter(n).prompt.kind == "weights"}
+        if hosts and len(set(names)) > 1:
+            raise ValueError(f"adapter {sorted(hosts)[0]!r} changes T5's weights and cannot share "
+                             "a batch with other adapters; run its examples in their own batch "
+                             "(generate() splits them)")
+        target = hosts.pop() if hosts else None
+        if target == self._engaged:
+            return
+        for method in {type(a.prompt) for a in self.adapters.values() if a.prompt.kind == "weights"}:
+            owned = target is not None and isinstance(self.get_adapter(target).prompt, method)
+            method.switch(self, target if owned else None)
+        self._engaged = target
 
     # ------------------------------------------------------------------ generation
     def tokenize(self, texts: Sequence[str], max_length: int | Sequence[int | None] | None = None
@@ -365,6 +402,7 @@ class VLT5(nn.Module):
         adapter = self.active_adapter if adapter == "active" else adapter
         task = task or self._batch_task(adapter)
         spec = get_task(task)
+        self.engage(adapter)
         inputs, mask = self.build_inputs(input_ids, attention_mask, pixel_values,
                                          visual_features, adapter)
         output = self.t5.generate(
@@ -417,7 +455,7 @@ class VLT5(nn.Module):
                 if not text or not text.strip():
                     raise ValueError(f"text {i} is empty: task {task!r} needs a question")
         names = adapter if isinstance(adapter, list) else [adapter] * len(texts)
-        limits = [self.get_adapter(n).config.max_length if n is not None else None for n in names]
+        limits = [self.get_adapter(n).prompt.text_limit if n is not None else None for n in names]
         batch = self.tokenize([task_input(task, t) for t in texts],
                               limits[0] if len(set(limits)) == 1 else limits)
         device = self.t5.device
@@ -458,8 +496,9 @@ class VLT5(nn.Module):
         modules = {"t5": self.t5, "vision": self.vision, "projection": self.projection}
         for prefix, module in modules.items():
             for name, tensor in sorted(module.state_dict().items()):
-                if "lora_" in name:
+                if "lora_" in name:  # an adapter's weights, not the backbone's
                     continue
+                name = name.replace(".base_layer.", ".")  # a layer peft wrapped for LoRA
                 flat = tensor.detach().float().flatten()
                 step = max(1, flat.numel() // 4096)
                 digest.update(f"{prefix}.{name}{tuple(tensor.shape)}".encode())
@@ -551,27 +590,20 @@ class VLT5(nn.Module):
         with atomic_dir(out) as tmp:
             (tmp / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2))
             save_file(weights, tmp / ADAPTER_WEIGHTS, metadata={"format": "pt"})
-            (tmp / "README.md").write_text(_model_card(name, meta, metrics, command))
+            (tmp / "README.md").write_text(_model_card(name, adapter.config, meta, metrics,
+                                                       command))
 
-    def _adapter_meta(self, adapter: DePTAdapter, weights: dict[str, torch.Tensor]
+    def _adapter_meta(self, adapter: Adapter, weights: dict[str, torch.Tensor]
                       ) -> dict[str, Any]:
-        """What adapter_config.json holds (its schema: _ADAPTER_KEYS)."""
-        config = adapter.config
+        """What adapter_config.json holds: the method config's `to_dict()` and the host's keys
+        (their schema: _ADAPTER_KEYS)."""
         return {
-            "method": adapter.method,
-            "prompt_length": config.prompt_length,
-            "rank": config.rank,
-            "max_length": config.max_length,
-            "alpha": config.alpha,
-            "prompt_init": config.prompt_init,
-            "prompt_init_text": config.prompt_init_text,
+            **adapter.config.to_dict(),
             "d_model": self.d_model,
-            "task_prefix": config.task_prefix,
             "train_projection": adapter.projection is not None,
             "trainable_parameters": sum(t.numel() for t in weights.values()),
             "base_model": self.base_model,
             "backbone_fingerprint": self.backbone_fingerprint(),
-            "extra": config.extra,
             "dept_vl_version": _version(),
         }
 
@@ -615,10 +647,11 @@ class VLT5(nn.Module):
         path = Path(directory)
         meta, tensors = self.read_adapter(path, strict)
         name = name or path.name.replace("-", "_")
-        config = dept_config_of(meta, path / ADAPTER_CONFIG)
+        config = method_config_of(meta, path / ADAPTER_CONFIG)
         if name in self.adapters:
             self.delete_adapter(name)
-        adapter = self.add_adapter(name, config, train_projection=meta["train_projection"])
+        with torch.random.fork_rng(devices=[]):  # the fresh init is overwritten: leave the RNG
+            adapter = self.add_adapter(name, config, train_projection=meta["train_projection"])
         expected = adapter.weights()
         missing = sorted(set(expected) - set(tensors))
         unexpected = sorted(set(tensors) - set(expected))
@@ -653,37 +686,18 @@ def _at_least(low: int) -> Callable[[Any], str | None]:
     return lambda value: None if value >= low else f"must be >= {low}"
 
 
-def _finite_positive(value: float) -> str | None:
-    return None if math.isfinite(value) and value > 0 else "must be a finite number > 0"
-
-
 def _square(value: int) -> str | None:
     return None if value >= 1 and math.isqrt(value) ** 2 == value else "must be a square number"
 
 
-def _known_prefix(value: str) -> str | None:
-    prefixes = [task.prefix for task in TASKS.values()]
-    return None if value in prefixes else f"must be one of {prefixes}"
-
-
-def _one_of(*choices: str) -> Callable[[Any], str | None]:
-    return lambda value: None if value in choices else f"must be one of {list(choices)}"
-
-
-# adapter_config.json as save_adapter writes it; unknown keys are left alone (notes, newer fields)
+# adapter_config.json as save_adapter writes it: the host's keys here, the method's own keys
+# checked by its config dataclass; unknown keys are left alone (notes, newer fields)
 _ADAPTER_KEYS = {
-    "method": _Key((str,), check=_one_of("dept", "pt")),
-    "prompt_length": _Key((int,), check=_at_least(0)),
-    "rank": _Key((int,), check=_at_least(0)),
-    "max_length": _Key((int,), check=_at_least(0)),
-    "alpha": _Key((int, float), check=_finite_positive),
+    "method": _Key((str,)),
     "d_model": _Key((int,), check=_at_least(1)),
-    "task_prefix": _Key((str,), check=_known_prefix),
     "train_projection": _Key((bool,)),
     "backbone_fingerprint": _Key((str,)),
     "base_model": _Key((str,), required=False),
-    "prompt_init": _Key((str,), required=False, check=_one_of(*PROMPT_INITS)),
-    "prompt_init_text": _Key((str, _NONE), required=False),
     "trainable_parameters": _Key((int,), required=False, check=_at_least(0)),
     "extra": _Key((dict,), required=False),
     "dept_vl_version": _Key((str,), required=False),
@@ -760,32 +774,28 @@ def _check_replaceable(target: Path, marker: str, error: type[UserError]) -> Non
 
 # ---------------------------------------------------------------------------- adapter files
 def read_adapter_config(file: Path) -> dict[str, Any]:
-    """adapter_config.json checked against its schema (_ADAPTER_KEYS) and DePTConfig's rules."""
+    """adapter_config.json checked against the host's schema (_ADAPTER_KEYS) and its method's
+    config rules."""
     meta = read_json_object(file, AdapterError)
-    if meta.get("method") == "lora":
-        raise AdapterMismatchError(
-            f"{file}: method 'lora' is a LoRA adapter (it changes T5's weights) and cannot be "
-            "loaded as a prompt adapter; only 'dept' and 'pt' adapters can")
     _check_keys(meta, _ADAPTER_KEYS, file, AdapterError)
-    dept_config_of(meta, file)
+    method_config_of(meta, file)
     return meta
 
 
-def dept_config_of(meta: dict[str, Any], file: Path) -> DePTConfig:
-    """The DePTConfig a checked adapter_config.json describes (initialisation: its weights)."""
+def method_config_of(meta: dict[str, Any], file: Path) -> MethodConfig:
+    """The method config an adapter_config.json describes: its `method` looked up in the
+    registry, the rest checked by that method's config dataclass."""
     try:
-        config = DePTConfig(
-            prompt_length=meta["prompt_length"], rank=meta["rank"], max_length=meta["max_length"],
-            alpha=float(meta["alpha"]), prompt_init="random", task_prefix=meta["task_prefix"],
-            extra=meta.get("extra", {}),
-        )
-    except ValueError as error:
+        try:
+            method = get_method(meta["method"])
+        except UnknownMethodError as error:
+            raise ValueError(f"key 'method': {error}") from None
+        if method.kind == "backbone":
+            raise AdapterError(f"method {meta['method']!r} saves a whole backbone folder "
+                               "(VLT5.from_pretrained), not an adapter")
+        return method.config_class.from_dict(meta)
+    except (UnknownMethodError, ValueError, TypeError) as error:
         raise AdapterError(f"{file}: {error}") from None
-    method = "pt" if config.rank == 0 else "dept"
-    if meta["method"] != method:
-        raise AdapterError(f"{file}: key 'method' is {meta['method']!r} but rank is "
-                           f"{config.rank} (a pt adapter has rank 0, a dept adapter rank > 0)")
-    return config
 
 
 def read_adapter_weights(file: Path) -> dict[str, torch.Tensor]:
@@ -955,17 +965,18 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in state.items()}
 
 
-def _model_card(name: str, meta: dict[str, Any], metrics: dict[str, Any] | None,
-                command: str | None) -> str:
-    budget = dept_budget(meta["prompt_length"], meta["rank"], meta["max_length"], meta["d_model"])
+def _model_card(name: str, config: MethodConfig, meta: dict[str, Any],
+                metrics: dict[str, Any] | None, command: str | None) -> str:
+    budget = get_method(config.method).budget(config, meta["d_model"])
+    shape = ", ".join(f"{k}={v}" for k, v in config.to_dict().items()
+                      if k not in ("method", "task", "extra") and v is not None)
     lines = [
         f"# dept_vl adapter `{name}`",
         "",
-        f"- method: {meta['method']} (prompt length m={meta['prompt_length']}, rank r={meta['rank']}, "
-        f"max length s={meta['max_length']}, alpha={meta['alpha']})",
+        f"- method: {config.method} ({shape})",
         f"- base model: `{meta['base_model']}` (fingerprint `{meta['backbone_fingerprint']}`)",
-        f"- task prefix: `{meta['task_prefix']}`",
-        f"- DePT budget m·d + r·(s+d): {budget:,} parameters; with the visual projection: "
+        f"- task: `{config.task}` (input prefix `{config.prefix}`)",
+        f"- {config.method} budget: {budget:,} parameters; with the visual projection: "
         f"{meta['trainable_parameters']:,}",
         f"- dept_vl version: {meta['dept_vl_version']}",
     ]

@@ -30,9 +30,21 @@ TASKS: dict[str, TaskSpec] = {
 
 
 def get_task(name: str) -> TaskSpec:
-    if name not in TASKS:
+    if not isinstance(name, str) or name not in TASKS:
         raise UnknownTaskError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}")
     return TASKS[name]
+
+
+def task_of_prefix(prefix: str) -> str:
+    """The task whose input prefix is `prefix` ("vqa:" → "vqa"): older adapter files and
+    configs name their task by its prefix."""
+    if not isinstance(prefix, str):
+        raise UnknownTaskError(f"task_prefix must be a string, got {prefix!r}")
+    for name, spec in TASKS.items():
+        if spec.prefix == prefix.strip():
+            return name
+    raise UnknownTaskError(f"unknown task prefix {prefix!r}; known prefixes: "
+                           f"{[spec.prefix for spec in TASKS.values()]}")
 
 
 def task_input(task: str, text: str = "") -> str:

@@ -420,7 +420,7 @@ def initialize_adapters(model: Any, cfg: TrainConfig, tasks: list[TaskData]) -> 
             print(f"[dept_vl] {name}: zero-step loss per source: " + ", ".join(
                 f"{Path(k).name if k != 'scratch' else k}={v:.4f}" for k, v in scores.items()),
                 flush=True)
-        print(f"[dept_vl] {name}: initialised {'/'.join(cfg.init_parts)} from "
+        print(f"[dept_vl] {name}: initialised {'/'.join(report[name]['parts'])} from "
               f"{report[name]['selected']}", flush=True)
     return report
 

@@ -31,12 +31,14 @@ from dept_vl.data.fewshot import sample_kshot
 from dept_vl.data.records import (
     DataError, Record, VQARecord, load_records, skip_summary, validate_images,
 )
-from dept_vl.dept import DePTConfig, dept_budget, dept_param_groups
+from dept_vl.methods import get_method
+from dept_vl.methods.base import MethodConfig
+from dept_vl.methods.base import group as method_group
 from dept_vl.errors import CheckpointError, TrainingError
 from dept_vl.files import (
-    atomic_dir, atomic_write_json, atomic_write_text, read_json_object, read_safetensors, replace_dir,
+    atomic_write_json, atomic_write_text, read_json_object, read_safetensors, replace_dir,
 )
-from dept_vl.model import ADAPTER_CONFIG, ADAPTER_WEIGHTS, VLT5, load_tokenizer
+from dept_vl.model import VLT5, load_tokenizer
 from dept_vl.tasks import get_task
 from dept_vl.tokenization import build_word_tokenizer
 from dept_vl.vision import VisionConfig
@@ -108,7 +110,7 @@ def plan_tasks(cfg: TrainConfig) -> list[TaskData]:
             raise ConfigError(f"train_file{f' of task {name!r}' if cfg.tasks else ''}: no "
                               "training data given")
         adapter = None
-        if cfg.method in ("dept", "pt"):
+        if get_method(cfg.method).kind != "backbone":
             adapter = name if cfg.adapter_per_task else ADAPTER_NAME
         tasks.append(TaskData(name, kind, adapter, spec))
     return tasks
@@ -258,64 +260,49 @@ def build_model(cfg: TrainConfig, tokenizer_records: list[Record]) -> VLT5:
     return model
 
 
-def adapter_config(cfg: TrainConfig, d_model: int, task: str | None = None) -> DePTConfig:
-    """DePT as configured, or (method pt) vanilla prompt tuning with the same budget."""
-    prefix = get_task(task or cfg.task).prefix
-    length, rank = cfg.prompt_length, cfg.rank
-    if cfg.method == "pt":
-        length, rank = cfg.pt_prompt_length, 0
-    if length is None:
-        budget = dept_budget(cfg.prompt_length, cfg.rank, cfg.max_length, d_model)
-        length = round(budget / d_model)
-        if length * d_model != budget:
-            print(f"[dept_vl] note: PT length {length} gives {length * d_model:,} parameters, "
-                  f"DePT({cfg.prompt_length},{cfg.rank}) has {budget:,}", flush=True)
+def adapter_config(cfg: TrainConfig, d_model: int, task: str | None = None) -> MethodConfig:
+    """The config of `cfg.method` (looked up in the registry) as the run's keys describe it."""
+    method = get_method(cfg.method)
     try:
-        return DePTConfig(prompt_length=length, rank=rank, max_length=cfg.max_length,
-                          alpha=cfg.alpha, prompt_init=cfg.prompt_init,
-                          prompt_init_text=cfg.prompt_init_text, task_prefix=prefix)
-    except ValueError as error:  # DePTConfig checks the shape, which the config's keys set
+        return method.config_class.from_train_config(cfg, d_model, task or cfg.task)
+    except ValueError as error:  # the config dataclass checks the shape the run's keys set
         raise ConfigError(f"method {cfg.method}: {error}") from None
 
 
-def setup_method(model: VLT5, cfg: TrainConfig, tasks: Sequence[TaskData]) -> list[dict[str, Any]]:
-    """Make exactly the method's parameters trainable (for dept / pt: one adapter per distinct
-    `task.adapter`); return the optimizer groups."""
-    if cfg.method in ("dept", "pt"):
-        groups: dict[str, dict[str, Any]] = {}
-        kinds: dict[str, str] = {}  # adapter → the task kind of its first task (its prefix)
-        for task in tasks:
-            kinds.setdefault(task.adapter, task.kind)
-        for index, (name, kind) in enumerate(kinds.items()):
-            generator = torch.Generator().manual_seed(cfg.seed + index)
-            adapter = model.add_adapter(name, adapter_config(cfg, model.d_model, kind),
-                                        train_projection=cfg.train_projection, generator=generator)
-            others = []
-            if adapter.projection is not None:
-                others.append({"name": "projection", "params": list(adapter.projection.parameters()),
-                               "lr": cfg.lr_projection, "weight_decay": cfg.weight_decay})
-            for group in dept_param_groups(adapter.prompt, cfg.lr_prompt, cfg.lr_lowrank, others):
-                if group["name"] in groups:
-                    groups[group["name"]]["params"] += group["params"]
-                else:
-                    groups[group["name"]] = group
-        return list(groups.values())
-    if cfg.method == "lora":
-        from peft import LoraConfig, inject_adapter_in_model
+def learning_rates(cfg: TrainConfig) -> dict[str, float]:
+    """Learning rate by role, for `MethodModule.param_groups`: the prompt, the second DePT-style
+    rate (DePT's A·B, ADePT's offset network), and the rate of methods that change weights."""
+    return {"prompt": cfg.lr_prompt, "lowrank": cfg.lr_lowrank, "weights": cfg.lr,
+            "projection": cfg.lr_projection}
 
-        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
-                          lora_dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules)
-        inject_adapter_in_model(lora, model.t5)
-        model.projection.requires_grad_(True)
-        lora_params = [p for n, p in model.t5.named_parameters() if "lora_" in n]
-        return [
-            {"name": "lora", "params": lora_params, "lr": cfg.lr, "weight_decay": 0.0},
-            {"name": "projection", "params": list(model.projection.parameters()),
-             "lr": cfg.lr_projection, "weight_decay": cfg.weight_decay},
-        ]
-    model.unfreeze_backbone()
-    return [{"name": "all", "params": [p for p in model.parameters() if p.requires_grad],
-             "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
+
+def setup_method(model: VLT5, cfg: TrainConfig, tasks: Sequence[TaskData]) -> list[dict[str, Any]]:
+    """Make exactly the method's parameters trainable (one adapter per distinct `task.adapter`;
+    a backbone method unfreezes everything); return the optimizer groups, merged by name
+    across adapters."""
+    if get_method(cfg.method).kind == "backbone":
+        model.unfreeze_backbone()
+        return [{"name": "all", "params": [p for p in model.parameters() if p.requires_grad],
+                 "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
+    groups: dict[str, dict[str, Any]] = {}
+    kinds: dict[str, str] = {}  # adapter → the task kind of its first task
+    for task in tasks:
+        kinds.setdefault(task.adapter, task.kind)
+    lrs = learning_rates(cfg)
+    for index, (name, kind) in enumerate(kinds.items()):
+        generator = torch.Generator().manual_seed(cfg.seed + index)
+        adapter = model.add_adapter(name, adapter_config(cfg, model.d_model, kind),
+                                    train_projection=cfg.train_projection, generator=generator)
+        found = adapter.prompt.param_groups(lrs)
+        if adapter.projection is not None:
+            found += method_group("projection", list(adapter.projection.parameters()),
+                                  cfg.lr_projection, cfg.weight_decay)
+        for group in found:
+            if group["name"] in groups:
+                groups[group["name"]]["params"] += group["params"]
+            else:
+                groups[group["name"]] = group
+    return list(groups.values())
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -332,29 +319,19 @@ def restore_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> Non
 
 def save_result_model(model: VLT5, cfg: TrainConfig, out: Path, metrics: dict[str, Any] | None,
                       command: str) -> Path:
-    """What a run leaves behind: `adapter/` (dept, pt, lora), `adapters/<task>/` (one adapter
-    per task) or `model/` (full). `metrics` are the test metrics, by task when there are tasks
-    (None: saved before the test evaluation, without them). Non-finite weights are refused."""
+    """What a run leaves behind: `adapter/` (any adapter method), `adapters/<task>/` (one
+    adapter per task) or `model/` (a backbone method: full). `metrics` are the test metrics, by
+    task when there are tasks (None: saved before the test evaluation, without them).
+    Non-finite weights are refused."""
     check_finite(model)
     metrics = metrics or {}
     if cfg.adapter_per_task:
         target = out / "adapters"
         for name in model.adapters:
             model.save_adapter(name, target / name, metrics=metrics.get(name), command=command)
-    elif cfg.method in ("dept", "pt"):
+    elif get_method(cfg.method).kind != "backbone":
         target = out / "adapter"
         model.save_adapter(ADAPTER_NAME, target, metrics=metrics, command=command)
-    elif cfg.method == "lora":
-        target = out / "adapter"
-        tensors = {n: p.detach().contiguous() for n, p in model.named_parameters()
-                   if p.requires_grad}
-        meta = {"method": "lora", "lora_rank": cfg.lora_rank, "lora_alpha": cfg.lora_alpha,
-                "target_modules": cfg.lora_target_modules, "base_model": model.base_model,
-                "task_prefix": get_task(cfg.task).prefix,
-                "trainable_parameters": sum(t.numel() for t in tensors.values())}
-        with atomic_dir(target) as tmp:
-            save_file(tensors, tmp / ADAPTER_WEIGHTS)
-            (tmp / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2))
     else:
         target = out / "model"
         model.save_pretrained(target)

@@ -2,15 +2,14 @@
 several sources) the source picked by its zero-step loss on the target's k-shot examples, or a
 loss-weighted average of them.
 
-Parts of an adapter file (`adapter_model.safetensors`):
-    prompt      prompt_embeddings (m, d)
-    lowrank     lowrank_A (s, r), lowrank_B (r, d)
-    projection  visual_projection.*
+The parts of an adapter are its method's (`MethodModule.parts` / `part_of`, e.g. DePT's
+`prompt` = prompt_embeddings (m, d) and `lowrank` = lowrank_A (s, r), lowrank_B (r, d)) plus
+`projection` (visual_projection.*). A part may come from a source of another method that has it
+(the prompt of a PT source starts a DePT target of the same m).
 
-Different max_length s: row i of A belongs to text position i, so a longer source A is truncated
-to the target's s rows and a shorter one is zero-extended (positions past the source's s get no
-offset, as if B were zero there); either way a warning says so. Any other difference in shape
-(d_model, m, r, projection) is refused with an error that names it.
+A method may fit a source's tensors to the target first: DePT truncates or zero-extends A to
+the target's s (row i belongs to text position i), with a warning. Any other difference in shape
+(d_model, m, r, projection) is refused with an error that names the tensor.
 """
 
 from __future__ import annotations
@@ -22,24 +21,13 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from dept_vl.config import INIT_PARTS, ConfigError
-from dept_vl.model import ADAPTER_CONFIG, AdapterMismatchError, DePTAdapter, VLT5
+from dept_vl.config import ConfigError
+from dept_vl.methods import get_method
+from dept_vl.model import ADAPTER_CONFIG, Adapter, AdapterMismatchError, VLT5
 
 logger = logging.getLogger(__name__)
 
-PARTS = INIT_PARTS
 SELECTIONS = ("best", "average")
-
-
-def part_of(key: str) -> str:
-    """Which part a tensor of the adapter file belongs to."""
-    if key == "prompt_embeddings":
-        return "prompt"
-    if key in ("lowrank_A", "lowrank_B"):
-        return "lowrank"
-    if key.startswith("visual_projection."):
-        return "projection"
-    raise AdapterMismatchError(f"tensor {key}: not part of a DePT adapter")
 
 
 def expand_sources(sources: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -61,56 +49,47 @@ def expand_sources(sources: str | Path | Sequence[str | Path]) -> list[Path]:
     return found
 
 
-def fit_max_length(lowrank_a: torch.Tensor, max_length: int, source: str) -> torch.Tensor:
-    """A (s_source, r) → (max_length, r): truncated, or zero-extended, with a warning."""
-    rows = lowrank_a.shape[0]
-    if rows == max_length:
-        return lowrank_a
-    if rows > max_length:
-        logger.warning("%s: source max_length s=%d > target s=%d; lowrank_A truncated to its "
-                       "first %d rows", source, rows, max_length, max_length)
-        return lowrank_a[:max_length].clone()
-    logger.warning("%s: source max_length s=%d < target s=%d; lowrank_A zero-extended (text "
-                   "positions %d..%d start with no offset)", source, rows, max_length, rows,
-                   max_length - 1)
-    extended = lowrank_a.new_zeros(max_length, lowrank_a.shape[1])
-    extended[:rows] = lowrank_a
-    return extended
-
-
-def source_tensors(model: VLT5, target: DePTAdapter, source: str | Path,
-                   parts: Sequence[str], strict: bool = True) -> dict[str, torch.Tensor]:
-    """The `parts` of a saved adapter, shaped for `target`; refuses what cannot fit."""
-    unknown = sorted(set(parts) - set(PARTS))
-    if unknown or not parts:
-        raise ConfigError(f"init_parts: choose from {list(PARTS)}, got {list(parts)}")
-    meta, tensors = model.read_adapter(source, strict)
+def source_tensors(model: VLT5, target: Adapter, source: str | Path,
+                   parts: Sequence[str] | None, strict: bool = True) -> dict[str, torch.Tensor]:
+    """The `parts` (None: every part of the target) of a saved adapter, shaped for `target`;
+    refuses what cannot fit, naming the tensor."""
+    parts = list(target.parts if parts is None else parts)
     where = f"init_from {source}"
-    config = target.config
-    if "prompt" in parts and meta["prompt_length"] != config.prompt_length:
-        raise AdapterMismatchError(
-            f"{where}: prompt length m={meta['prompt_length']} in the source, "
-            f"m={config.prompt_length} in the target; drop 'prompt' from init_parts or match m")
-    if "lowrank" in parts and meta["rank"] != config.rank:
-        raise AdapterMismatchError(
-            f"{where}: rank r={meta['rank']} in the source, r={config.rank} in the target; "
-            "drop 'lowrank' from init_parts or match r")
-    if "projection" in parts:
-        if target.projection is None:
-            raise AdapterMismatchError(f"{where}: the target trains no visual projection "
-                                       "(train_projection: false); drop 'projection'")
-        if not meta.get("train_projection", True):
-            raise AdapterMismatchError(f"{where}: the source has no visual projection")
-    selected = {k: v for k, v in tensors.items() if part_of(k) in parts}
-    if "lowrank_A" in selected:
-        selected["lowrank_A"] = fit_max_length(selected["lowrank_A"], config.max_length, where)
+    if "projection" in parts and target.projection is None:
+        raise AdapterMismatchError(f"{where}: the target trains no visual projection "
+                                   "(train_projection: false); drop 'projection'")
+    missing = sorted(set(parts) - set(target.parts))
+    if missing or not parts:
+        raise ConfigError(f"init_parts: a {target.method} adapter"
+                          f"{'' if target.projection is not None else ' without a projection'} "
+                          f"has parts {list(target.parts)}, got {parts}")
+    meta, tensors = model.read_adapter(source, strict)
+    source_parts = {key: source_part(meta["method"], key) for key in tensors}
+    absent = sorted(set(parts) - set(source_parts.values()))
+    if absent:
+        raise AdapterMismatchError(f"{where}: the source ({meta['method']} adapter) has no "
+                                   f"part {absent}; drop it from init_parts")
+    selected = {k: v for k, v in tensors.items() if source_parts[k] in parts}
+    selected = target.prompt.fit_source(selected, meta, where)
     expected = target.weights()
     for key, value in selected.items():
         if key not in expected or value.shape != expected[key].shape:
             shape = tuple(expected[key].shape) if key in expected else "absent"
-            raise AdapterMismatchError(f"{where}: tensor {key} has shape {tuple(value.shape)}, "
-                                       f"the target's is {shape}")
+            raise AdapterMismatchError(
+                f"{where}: tensor {key} ({target.part_of(key) if key in expected else 'no part'}"
+                f") has shape {tuple(value.shape)} in the source, the target's is {shape}; drop "
+                "its part from init_parts or match the shapes")
     return selected
+
+
+def source_part(method: str, key: str) -> str:
+    """The part a tensor of a `method` adapter file belongs to."""
+    if key.startswith("visual_projection."):
+        return "projection"
+    try:
+        return get_method(method).part_of(key)
+    except KeyError:
+        raise AdapterMismatchError(f"tensor {key}: not part of a {method} adapter") from None
 
 
 def average_tensors(candidates: Sequence[dict[str, torch.Tensor]],
@@ -133,7 +112,7 @@ def initialize(
     model: VLT5,
     adapter_name: str,
     sources: str | Path | Sequence[str | Path],
-    parts: Sequence[str] = PARTS,
+    parts: Sequence[str] | None = None,
     select: str = "best",
     score: Callable[[], float] | None = None,
     temperature: float = 1.0,
@@ -150,7 +129,8 @@ def initialize(
     adapter = model.get_adapter(adapter_name)
     paths = expand_sources(sources)
     candidates = {str(p): source_tensors(model, adapter, p, parts, strict) for p in paths}
-    report: dict[str, Any] = {"sources": list(candidates), "parts": list(parts)}
+    report: dict[str, Any] = {"sources": list(candidates),
+                              "parts": list(adapter.parts if parts is None else parts)}
     if len(candidates) == 1:
         (chosen,) = candidates.values()
         report["selected"] = next(iter(candidates))

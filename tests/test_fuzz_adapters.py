@@ -84,7 +84,7 @@ def both(*damages: Callable[[Path], None]) -> Callable[[Path], None]:
 
 
 # ---------------------------------------------------------------------------- adapter cases
-REQUIRED = ["method", "prompt_length", "rank", "max_length", "alpha", "d_model", "task_prefix",
+REQUIRED = ["method", "prompt_length", "rank", "max_length", "alpha", "d_model", "task",
             "train_projection", "backbone_fingerprint"]
 
 # id: (damage, exact error type, file named, what else the message names)
@@ -103,15 +103,15 @@ ADAPTER_CASES = {
                         "'max_length'"),
     "d-model-zero": (set_key(CONFIG, "d_model", 0), AdapterError, CONFIG, "'d_model'"),
     "d-model-other": (set_key(CONFIG, "d_model", 48), AdapterMismatchError, CONFIG, "d_model=48"),
-    "task-prefix-unknown": (set_key(CONFIG, "task_prefix", "ocr:"), AdapterError, CONFIG,
-                            "'task_prefix'"),
+    "task-unknown": (set_key(CONFIG, "task", "ocr"), AdapterError, CONFIG, "'task'"),
+    "task-list": (set_key(CONFIG, "task", ["vqa"]), AdapterError, CONFIG, "'task'"),
     "train-projection-string": (set_key(CONFIG, "train_projection", "yes"), AdapterError,
                                 CONFIG, "'train_projection'"),
     "extra-list": (set_key(CONFIG, "extra", [1, 2]), AdapterError, CONFIG, "'extra'"),
     "prompt-init-unknown": (set_key(CONFIG, "prompt_init", "zeros"), AdapterError, CONFIG,
                             "'prompt_init'"),
     "method-unknown": (set_key(CONFIG, "method", "prefix"), AdapterError, CONFIG, "'method'"),
-    "method-lora": (set_key(CONFIG, "method", "lora"), AdapterMismatchError, CONFIG, "'lora'"),
+    "method-lora": (set_key(CONFIG, "method", "lora"), AdapterError, CONFIG, "missing key"),
     "method-pt-with-rank": (set_key(CONFIG, "method", "pt"), AdapterError, CONFIG, "'method'"),
     "no-prompt-no-rank": (both(set_key(CONFIG, "prompt_length", 0), set_key(CONFIG, "rank", 0),
                                set_key(CONFIG, "method", "pt")),

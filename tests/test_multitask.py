@@ -48,7 +48,7 @@ def test_multitask_source_training(tmp_path, corpus_dir, backbone, per_task):
         adapters = sorted(p.name for p in (run / "adapters").iterdir())
         assert adapters == ["caption", "color", "exists"]
         meta = json.loads((run / "adapters" / "caption" / "adapter_config.json").read_text())
-        assert meta["task_prefix"] == "caption:"
+        assert meta["task"] == "caption"
     else:
         assert (run / "adapter" / "adapter_model.safetensors").is_file()
         assert not (run / "adapters").exists()
@@ -102,7 +102,7 @@ def test_auto_selection_scores_every_source_on_the_kshot_examples(tmp_path, corp
 
 
 def test_transfer_and_multitask_config_errors(tmp_path, backbone):
-    with pytest.raises(ConfigError, match="init_from: only prompt adapters"):
+    with pytest.raises(ConfigError, match="init_from: only adapters"):
         main(["--config", run_config(tmp_path, backbone, "x", method="full", init_from="a")])
     with pytest.raises(ConfigError, match="adapter_per_task: needs `tasks:`"):
         main(["--config", run_config(tmp_path, backbone, "x", adapter_per_task=True)])

@@ -101,7 +101,7 @@ def test_other_methods_train(tmp_path, corpus_dir, backbone, method):
     meta = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
     if method == "pt":
         # equal budget: DePT(4, 2) at s=24, d=32 = 4*32 + 2*(24+32) = 240 = PT with 7.5 → 8 tokens
-        assert meta["rank"] == 0 and meta["prompt_length"] == 8
+        assert meta["method"] == "pt" and meta["prompt_length"] == 8
     else:
         assert meta["method"] == "lora" and meta["trainable_parameters"] > 0
 
@@ -115,7 +115,7 @@ def test_caption_training_reports_bleu_and_cider(tmp_path, corpus_dir, backbone)
     results = json.loads((tmp_path / "run" / "eval_results.json").read_text())
     assert {"bleu4", "cider", "num_images"} <= set(results)
     meta = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
-    assert meta["task_prefix"] == "caption:"
+    assert meta["task"] == "caption"
 
 
 def test_bad_rows_and_images_stop_the_run_before_training(tmp_path, corpus_dir, backbone):

@@ -1,0 +1,139 @@
+"""LoRA (Hu et al., 2022) through peft: low-rank updates injected into T5's linear layers.
+
+LoRA changes T5's weights, not its input, so examples of a LoRA adapter cannot share a forward
+with another adapter's: the host switches the adapter on around T5 (`switch`) and runs its
+examples in their own batches. Several LoRA adapters live side by side in the same layers under
+their adapter names (peft's multi-adapter layers)."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator
+
+import torch
+
+from dept_vl.methods.base import MethodConfig, MethodModule, check_int, check_number, group
+
+if TYPE_CHECKING:
+    from dept_vl.config import TrainConfig
+    from dept_vl.model import VLT5
+
+T5_PREFIX = "t5."
+
+
+@dataclass(kw_only=True)
+class LoraMethodConfig(MethodConfig):
+    method = "lora"
+    lora_rank: int = 8
+    lora_alpha: float = 16
+    lora_dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q", "v"])
+
+    def validate(self) -> None:
+        check_int(self, "lora_rank", 1)
+        check_number(self, "lora_alpha")
+        check_number(self, "lora_dropout", positive=False, high=1)
+        if (not isinstance(self.target_modules, list) or not self.target_modules
+                or not all(isinstance(m, str) and m for m in self.target_modules)):
+            raise ValueError(f"LoraMethodConfig: key 'target_modules' must be a non-empty list "
+                             f"of module names, got {self.target_modules!r}")
+
+    @classmethod
+    def from_train_config(cls, cfg: "TrainConfig", d_model: int, task: str
+                          ) -> "LoraMethodConfig":
+        return cls(lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+                   lora_dropout=cfg.lora_dropout, target_modules=list(cfg.lora_target_modules),
+                   max_length=cfg.max_length, task=task)
+
+
+def _tuner_layers(t5: torch.nn.Module) -> Iterator[tuple[str, Any]]:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, module in t5.named_modules():
+        if isinstance(module, BaseTunerLayer):
+            yield name, module
+
+
+@contextlib.contextmanager
+def _kept_requires_grad(t5: torch.nn.Module) -> Iterator[None]:
+    """peft's set_adapter / enable_adapters also flip requires_grad; what trains is ours to say."""
+    flags = [(p, p.requires_grad) for p in t5.parameters()]
+    try:
+        yield
+    finally:
+        for param, flag in flags:
+            param.requires_grad_(flag)
+
+
+class LoraModule(MethodModule):
+    """Handles on one LoRA adapter's weights inside T5 (they live in peft's layers, named
+    `<layer>.lora_A.<adapter>.weight`; the file stores them as `t5.<layer>.lora_A.weight`)."""
+
+    config_class = LoraMethodConfig
+    kind = "weights"
+    parts = ("lora",)
+
+    def __init__(self, config: LoraMethodConfig, d_model: int, name: str = "default"):
+        super().__init__(config, d_model)
+        self.adapter_name = name
+        self._refs: dict[str, torch.Tensor] = {}  # not registered: T5 owns these parameters
+
+    @classmethod
+    def build(cls, config: LoraMethodConfig, host: "VLT5", generator: torch.Generator | None,
+              name: str = "default") -> "LoraModule":
+        from peft import LoraConfig, inject_adapter_in_model
+
+        module = cls(config, host.d_model, name)
+        lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
+                          lora_dropout=config.lora_dropout,
+                          target_modules=list(config.target_modules))
+        with _kept_requires_grad(host.t5):
+            inject_adapter_in_model(lora, host.t5, adapter_name=name)
+        marker = f".{name}."
+        for key, param in host.t5.named_parameters():
+            if "lora_" in key and marker in key:
+                param.requires_grad_(True)
+                module._refs[T5_PREFIX + key.replace(marker, ".")] = param
+        if not module._refs:
+            raise ValueError(f"LoRA target_modules {config.target_modules} match no layer of T5")
+        return module
+
+    @classmethod
+    def budget(cls, config: LoraMethodConfig, d_model: int) -> int:
+        return -1  # depends on the layers matched; the host counts them
+
+    def num_parameters(self) -> int:
+        return sum(t.numel() for t in self._refs.values())
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self._refs.items()}
+
+    def weight_refs(self) -> dict[str, torch.Tensor]:
+        return dict(self._refs)
+
+    def param_groups(self, lrs: dict[str, float]) -> list[dict[str, Any]]:
+        return group("lora", list(self._refs.values()), lrs["weights"])
+
+    @classmethod
+    def part_of(cls, key: str) -> str:
+        if key.startswith(T5_PREFIX) and "lora_" in key:
+            return "lora"
+        raise KeyError(key)
+
+    @classmethod
+    def switch(cls, host: "VLT5", name: str | None) -> None:
+        """Only LoRA adapter `name` (None: none) acts in T5's layers."""
+        with _kept_requires_grad(host.t5):
+            for _, layer in _tuner_layers(host.t5):
+                if name is not None and name in layer.lora_A:
+                    layer.set_adapter(name)
+                    layer._disable_adapters = False
+                else:
+                    layer.enable_adapters(False)
+
+    def detach_from(self, host: "VLT5") -> None:
+        """Remove this adapter's LoRA weights from T5's layers."""
+        for _, layer in _tuner_layers(host.t5):
+            if self.adapter_name in layer.lora_A:
+                layer.delete_adapter(self.adapter_name)
