@@ -4,11 +4,16 @@ __version__ = "0.1.0"
 
 from dept_vl.dept import DePTConfig, DePTPrompt, dept_budget, dept_split, dept_splits  # noqa: E402
 from dept_vl.errors import UserError  # noqa: E402
-from dept_vl.model import VLT5, AdapterError, AdapterMismatchError, AdapterNotFoundError  # noqa: E402
+from dept_vl.methods import get_method, register  # noqa: E402
+from dept_vl.methods.lora import LoraMethodConfig  # noqa: E402
+from dept_vl.methods.pt import PTConfig  # noqa: E402
+from dept_vl.model import (VLT5, Adapter, AdapterError, AdapterMismatchError,  # noqa: E402
+                           AdapterNotFoundError)
 from dept_vl.vision import VisionConfig  # noqa: E402
 
 __all__ = [
-    "VLT5", "DePTConfig", "DePTPrompt", "VisionConfig", "UserError", "AdapterError",
+    "VLT5", "Adapter", "DePTConfig", "DePTPrompt", "PTConfig", "LoraMethodConfig",
+    "get_method", "register", "VisionConfig", "UserError", "AdapterError",
     "AdapterMismatchError", "AdapterNotFoundError",
     "dept_budget", "dept_split", "dept_splits", "__version__",
 ]
