@@ -202,7 +202,7 @@ def _data_file(entry: Any, where: Where) -> Any:
 
 
 def _data_files(entry: Any, where: Where) -> Any:
-    """A data-file entry (training.load_split): a path, a mapping, or a list of those."""
+    """A data-file entry (taskdata.load_split): a path, a mapping, or a list of those."""
     if isinstance(entry, list):
         return [_data_file(item, where.item(i)) for i, item in enumerate(entry)]
     return _data_file(entry, where)

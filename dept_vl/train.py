@@ -37,11 +37,15 @@ from dept_vl.evaluate import evaluate_many, mean_loss
 from dept_vl.files import atomic_write_json
 from dept_vl.model import BACKBONE_MANIFEST
 from dept_vl.tasks import get_task
-from dept_vl.training import (
-    CSVTracker, Progress, TaskData, TaskStream, build_model, ensure_corpus, find_checkpoint,
-    load_progress, load_tasks, plan_tasks, restore_state, save_checkpoint, save_result_model,
-    setup_method, task_schedule, write_skipped,
+from dept_vl.checkpoints import (
+    Progress, find_checkpoint, load_progress, restore_state, save_checkpoint,
 )
+from dept_vl.results import save_result_model
+from dept_vl.taskdata import (
+    TaskData, TaskStream, ensure_corpus, load_tasks, plan_tasks, task_schedule, write_skipped,
+)
+from dept_vl.tracking import CSVTracker
+from dept_vl.training import build_model, setup_method
 from dept_vl.transfer import initialize
 from dept_vl.vision import FeatureCache
 

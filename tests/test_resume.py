@@ -128,7 +128,6 @@ def test_resume_of_a_kshot_transfer_run_is_exact(tmp_path, corpus_dir, backbone,
 KILLER = textwrap.dedent("""
     import os, signal, sys
     import dept_vl.train as train
-    from dept_vl import training
 
     kill_at = int(os.environ["KILL_AT"])
     original = train.save_checkpoint
