@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from dept_vl.dept import DePTConfig, DePTPrompt, dept_budget, dept_split, dept_splits  # noqa: E402
+from dept_vl.methods.adept import ADePTConfig, adept_budget, adept_split, adept_splits  # noqa: E402
 from dept_vl.errors import UserError  # noqa: E402
 from dept_vl.methods import get_method, register  # noqa: E402
 from dept_vl.methods.lora import LoraMethodConfig  # noqa: E402
@@ -15,5 +16,6 @@ __all__ = [
     "VLT5", "Adapter", "DePTConfig", "DePTPrompt", "PTConfig", "LoraMethodConfig",
     "get_method", "register", "VisionConfig", "UserError", "AdapterError",
     "AdapterMismatchError", "AdapterNotFoundError",
-    "dept_budget", "dept_split", "dept_splits", "__version__",
+    "dept_budget", "dept_split", "dept_splits", "ADePTConfig", "adept_budget", "adept_split",
+    "adept_splits", "__version__",
 ]

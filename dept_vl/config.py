@@ -416,6 +416,8 @@ class TrainConfig:
     prompt_init: str = "vocab"
     prompt_init_text: str | None = None
     pt_prompt_length: int | None = None  # pt: None = the DePT budget m·d + r·(s+d) divided by d
+    adept_rank: int | None = None  # adept: None = the r closest to the DePT budget (same m)
+    adept_dropout: float = 0.0  # adept: dropout on the offset network's hidden layer
     train_projection: bool = True
     # lora (peft)
     lora_rank: int = 8
@@ -523,6 +525,8 @@ RULES: dict[str, Rule] = {
     "alpha": POSITIVE,
     "prompt_init": _prompt_init,
     "pt_prompt_length": AT_LEAST_1,
+    "adept_rank": AT_LEAST_1,
+    "adept_dropout": Bound(0, high=1),
     "lora_rank": AT_LEAST_1,
     "lora_alpha": POSITIVE,
     "lora_dropout": Bound(0, high=1),

@@ -60,9 +60,10 @@ def config_from_dict(values: dict[str, Any]) -> MethodConfig:
 
 
 # the built-in methods: one import (= one registration) per method module
-from dept_vl.methods import dept, full, lora, pt  # noqa: E402
+from dept_vl.methods import adept, dept, full, lora, pt  # noqa: E402
 
 register(pt.PromptTuning)
 register(dept.DePTPrompt)
 register(lora.LoraModule)
 register(full.FullFineTuning)
+register(adept.ADePTPrompt)
