@@ -1,5 +1,6 @@
-"""Evaluation: generate for a split and score it (VQA accuracy per question type; BLEU-4 and
-CIDEr over the whole split, since CIDEr's IDF needs every reference at once).
+"""Evaluation: generate for a split and score it as each record's task says (dept_vl/tasks.py:
+VQA accuracy per question type; BLEU-4 and CIDEr over the whole split, since CIDEr's IDF needs
+every reference at once).
 
 CLI: `python -m dept_vl.evaluate --backbone DIR --adapter DIR --data FILE [--out FILE]
 [--on-bad-data error|skip]`. A bad backbone, adapter or data file (an undecodable image
@@ -19,14 +20,12 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from dept_vl.data.collate import RecordDataset, VLCollator, references
-from dept_vl.data.records import (
-    CaptionRecord, DataError, Record, VQARecord, load_records, skip_summary, validate_images,
-)
+from dept_vl.data.collate import RecordDataset, VLCollator
+from dept_vl.data.records import DataError, Record, load_records, skip_summary, validate_images
 from dept_vl.errors import run_cli
 from dept_vl.files import atomic_write_json
-from dept_vl.metrics import caption_scores, vqa_accuracy, vqa_accuracy_by_type
 from dept_vl.model import VLT5
+from dept_vl.tasks import TASKS, TaskSpec, spec_of
 
 
 def _predict(
@@ -56,20 +55,6 @@ def _visual_inputs(batch: dict[str, Any], device: torch.device) -> dict[str, tor
     return {key: batch[key].to(device)}
 
 
-def _one_per_image(records: Sequence[CaptionRecord]) -> list[CaptionRecord]:
-    """Caption each image once, with every reference caption any row gives it."""
-    merged: dict[Any, CaptionRecord] = {}
-    for record in records:
-        key = record.image if isinstance(record.image, str) else record.id
-        if key in merged:
-            previous = merged[key]
-            merged[key] = CaptionRecord(previous.id, previous.image,
-                                        previous.captions + record.captions, previous.source)
-        else:
-            merged[key] = record
-    return list(merged.values())
-
-
 @torch.no_grad()
 def evaluate(
     model: VLT5,
@@ -85,6 +70,45 @@ def evaluate(
                          feature_cache)[""]
 
 
+def _predict_groups(
+    model: VLT5, groups: dict[str, tuple[Sequence[Record], str | None]],
+    chosen: dict[str, list[Record]], task: str, batch_size: int, max_length: int,
+    feature_cache: Any,
+) -> dict[str, list[str]]:
+    """{group: predictions} for one task's `chosen` records. Where the task shares batches, the
+    groups go through the backbone together, each example with its group's adapter (one that
+    changes T5's weights, beside other adapters, decodes alone); otherwise group by group."""
+    together = list(chosen) if TASKS[task].shared_batches else []
+    if len({groups[name][1] for name in together}) > 1:
+        together = [name for name in together if _can_share(model, groups[name][1])]
+    names = [groups[name][1] for name in together for _ in chosen[name]]
+    mixed = names if len(set(names)) > 1 else (names[0] if names else None)
+    every = [r for name in together for r in chosen[name]]
+    flat = _predict(model, every, mixed, task, batch_size, max_length, feature_cache) \
+        if every else []
+    predicted = {}
+    for name, records in chosen.items():
+        if name in together:
+            predicted[name], flat = flat[:len(records)], flat[len(records):]
+        else:
+            predicted[name] = _predict(model, records, groups[name][1], task, batch_size,
+                                       max_length, feature_cache) if records else []
+    return predicted
+
+
+def _can_share(model: VLT5, adapter: str | None) -> bool:
+    """An adapter that changes T5's weights (LoRA) cannot share a batch (VLT5.engage)."""
+    return adapter is None or model.get_adapter(adapter).prompt.kind != "weights"
+
+
+def _score(spec: TaskSpec, records: list[Record], predictions: list[str],
+           metrics: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """Add one task's metrics and prediction rows to a group's."""
+    if records:
+        metrics.update(spec.metrics(predictions, records))
+        rows += [spec.prediction_row(r, p) for r, p in zip(records, predictions)]
+
+
 @torch.no_grad()
 def evaluate_many(
     model: VLT5,
@@ -95,42 +119,25 @@ def evaluate_many(
     feature_cache: Any = None,
 ) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
     """{name: (metrics, rows)} for several (records, adapter) groups, e.g. the tasks of a
-    multi-task run: the VQA questions of every group go through the backbone together in
-    mixed-adapter batches; captions are decoded per group. `eval_seconds` is the whole call's."""
+    multi-task run. Task by task (dept_vl/tasks.py), the records of every group go through the
+    backbone together in mixed-adapter batches where the task allows it (VQA), else group by
+    group (captions); at most `max_examples` per group and task. `eval_seconds` is the whole
+    call's."""
+    for records, _ in groups.values():  # a record of no known task is an error, not skipped
+        for record in records:
+            spec_of(record)
     was_training = model.training
     model.eval()
     start = time.perf_counter()
-    vqa = {name: [r for r in records if isinstance(r, VQARecord)][:max_examples]
-           for name, (records, _) in groups.items()}
-    all_vqa = [r for name in groups for r in vqa[name]]
-    names = [groups[name][1] for name in groups for _ in vqa[name]]
-    mixed = names if len(set(names)) > 1 else (names[0] if names else None)
-    predicted = _predict(model, all_vqa, mixed, "vqa", batch_size, max_length, feature_cache) \
-        if all_vqa else []
-    results = {}
-    for name, (records, adapter) in groups.items():
-        metrics: dict[str, Any] = {}
-        rows: list[dict[str, Any]] = []
-        if vqa[name]:
-            mine, predicted = predicted[:len(vqa[name])], predicted[len(vqa[name]):]
-            refs = [references(r) for r in vqa[name]]
-            metrics["vqa_accuracy"] = vqa_accuracy(mine, refs)
-            types = [r.question_type or "all" for r in vqa[name]]
-            metrics["vqa_accuracy_by_type"] = vqa_accuracy_by_type(mine, refs, types)
-            metrics["num_questions"] = len(vqa[name])
-            rows += [{"id": r.id, "question": r.question, "prediction": p,
-                      "answers": list(r.answers), "question_type": r.question_type}
-                     for r, p in zip(vqa[name], mine)]
-        captions = _one_per_image([r for r in records if isinstance(r, CaptionRecord)])
-        captions = captions[:max_examples]
-        if captions:
-            decoded = _predict(model, captions, adapter, "caption", batch_size, max_length,
-                               feature_cache)
-            metrics.update(caption_scores(decoded, [references(r) for r in captions]))
-            metrics["num_images"] = len(captions)
-            rows += [{"id": r.id, "prediction": p, "captions": list(r.captions)}
-                     for r, p in zip(captions, decoded)]
-        results[name] = (metrics, rows)
+    results: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {
+        name: ({}, []) for name in groups}
+    for task, spec in TASKS.items():
+        chosen = {name: spec.eval_records([r for r in records if r.task == task])[:max_examples]
+                  for name, (records, _) in groups.items()}
+        predicted = _predict_groups(model, groups, chosen, task, batch_size, max_length,
+                                    feature_cache)
+        for name, (metrics, rows) in results.items():
+            _score(spec, chosen[name], predicted[name], metrics, rows)
     seconds = round(time.perf_counter() - start, 2)
     for metrics, _ in results.values():
         metrics["eval_seconds"] = seconds
@@ -190,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backbone", required=True, help="backbone directory")
     parser.add_argument("--adapter", help="adapter directory (omit: the bare backbone)")
     parser.add_argument("--data", required=True, help="dataset file (JSONL or another format)")
-    parser.add_argument("--task", choices=["vqa", "caption"], help="default: the adapter's task")
+    parser.add_argument("--task", choices=list(TASKS), help="default: the adapter's task")
     parser.add_argument("--format", default="auto")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--out", help="write metrics and predictions to this JSON file")

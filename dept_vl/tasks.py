@@ -1,11 +1,22 @@
-"""What each task means to the model: its input prefix (VL-T5 style), how its output is
-decoded, and which metric ranks checkpoints. A new task is one entry here."""
+"""What each task means to dept_vl, in one `TaskSpec` per task: the records its data loads into,
+the encoder's input text (VL-T5 style prefix), the training targets, the references and metrics
+of evaluation, the rows written per prediction, the decoding, and the metric that ranks
+checkpoints. Callers (the collator, evaluation, generation, the demo) ask a record's or an
+adapter's spec and never test a task's name, so a new task is one entry in `TASKS` (plus a
+record type in dept_vl/data/records.py when no existing one fits its rows).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
+from dept_vl.data.records import CaptionRecord, VQARecord
 from dept_vl.errors import UserError
+from dept_vl.metrics import caption_scores, vqa_accuracy, vqa_accuracy_by_type
 
 
 class UnknownTaskError(UserError, ValueError):
@@ -15,17 +26,121 @@ class UnknownTaskError(UserError, ValueError):
 @dataclass(frozen=True)
 class TaskSpec:
     prefix: str  # prepended to the text input: "vqa: what color ..."
+    label: str  # what the demo calls the task: "question answering"
+    record_type: type  # the records of its data (dept_vl/data/records.py); `task` names the spec
+    # the record's own text after the prefix (the question); None: the prefix alone (captioning)
+    text: Callable[[Any], str] | None
+    targets: Callable[[Any], Sequence[str]]  # acceptable decoder targets of a record
+    # one training target drawn from `targets` with the collator's RNG (evaluation: most common)
+    sample_target: Callable[[Sequence[str], random.Random], str]
+    references: Callable[[Any], Sequence[str]]  # what a prediction is scored against
+    # evaluation: the records to predict, from a group's records of this task (e.g. one per image)
+    eval_records: Callable[[list[Any]], list[Any]]
+    metrics: Callable[[list[str], list[Any]], dict[str, Any]]  # predictions, records → metrics
+    prediction_row: Callable[[Any, str], dict[str, Any]]  # record, prediction → a JSON row
     num_beams: int  # greedy for short answers, beam search for captions (VL-T5)
     max_new_tokens: int
-    metric: str  # key of the metric that selects the best checkpoint
-    uses_text: bool  # False: the text input is the prefix alone (captioning)
+    metric: str  # key of `metrics` that selects the best checkpoint
+    # evaluation: every group's (adapter's) records share mixed-adapter batches; False: each
+    # group decodes alone
+    shared_batches: bool
+
+    @property
+    def uses_text(self) -> bool:
+        """False: the text input is the prefix alone, and a question is ignored."""
+        return self.text is not None
+
+    def input(self, text: str = "") -> str:
+        """The encoder's text for a question, e.g. 'vqa: what color is the circle ?'."""
+        return f"{self.prefix} {text}".strip() if self.uses_text else self.prefix
+
+    def input_text(self, record: Any) -> str:
+        return self.input(self.text(record) if self.text is not None else "")
+
+    def target(self, record: Any, rng: random.Random | None) -> str:
+        """The decoder target: drawn with `rng` (training) or the most common one (rng None)."""
+        targets = self.targets(record)
+        if rng is None:
+            return Counter(targets).most_common(1)[0][0]
+        return self.sample_target(targets, rng)
+
+    def texts(self, record: Any) -> list[str]:
+        """Every text of a record a tokenizer built for the data must cover (each target as
+        often as the record gives it: a word tokenizer numbers words by frequency)."""
+        own = [self.text(record)] if self.text is not None else []
+        targets = list(self.targets(record))
+        return own + targets + [r for r in self.references(record) if r not in targets]
+
+
+# ---------------------------------------------------------------------------- vqa
+def sample_answer(answers: Sequence[str], rng: random.Random) -> str:
+    """One training target, drawn in proportion to its VQA soft score min(1, count/3) (VL-T5)."""
+    counts = Counter(answers)
+    choices = sorted(counts)
+    weights = [min(1.0, counts[a] / 3) for a in choices]
+    return rng.choices(choices, weights=weights)[0]
+
+
+def _answers(record: VQARecord) -> tuple[str, ...]:
+    return record.answers
+
+
+def _vqa_metrics(predictions: list[str], records: list[VQARecord]) -> dict[str, Any]:
+    """VQA accuracy, overall and per question type ("all" for untyped questions)."""
+    answers = [r.answers for r in records]
+    types = [r.question_type or "all" for r in records]
+    return {"vqa_accuracy": vqa_accuracy(predictions, answers),
+            "vqa_accuracy_by_type": vqa_accuracy_by_type(predictions, answers, types),
+            "num_questions": len(records)}
+
+
+def _vqa_row(record: VQARecord, prediction: str) -> dict[str, Any]:
+    return {"id": record.id, "question": record.question, "prediction": prediction,
+            "answers": list(record.answers), "question_type": record.question_type}
+
+
+# ---------------------------------------------------------------------------- caption
+def _captions(record: CaptionRecord) -> tuple[str, ...]:
+    return record.captions
+
+
+def _any_caption(captions: Sequence[str], rng: random.Random) -> str:
+    return rng.choice(list(captions))
+
+
+def one_per_image(records: list[CaptionRecord]) -> list[CaptionRecord]:
+    """Caption each image once, with every reference caption any row gives it."""
+    merged: dict[Any, CaptionRecord] = {}
+    for record in records:
+        key = record.image if isinstance(record.image, str) else record.id
+        if key in merged:
+            merged[key] = replace(merged[key], captions=merged[key].captions + record.captions)
+        else:
+            merged[key] = record
+    return list(merged.values())
+
+
+def _caption_metrics(predictions: list[str], records: list[CaptionRecord]) -> dict[str, Any]:
+    """BLEU-4 and CIDEr over the whole list at once (CIDEr's IDF needs every reference)."""
+    return {**caption_scores(predictions, [r.captions for r in records]),
+            "num_images": len(records)}
+
+
+def _caption_row(record: CaptionRecord, prediction: str) -> dict[str, Any]:
+    return {"id": record.id, "prediction": prediction, "captions": list(record.captions)}
 
 
 TASKS: dict[str, TaskSpec] = {
-    "vqa": TaskSpec(prefix="vqa:", num_beams=1, max_new_tokens=8, metric="vqa_accuracy",
-                    uses_text=True),
-    "caption": TaskSpec(prefix="caption:", num_beams=5, max_new_tokens=40, metric="cider",
-                        uses_text=False),
+    "vqa": TaskSpec(
+        prefix="vqa:", label="question answering", record_type=VQARecord,
+        text=lambda record: record.question, targets=_answers, sample_target=sample_answer,
+        references=_answers, eval_records=list, metrics=_vqa_metrics, prediction_row=_vqa_row,
+        num_beams=1, max_new_tokens=8, metric="vqa_accuracy", shared_batches=True),
+    "caption": TaskSpec(
+        prefix="caption:", label="captioning", record_type=CaptionRecord, text=None,
+        targets=_captions, sample_target=_any_caption, references=_captions,
+        eval_records=one_per_image, metrics=_caption_metrics, prediction_row=_caption_row,
+        num_beams=5, max_new_tokens=40, metric="cider", shared_batches=False),
 }
 
 
@@ -33,6 +148,15 @@ def get_task(name: str) -> TaskSpec:
     if not isinstance(name, str) or name not in TASKS:
         raise UnknownTaskError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}")
     return TASKS[name]
+
+
+def spec_of(record: Any) -> TaskSpec:
+    """The spec of a record's task (`record.task`), which must hold records of its type."""
+    spec = get_task(record.task)
+    if not isinstance(record, spec.record_type):
+        raise UnknownTaskError(f"record {record.id!r}: task {record.task!r} holds "
+                               f"{spec.record_type.__name__} records, not {type(record).__name__}")
+    return spec
 
 
 def task_of_prefix(prefix: str) -> str:
@@ -49,5 +173,12 @@ def task_of_prefix(prefix: str) -> str:
 
 def task_input(task: str, text: str = "") -> str:
     """The encoder's text for one example, e.g. 'vqa: what color is the circle ?'."""
-    spec = get_task(task)
-    return f"{spec.prefix} {text}".strip() if spec.uses_text else spec.prefix
+    return get_task(task).input(text)
+
+
+def corpus_texts(records: Sequence[Any]) -> list[str]:
+    """Every task prefix, then each record's texts: what a tokenizer built here must cover."""
+    texts = [spec.prefix for spec in TASKS.values()]
+    for record in records:
+        texts += spec_of(record).texts(record)
+    return texts

@@ -1,4 +1,5 @@
-"""Records → tensors: task prefix, tokenisation with dynamic padding, image transform, targets.
+"""Records → tensors: input text and targets as each record's task says (dept_vl/tasks.py),
+tokenisation with dynamic padding, image transform.
 
 Knows nothing of models: the tokenizer, the image transform and the image loader are handed in.
 """
@@ -6,15 +7,14 @@ Knows nothing of models: the tokenizer, the image transform and the image loader
 from __future__ import annotations
 
 import random
-from collections import Counter
 from typing import Any, Callable, Sequence
 
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from dept_vl.data.records import Record, VQARecord, load_image
-from dept_vl.tasks import task_input
+from dept_vl.data.records import Record, load_image
+from dept_vl.tasks import spec_of
 
 
 class RecordDataset(Dataset):
@@ -30,26 +30,15 @@ class RecordDataset(Dataset):
         return self.records[index]
 
 
-def sample_answer(answers: Sequence[str], rng: random.Random) -> str:
-    """One training target, drawn in proportion to its VQA soft score min(1, count/3) (VL-T5)."""
-    counts = Counter(answers)
-    choices = sorted(counts)
-    weights = [min(1.0, counts[a] / 3) for a in choices]
-    return rng.choices(choices, weights=weights)[0]
-
-
 def target_text(record: Record, rng: random.Random | None) -> str:
-    """The decoder target: a sampled (training) or the most common (eval) reference."""
-    references = record.answers if isinstance(record, VQARecord) else record.captions
-    if rng is None:
-        return Counter(references).most_common(1)[0][0]
-    if isinstance(record, VQARecord):
-        return sample_answer(references, rng)
-    return rng.choice(list(references))
+    """The decoder target: drawn with `rng` (training) or the most common one (evaluation), as
+    the record's task says (dept_vl/tasks.py)."""
+    return spec_of(record).target(record, rng)
 
 
 def input_text(record: Record) -> str:
-    return task_input(record.task, record.question if isinstance(record, VQARecord) else "")
+    """The encoder's text: the task's prefix, then the record's own text if the task reads it."""
+    return spec_of(record).input_text(record)
 
 
 class VLCollator:
@@ -107,8 +96,3 @@ class VLCollator:
         else:
             batch["pixel_values"] = torch.stack([self.pixels(r) for r in records])
         return batch
-
-
-def references(record: Record) -> tuple[str, ...]:
-    return record.answers if isinstance(record, VQARecord) else record.captions
-

@@ -40,9 +40,9 @@ import os
 import re
 import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar, NoReturn
+from typing import Any, NoReturn
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
@@ -215,7 +215,7 @@ class VQARecord:
     answers: tuple[str, ...]
     question_type: str | None = None
     source: str = ""
-    task: ClassVar[str] = "vqa"
+    task: str = "vqa"  # its TaskSpec (dept_vl/tasks.py); another task may hold VQA records
 
     def __post_init__(self) -> None:
         where = self.source or f"record {self.id!r}"
@@ -238,7 +238,7 @@ class CaptionRecord:
     image: str | Image.Image
     captions: tuple[str, ...]
     source: str = ""
-    task: ClassVar[str] = "caption"
+    task: str = "caption"  # its TaskSpec (dept_vl/tasks.py)
 
     def __post_init__(self) -> None:
         where = self.source or f"record {self.id!r}"
@@ -248,6 +248,18 @@ class CaptionRecord:
 
 
 Record = VQARecord | CaptionRecord
+
+
+def _rows_of(task: str) -> str:
+    """The rows a task's data holds ('vqa' or 'caption'): its record type's (TaskSpec in
+    dept_vl/tasks.py), so a task that reuses a record type loads from the same files."""
+    from dept_vl.tasks import TASKS as SPECS  # tasks.py imports the record types from here
+
+    spec = SPECS.get(task) if isinstance(task, str) else None
+    if spec is None or spec.record_type.task not in TASKS:
+        allowed = ", ".join(repr(t) for t in SPECS)
+        raise DataError(f"unknown task {task!r}; allowed tasks: {allowed}", "bad_option")
+    return spec.record_type.task
 
 
 def _check_task(task: str) -> None:
@@ -974,14 +986,15 @@ def load_records(
 
     `skipped`: None stops at the first bad row; a list drops bad rows into it (module docstring).
     """
-    _check_task(task)
+    rows = _rows_of(task)
     label = os.fspath(path)
     fmt = detect_format(label) if format == "auto" else format
     if fmt not in LOADERS:
         raise DataError(f"{label}: unknown format {fmt!r}; "
                         f"known formats: {['auto', *sorted(LOADERS)]}", "bad_option")
     opts = LoadOptions(image_dir, annotations, split, column_map, check_images, skipped)
-    return LOADERS[fmt](label, task, opts)
+    records = LOADERS[fmt](label, rows, opts)
+    return records if rows == task else [replace(r, task=task) for r in records]
 
 
 # --------------------------------------------------------------------------------------
