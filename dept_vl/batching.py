@@ -1,6 +1,7 @@
 """Dynamic batching for serving: requests that arrive while the model is busy are answered
-together in one mixed-adapter `generate` call (one pass through the frozen backbone for every
-adapter of a task), each with its own adapter, so the answers equal one-by-one runs.
+together in one mixed-adapter `generate` call, each with its own adapter, so the answers equal
+one-by-one runs. `generate` makes the passes through the frozen backbone: one per task for
+every prompt adapter, and one per task for each adapter that changes T5's weights (LoRA).
 
 Gradio's own `batch=True` is not used: it fails every request of a batch when one of them
 raises, while here each request is checked on its own thread first and a failing batch is

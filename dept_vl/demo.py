@@ -1,5 +1,6 @@
-"""Gradio demo: ask questions about an image, or caption it, with any number of DePT adapters
-loaded side by side on one frozen backbone (switching task switches adapter, nothing reloads).
+"""Gradio demo: ask questions about an image, or caption it, with any number of adapters (DePT,
+PT, LoRA, ... any saved dept_vl adapter) loaded side by side on one frozen backbone (switching
+task switches adapter, nothing reloads).
 
     dept-vl-demo                                   # what the quickstart produced
     dept-vl-demo --backbone DIR --adapter vqa=DIR --adapter caption=DIR [--port 7860]
@@ -7,7 +8,8 @@ loaded side by side on one frozen backbone (switching task switches adapter, not
 
 Requests that arrive together are answered together: `MixedBatcher` runs them as one
 mixed-adapter batch (a VQA question and a caption and another adapter's question share the
-backbone pass of their task), with the same answers as one at a time.
+backbone pass of their task; a LoRA adapter's requests, which change T5's own weights, get a
+pass of their own), with the same answers as one at a time.
 
 Safe by default: binds to 127.0.0.1 (or gradio's own GRADIO_SERVER_NAME / GRADIO_SERVER_PORT
 when --host / --port are not given), no share link, analytics off, system fonts only (the page
@@ -172,8 +174,8 @@ class DemoService:
     @property
     def tasks(self) -> list[tuple[str, str]]:
         """(label, adapter name) for the task selector."""
-        return [(f"{name} ({TASK_LABELS.get(self.model.adapter_task(name), '?')})", name)
-                for name in self.model.adapters]
+        return [(f"{name} ({TASK_LABELS.get(self.model.adapter_task(name), '?')}, "
+                 f"{self.model.get_adapter(name).method})", name) for name in self.model.adapters]
 
     def load_image(self, path: str | None) -> Image.Image:
         if not path:
@@ -248,7 +250,7 @@ def build_demo(service: DemoService, examples: list[list[str]] | None = None,
     at once as one batch holds (they wait together in the batcher)."""
     tasks = service.tasks
     with gr.Blocks(title="dept_vl demo", analytics_enabled=False) as demo:
-        gr.Markdown("## dept_vl: DePT adapters on a frozen VL-T5\nUpload an image, pick a task, "
+        gr.Markdown("## dept_vl: adapters on a frozen VL-T5\nUpload an image, pick a task, "
                     "ask a question (captioning ignores it).")
         with gr.Row():
             with gr.Column():

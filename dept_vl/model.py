@@ -398,9 +398,16 @@ class VLT5(nn.Module):
         max_new_tokens: int | None = None,
     ) -> list[str]:
         """Decode answers for an already collated batch (one adapter, or one per example of
-        a single task: the task sets the decoding)."""
+        a single task: the task sets the decoding). Examples that cannot share a forward (a
+        LoRA adapter's, see `_forward_groups`) are decoded in their own sub-batches."""
         adapter = self.active_adapter if adapter == "active" else adapter
         task = task or self._batch_task(adapter)
+        if adapter is not None and not isinstance(adapter, str):
+            groups = self._forward_groups(list(adapter))
+            if len(groups) > 1:
+                return self._generate_groups(groups, input_ids, attention_mask, pixel_values,
+                                             visual_features, list(adapter), task,
+                                             num_beams=num_beams, max_new_tokens=max_new_tokens)
         spec = get_task(task)
         self.engage(adapter)
         inputs, mask = self.build_inputs(input_ids, attention_mask, pixel_values,
@@ -464,6 +471,37 @@ class VLT5(nn.Module):
             batch["input_ids"].to(device), batch["attention_mask"].to(device), pixels,
             adapter=adapter, task=task, **generation,
         )
+
+    def _forward_groups(self, names: Sequence[str | None]) -> list[list[int]]:
+        """Which examples of a batch go through T5 together: every prompt adapter's (and the
+        bare backbone's) in one forward, each weights-kind adapter's (LoRA changes T5's own
+        layers, see `engage`) in a forward of its own. Indices in batch order."""
+        groups: dict[str | None, list[int]] = {}
+        for i, name in enumerate(names):
+            alone = name is not None and self.get_adapter(name).prompt.kind != "prompt"
+            groups.setdefault(name if alone else None, []).append(i)
+        return list(groups.values())
+
+    def _generate_groups(
+        self, groups: list[list[int]], input_ids: torch.Tensor, attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor | None, visual_features: torch.Tensor | None,
+        names: list[str | None], task: str, **generation: Any,
+    ) -> list[str]:
+        """`generate_from_batch` for each group of rows (cut to the group's own longest text,
+        as if it came alone), the answers put back in batch order."""
+        answers = [""] * len(names)
+        for index in groups:
+            rows = torch.tensor(index, device=input_ids.device)
+            width = text_length(attention_mask[rows])
+            part = [names[i] for i in index]
+            decoded = self.generate_from_batch(
+                input_ids[rows, :width], attention_mask[rows, :width],
+                None if pixel_values is None else pixel_values[rows],
+                None if visual_features is None else visual_features[rows],
+                adapter=part[0] if len(set(part)) == 1 else part, task=task, **generation)
+            for i, text in zip(index, decoded):
+                answers[i] = text
+        return answers
 
     def _batch_task(self, adapter: str | None | Sequence[str | None]) -> str:
         """The task of a batch's adapter(s): one, or an error for a batch that mixes tasks."""

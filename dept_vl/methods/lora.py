@@ -8,6 +8,7 @@ their adapter names (peft's multi-adapter layers)."""
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -88,7 +89,9 @@ class LoraModule(MethodModule):
         lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
                           lora_dropout=config.lora_dropout,
                           target_modules=list(config.target_modules))
-        with _kept_requires_grad(host.t5):
+        with _kept_requires_grad(host.t5), warnings.catch_warnings():
+            # several adapters side by side are what we want; peft warns about that
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
             inject_adapter_in_model(lora, host.t5, adapter_name=name)
         marker = f".{name}."
         for key, param in host.t5.named_parameters():
@@ -133,7 +136,19 @@ class LoraModule(MethodModule):
                     layer.enable_adapters(False)
 
     def detach_from(self, host: "VLT5") -> None:
-        """Remove this adapter's LoRA weights from T5's layers."""
-        for _, layer in _tuner_layers(host.t5):
-            if self.adapter_name in layer.lora_A:
-                layer.delete_adapter(self.adapter_name)
+        """Remove this adapter's LoRA weights from T5's layers. A layer left with no LoRA adapter
+        is put back as the plain layer peft wrapped, so T5 is again what it was before `build`,
+        down to its state_dict names (a backbone saved afterwards is a plain T5)."""
+        name = self.adapter_name
+        with _kept_requires_grad(host.t5):
+            for path, layer in list(_tuner_layers(host.t5)):
+                if name not in layer.lora_A:
+                    continue
+                # made inactive first: peft would otherwise activate another adapter (and warn)
+                layer.set_adapter([a for a in layer.active_adapters if a != name])
+                layer.delete_adapter(name)
+                if not layer.lora_A:
+                    parent, _, child = path.rpartition(".")
+                    setattr(host.t5.get_submodule(parent), child, layer.get_base_layer())
+        if next(_tuner_layers(host.t5), None) is None:  # what inject_adapter_in_model left
+            host.t5.__dict__.pop("peft_config", None)
