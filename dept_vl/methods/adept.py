@@ -112,13 +112,15 @@ def adept_split(budget: int, d_model: int, *, prompt_length: int | None = None,
     return best._replace(difference=_difference(best, budget, d_model))
 
 
-def adept_splits(budget: int, d_model: int, tolerance: int = 0) -> list[ADePTSplit]:
-    """Every (m, r) whose count is within `tolerance` of `budget` (0: exactly), rank
-    ascending."""
+def adept_splits(budget: int, d_model: int, tolerance: int | None = None) -> list[ADePTSplit]:
+    """For each rank r, the m whose count is closest to `budget`, rank ascending; with
+    `tolerance`, only those within it. The count is ≡ r (mod d), so an exact split needs
+    r ≡ budget (mod d): at budget 76,800 and d=768 none has r < 768, while m=61, r=19 is 19
+    over."""
     splits = []
     for rank in range(1, max(budget - d_model, 0) // (2 * d_model + 1) + 1):
         split = adept_split(budget, d_model, rank=rank)
-        if abs(split.difference) <= tolerance:
+        if tolerance is None or abs(split.difference) <= tolerance:
             splits.append(split)
     return splits
 
