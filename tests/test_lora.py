@@ -142,6 +142,40 @@ def test_the_demo_serves_a_lora_run_beside_a_prompt_adapter(lora_run, backbone, 
     assert service.batcher.batch_sizes[len(requests)] == 1  # one batch, not one by one
 
 
+def test_a_multitask_lora_run_tests_its_adapters_together_and_starts_a_target(
+        tmp_path, corpus_dir, backbone):
+    """One LoRA adapter per task: the run's test evaluation mixes them (each in its own
+    batches), each saved adapter reproduces its task's predictions, and the adapters start a
+    LoRA target (init_from, part "lora", the best source by zero-step loss)."""
+    from dept_vl.train import main
+
+    tasks = {name: {"task": "vqa", "question_types": [name],
+                    "train_file": split(corpus_dir, "train", "vqa"),
+                    "test_file": split(corpus_dir, "test", "vqa")} for name in ("color", "shape")}
+    common = dict(method="lora", backbone=backbone, lora_rank=2, lr=2e-2, max_length=24,
+                  max_steps=2, batch_size=8, save_steps=100, logging_steps=1, warmup_steps=1,
+                  seed=1)
+    main(["--config", write_config(tmp_path / "src.yaml", tasks=tasks, adapter_per_task=True,
+                                   output_dir=str(tmp_path / "src"), **common)])
+    expected = json.loads((tmp_path / "src" / "test_predictions.json").read_text())
+    model = VLT5.from_pretrained(backbone)
+    records = load_records(f"{corpus_dir}/test_vqa.jsonl", "vqa")
+    for name in tasks:
+        model.load_adapter(tmp_path / "src" / "adapters" / name)
+        mine = [r for r in records if r.question_type == name]
+        _, rows = evaluate(model, mine, name, max_length=24)
+        assert [r["prediction"] for r in rows] == [r["prediction"] for r in expected[name]]
+    main(["--config", write_config(
+        tmp_path / "tgt.yaml", task="vqa", train_file=split(corpus_dir, "train", "vqa"),
+        init_from=str(tmp_path / "src" / "adapters"), init_parts=["lora"],
+        output_dir=str(tmp_path / "tgt"), **common)])
+    report = json.loads((tmp_path / "tgt" / "init.json").read_text())
+    (adapter_report,) = report.values()
+    assert adapter_report["parts"] == ["lora"]
+    assert set(adapter_report["scores"]) == {"scratch", *(str(tmp_path / "src" / "adapters" / n)
+                                                          for n in tasks)}
+
+
 # ---------------------------------------------------------------- serving beside prompt adapters
 @pytest.fixture(scope="module")
 def mixed():
