@@ -432,7 +432,8 @@ class VLT5(nn.Module):
         """Answers (VQA, greedy) or captions (beam search) for PIL images and questions.
 
         `adapter` names one adapter for all, or one per image (a mixed batch): examples of one
-        task go through the backbone together, each with its own adapter.
+        task go through the backbone together, each with its own adapter (a LoRA adapter's
+        examples in a pass of their own: `_forward_groups`).
         """
         adapter = self.active_adapter if adapter == "active" else adapter
         texts = list(texts) if texts is not None else [""] * len(images)
