@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_model
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import tiny_model
 from dept_vl.methods.dept import DePTConfig
 from dept_vl.methods.pt import PTConfig
 from dept_vl.model import ADAPTER_CONFIG, ADAPTER_WEIGHTS
