@@ -216,6 +216,8 @@ class VLT5(nn.Module):
             self.t5.eval()
             self.vision.eval()
             self.projection.eval()
+            for adapter in self.adapters.values():  # a method's own layers inside T5
+                adapter.prompt.host_train(self, mode)
         return self
 
     # ------------------------------------------------------------------ adapters
@@ -629,8 +631,8 @@ class VLT5(nn.Module):
         with atomic_dir(out) as tmp:
             (tmp / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2))
             save_file(weights, tmp / ADAPTER_WEIGHTS, metadata={"format": "pt"})
-            (tmp / "README.md").write_text(_model_card(name, adapter.config, meta, metrics,
-                                                       command))
+            (tmp / "README.md").write_text(_model_card(
+                name, adapter.config, adapter.prompt.reported_budget(), meta, metrics, command))
 
     def _adapter_meta(self, adapter: Adapter, weights: dict[str, torch.Tensor]
                       ) -> dict[str, Any]:
@@ -1004,9 +1006,8 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in state.items()}
 
 
-def _model_card(name: str, config: MethodConfig, meta: dict[str, Any],
+def _model_card(name: str, config: MethodConfig, budget: int, meta: dict[str, Any],
                 metrics: dict[str, Any] | None, command: str | None) -> str:
-    budget = get_method(config.method).budget(config, meta["d_model"])
     shape = ", ".join(f"{k}={v}" for k, v in config.to_dict().items()
                       if k not in ("method", "task", "extra") and v is not None)
     lines = [

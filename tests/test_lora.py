@@ -338,3 +338,30 @@ def test_a_lora_adapter_of_another_backbone_is_refused(tmp_path):
         retrained.load_adapter(tmp_path / "a")
     assert not retrained.adapters and list(retrained.t5.state_dict()) == keys
     assert retrained.load_adapter(tmp_path / "a", strict=False) == "a"  # when asked to
+
+
+def test_lora_dropout_acts_in_training_only_although_the_frozen_t5_stays_in_eval_mode():
+    model = tiny_model("test_vit")
+    adapter = model.add_adapter("l", LoraMethodConfig(lora_rank=2, lora_dropout=0.5, task="vqa"))
+    perturb(adapter)
+    ids, mask = torch.tensor([[5, 6, 7, 1]]), torch.ones(1, 4, dtype=torch.long)
+    features = torch.randn(1, model.projection.num_tokens or 4, model.vision.feature_dim)
+    labels = torch.tensor([[5, 1]])
+
+    def loss() -> float:
+        return float(model(input_ids=ids, attention_mask=mask, visual_features=features,
+                           labels=labels, adapter="l").loss)
+
+    model.train()
+    assert not model.t5.training  # the frozen backbone: its own dropout stays off
+    torch.manual_seed(0)
+    assert len({loss() for _ in range(4)}) > 1  # LoRA's dropout draws a new mask each pass
+    model.eval()
+    assert len({loss() for _ in range(4)}) == 1
+
+
+def test_a_lora_adapters_reported_budget_is_r_times_in_plus_out_of_the_layers_it_wraps():
+    model = tiny_model("test_vit")
+    adapter = model.add_adapter("l", lora(rank=2))
+    counted = sum(t.numel() for t in adapter.prompt.tensors().values())
+    assert adapter.prompt.reported_budget() == counted > 0

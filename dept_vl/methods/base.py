@@ -137,7 +137,17 @@ class MethodModule(nn.Module):
 
     @classmethod
     def budget(cls, config: MethodConfig, d_model: int) -> int:
+        """Trainable parameters `config` gives at width d_model, from the method's formula."""
         raise NotImplementedError
+
+    def reported_budget(self) -> int:
+        """The budget this module reports (model card, benchmarks); a method whose count
+        depends on the host's layers (LoRA) computes it from them."""
+        return type(self).budget(self.config, self.d_model)
+
+    def host_train(self, host: "VLT5", mode: bool) -> None:
+        """The host keeps a frozen backbone in eval mode; a method whose own layers live
+        inside it (LoRA's dropout) puts them back in `mode` here."""
 
     @property
     def text_limit(self) -> int | None:

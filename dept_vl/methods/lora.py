@@ -86,6 +86,7 @@ class LoraModule(MethodModule):
         from peft import LoraConfig, inject_adapter_in_model
 
         module = cls(config, host.d_model, name)
+        module._host_t5 = (host.t5,)  # a tuple: T5 is the host's submodule, not this module's
         lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
                           lora_dropout=config.lora_dropout,
                           target_modules=list(config.target_modules))
@@ -104,7 +105,22 @@ class LoraModule(MethodModule):
 
     @classmethod
     def budget(cls, config: LoraMethodConfig, d_model: int) -> int:
-        return -1  # depends on the layers matched; the host counts them
+        raise ValueError("a LoRA budget depends on the T5 layers its target_modules match; "
+                         "ask a built adapter (reported_budget)")
+
+    def reported_budget(self) -> int:
+        """r·(in + out) for every linear layer the adapter wraps, from the layers' shapes."""
+        total = 0
+        for _, layer in _tuner_layers(self._host_t5[0]):
+            if self.adapter_name in layer.lora_A:
+                base = layer.get_base_layer()
+                total += self.config.lora_rank * (base.in_features + base.out_features)
+        return total
+
+    def host_train(self, host: "VLT5", mode: bool) -> None:
+        for _, layer in _tuner_layers(host.t5):
+            if self.adapter_name in layer.lora_dropout:
+                layer.lora_dropout[self.adapter_name].train(mode)
 
     def num_parameters(self) -> int:
         return sum(t.numel() for t in self._refs.values())
