@@ -16,7 +16,7 @@ from benchmarks.common import T5_SHAPES, interleaved, pin_threads, timed
 from dept_vl import DePTConfig, VLT5
 from dept_vl.data.collate import RecordDataset, VLCollator
 from dept_vl.data.records import VQARecord
-from dept_vl.experiments import markdown_table
+from dept_vl.tables import markdown_table
 from dept_vl.tokenization import build_word_tokenizer
 from dept_vl.vision import FeatureCache
 

@@ -10,7 +10,7 @@ import torch
 from benchmarks.common import interleaved, pin_threads
 from benchmarks.methods import build, inputs
 from dept_vl import DePTConfig, VLT5
-from dept_vl.experiments import markdown_table
+from dept_vl.tables import markdown_table
 
 ADAPTERS = ("a", "b", "c", "d")
 

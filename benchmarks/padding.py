@@ -10,7 +10,7 @@ import torch
 
 from benchmarks.common import bench_device, interleaved, pin_threads
 from benchmarks.methods import VISUAL_TOKENS, build, inference, train_step
-from dept_vl.experiments import markdown_table
+from dept_vl.tables import markdown_table
 
 QUESTION_TOKENS = (6, 20)  # VQAv2 questions: about 6-7 words, 8-20 T5 tokens with the prefix
 

@@ -13,7 +13,7 @@ from PIL import Image
 from benchmarks.common import interleaved, pin_threads
 from benchmarks.mixed import ADAPTERS, with_adapters
 from dept_vl.batching import MixedBatcher
-from dept_vl.experiments import markdown_table
+from dept_vl.tables import markdown_table
 
 WORDS = "a b c d".split()
 

@@ -17,8 +17,6 @@ output folder) and `{corpus}` (the corpus folder).
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import statistics
 import sys
@@ -30,6 +28,7 @@ from dept_vl.config import ConfigError, load_config, read_yaml
 from dept_vl.errors import run_cli
 from dept_vl.files import atomic_write_json, atomic_write_text
 from dept_vl.model import BACKBONE_MANIFEST
+from dept_vl.tables import markdown_table, save_plot, write_csv
 from dept_vl.tasks import get_task
 
 INITS = ("scratch", "transferred", "auto", "average")
@@ -122,15 +121,6 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    keys = list(dict.fromkeys(k for row in rows for k in row))
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=keys, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, text.getvalue())
-
-
 def group_rows(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
     """Rows of one configuration over its seeds → mean ± std of score, params, wall time."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
@@ -147,33 +137,8 @@ def group_rows(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[s
     return out
 
 
-def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]],
-                   formats: dict[str, Callable[[Any], str]] | None = None) -> str:
-    """A markdown table: `columns` are (row key, title); `formats` turn values into text."""
-    formats = formats or {}
-    lines = ["| " + " | ".join(title for _, title in columns) + " |",
-             "|" + "---|" * len(columns)]
-    for row in rows:
-        cells = [formats.get(key, str)(row.get(key, "")) for key, _ in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 _FORMATS: dict[str, Callable[[Any], str]] = {
     "trainable_parameters": lambda v: f"{v:,}", "wall_seconds": lambda v: f"{v:.0f}"}
-
-
-def save_plot(path: Path, draw: Callable[[Any], Any]) -> None:
-    """`draw(pyplot)` returns a figure; saved as a PNG (Agg backend: no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure = draw(plt)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
 
 
 # ---------------------------------------------------------------------------- fewshot

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from dept_vl.tables import markdown_table
 
 
 def _job_results(run: Path) -> list[dict[str, Any]]:
@@ -29,27 +31,26 @@ def _fmt(value: Any) -> str:
 
 def vqa_table(results: list[dict[str, Any]]) -> str:
     types = sorted({t for r in results for t in r.get("vqa_accuracy_by_type", {})})
-    head = ["method", "trainable params", "VQA acc", "reserved types", "pretrained types",
-            *types, "train s"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in results:
-        by_type = r.get("vqa_accuracy_by_type", {})
-        cells = [r["method"], f"{r['trainable_parameters']:,}", _fmt(r.get("vqa_accuracy")),
-                 _fmt(r.get("vqa_accuracy_reserved_types")),
-                 _fmt(r.get("vqa_accuracy_pretrained_types")),
-                 *[_fmt(by_type.get(t)) for t in types], _fmt(r.get("train_seconds"))]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    rows = [{**r, **{f"type:{t}": r.get("vqa_accuracy_by_type", {}).get(t) for t in types}}
+            for r in results]
+    columns = [("method", "method"), ("trainable_parameters", "trainable params"),
+               ("vqa_accuracy", "VQA acc"), ("vqa_accuracy_reserved_types", "reserved types"),
+               ("vqa_accuracy_pretrained_types", "pretrained types"),
+               *[(f"type:{t}", t) for t in types], ("train_seconds", "train s")]
+    return markdown_table(rows, columns, _formats(columns))
 
 
 def caption_table(results: list[dict[str, Any]]) -> str:
-    head = ["method", "trainable params", "BLEU-4", "CIDEr", "train s"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in results:
-        lines.append("| " + " | ".join([r["method"], f"{r['trainable_parameters']:,}",
-                                        _fmt(r.get("bleu4")), _fmt(r.get("cider")),
-                                        _fmt(r.get("train_seconds"))]) + " |")
-    return "\n".join(lines)
+    columns = [("method", "method"), ("trainable_parameters", "trainable params"),
+               ("bleu4", "BLEU-4"), ("cider", "CIDEr"), ("train_seconds", "train s")]
+    return markdown_table(results, columns, _formats(columns))
+
+
+def _formats(columns: list[tuple[str, str]]) -> dict[str, Callable[[Any], str]]:
+    """Parameter counts with thousands separators, every other number to one decimal."""
+    formats = {key: _fmt for key, _ in columns if key != "method"}
+    formats["trainable_parameters"] = lambda v: f"{v:,}"
+    return formats
 
 
 def main(argv: list[str] | None = None) -> None:

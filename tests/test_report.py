@@ -1,0 +1,32 @@
+"""`python -m dept_vl.report`: the README's results tables from runs' eval_results.json."""
+
+import json
+
+from dept_vl.report import main
+
+
+def test_report_prints_a_vqa_and_a_caption_table_from_single_and_multi_job_runs(tmp_path, capsys):
+    single, jobs = tmp_path / "single", tmp_path / "jobs"
+    single.mkdir()
+    (single / "eval_results.json").write_text(json.dumps({
+        "task": "vqa", "method": "dept", "trainable_parameters": 12345, "vqa_accuracy": 55.123,
+        "vqa_accuracy_by_type": {"color": 3, "count": 4.56}, "train_seconds": 12.3,
+        "vqa_accuracy_reserved_types": 1.0}))
+    for job, values in {"a": {"task": "vqa", "method": "pt", "trainable_parameters": 1000,
+                              "vqa_accuracy_by_type": {"shape": 3}},
+                        "b": {"task": "caption", "method": "full", "trainable_parameters": 7,
+                              "bleu4": 0.5, "cider": 3}}.items():
+        (jobs / job).mkdir(parents=True)
+        (jobs / job / "eval_results.json").write_text(json.dumps(values))
+    main([str(single), str(jobs)])
+    assert capsys.readouterr().out == (
+        "VQA (test split, accuracy %)\n\n"
+        "| method | trainable params | VQA acc | reserved types | pretrained types | color | count "
+        "| shape | train s |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
+        "| dept | 12,345 | 55.1 | 1.0 | – | 3.0 | 4.6 | – | 12.3 |\n"
+        "| pt | 1,000 | – | – | – | – | – | 3.0 | – |\n\n"
+        "Captioning (test split)\n\n"
+        "| method | trainable params | BLEU-4 | CIDEr | train s |\n"
+        "|---|---|---|---|---|\n"
+        "| full | 7 | 0.5 | 3.0 | – |\n\n")
