@@ -58,7 +58,6 @@ DEFAULT_PORT = 7860
 MAX_QUESTION_CHARS = 300
 MAX_IMAGE_SIDE = 1024  # larger uploads are downscaled first (the encoder resizes anyway)
 MAX_FILE_SIZE = "10mb"
-TASK_LABELS = {"vqa": "question answering", "caption": "captioning"}
 # system fonts: the default theme would fetch Google Fonts, a request outside this machine
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                           font_mono=["ui-monospace", "monospace"])
@@ -174,7 +173,7 @@ class DemoService:
     @property
     def tasks(self) -> list[tuple[str, str]]:
         """(label, adapter name) for the task selector."""
-        return [(f"{name} ({TASK_LABELS.get(self.model.adapter_task(name), '?')}, "
+        return [(f"{name} ({get_task(self.model.adapter_task(name)).label}, "
                  f"{self.model.get_adapter(name).method})", name) for name in self.model.adapters]
 
     def load_image(self, path: str | None) -> Image.Image:

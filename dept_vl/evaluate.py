@@ -75,30 +75,23 @@ def _predict_groups(
     chosen: dict[str, list[Record]], task: str, batch_size: int, max_length: int,
     feature_cache: Any,
 ) -> dict[str, list[str]]:
-    """{group: predictions} for one task's `chosen` records. Where the task shares batches, the
-    groups go through the backbone together, each example with its group's adapter (one that
-    changes T5's weights, beside other adapters, decodes alone); otherwise group by group."""
-    together = list(chosen) if TASKS[task].shared_batches else []
-    if len({groups[name][1] for name in together}) > 1:
-        together = [name for name in together if _can_share(model, groups[name][1])]
-    names = [groups[name][1] for name in together for _ in chosen[name]]
+    """{group: predictions} for one task's `chosen` records: where the task shares batches, the
+    groups go through the backbone together, each example with its group's adapter (a LoRA
+    adapter's rows in their own sub-batches, see VLT5.generate_from_batch); otherwise group by
+    group."""
+    if not TASKS[task].shared_batches:
+        return {name: _predict(model, records, groups[name][1], task, batch_size, max_length,
+                               feature_cache) if records else []
+                for name, records in chosen.items()}
+    names = [groups[name][1] for name in chosen for _ in chosen[name]]
     mixed = names if len(set(names)) > 1 else (names[0] if names else None)
-    every = [r for name in together for r in chosen[name]]
+    every = [r for records in chosen.values() for r in records]
     flat = _predict(model, every, mixed, task, batch_size, max_length, feature_cache) \
         if every else []
     predicted = {}
     for name, records in chosen.items():
-        if name in together:
-            predicted[name], flat = flat[:len(records)], flat[len(records):]
-        else:
-            predicted[name] = _predict(model, records, groups[name][1], task, batch_size,
-                                       max_length, feature_cache) if records else []
+        predicted[name], flat = flat[:len(records)], flat[len(records):]
     return predicted
-
-
-def _can_share(model: VLT5, adapter: str | None) -> bool:
-    """An adapter that changes T5's weights (LoRA) cannot share a batch (VLT5.engage)."""
-    return adapter is None or model.get_adapter(adapter).prompt.kind != "weights"
 
 
 def _score(spec: TaskSpec, records: list[Record], predictions: list[str],

@@ -14,7 +14,8 @@ from dept_vl.methods import get_method
 from dept_vl.methods.base import MethodConfig
 from dept_vl.methods.base import group as method_group
 from dept_vl.model import VLT5, load_tokenizer
-from dept_vl.taskdata import TaskData, corpus_texts
+from dept_vl.taskdata import TaskData
+from dept_vl.tasks import corpus_texts
 from dept_vl.tokenization import build_word_tokenizer
 from dept_vl.vision import VisionConfig
 
