@@ -48,8 +48,9 @@ def test_step_zero_equals_prompt_tuning_with_the_same_prompt():
                          ("adept", ADePTConfig(prompt_length=4, rank=3, max_length=24))):
         model.add_adapter(name, config, generator=torch.Generator().manual_seed(7))
     ids, mask, pixels = batch_for(model, ["vqa: what color is the circle ?", "vqa: how many ?"])
-    for train in (True, False):  # direct path with gradients, deduplicated without
+    for train, dedup in ((True, False), (False, False), (False, True)):
         model.train(train)
+        model.adapters["adept"].prompt.dedup_at_inference = dedup
         with torch.set_grad_enabled(train):
             pt = model.build_inputs(ids, mask, pixels, adapter="pt")
             adept = model.build_inputs(ids, mask, pixels, adapter="adept")
@@ -61,9 +62,10 @@ def test_step_zero_equals_prompt_tuning_with_the_same_prompt():
                            model.build_inputs(ids, mask, pixels, adapter="pt")[0])
 
 
-@pytest.mark.parametrize("grad", [True, False])
-def test_a_token_gets_the_same_offset_at_any_position(grad):
+@pytest.mark.parametrize("grad, dedup", [(True, False), (False, False), (False, True)])
+def test_a_token_gets_the_same_offset_at_any_position(grad, dedup):
     adept = module().train(grad)
+    adept.dedup_at_inference = dedup
     embeds = torch.randn(2, 9, 16)
     embeds[1, 6] = embeds[0, 0]  # one token at position 0 of row 0 and position 6 of row 1
     with torch.set_grad_enabled(grad):
@@ -74,8 +76,9 @@ def test_a_token_gets_the_same_offset_at_any_position(grad):
 
 def test_deduplicated_inference_equals_the_direct_path_bit_for_bit(monkeypatch):
     adept = module().eval()
+    adept.dedup_at_inference = True
     direct = module().eval()
-    direct.dedup_at_inference = False
+    assert not direct.dedup()  # the default (see the module's docstring)
     rows_seen = []
     run = ADePTPrompt.offset_rows
     monkeypatch.setattr(ADePTPrompt, "offset_rows",
@@ -95,6 +98,7 @@ def test_deduplicated_inference_equals_the_direct_path_bit_for_bit(monkeypatch):
 
 def test_the_network_sees_every_row_while_it_trains(monkeypatch):
     adept = module().train()
+    adept.dedup_at_inference = True
     seen = []
     run = ADePTPrompt.offset_rows
     monkeypatch.setattr(ADePTPrompt, "offset_rows",
@@ -108,6 +112,7 @@ def test_the_network_sees_every_row_while_it_trains(monkeypatch):
 
 def test_dropout_acts_in_training_only():
     adept = module(dropout=0.5)
+    adept.dedup_at_inference = True
     plain = module(dropout=0.0)
     embeds = torch.randn(2, 6, 16)
     adept.train()
