@@ -1,6 +1,12 @@
-"""DePT(60, 30) vs PT(100) vs LoRA (peft) vs the no-prompt frozen backbone vs full fine-tuning:
-train-step time, inference latency and peak memory at T5 small / base / large shapes (random
-init), s = 256 text tokens plus V visual tokens.
+"""DePT(60, 30) vs PT(100) vs ADePT(60, r) vs LoRA (peft) vs the no-prompt frozen backbone vs
+full fine-tuning: train-step time, inference latency and peak memory at T5 small / base / large
+shapes (random init), s = 256 text tokens plus V visual tokens. ADePT's r is the one whose budget
+is closest to DePT(60, 30)'s at each shape (`adept_split`: r = 19 at base, 749 short of 76,800).
+
+ADePT's offset network runs on every row by default; `adept_inference` times that against
+running it once per distinct embedding row (`torch.unique`), on the benchmark's batch (all 256
+tokens distinct: dedup can only cost) and on a padded batch of short questions over a small
+vocabulary (most rows repeat: dedup can pay), for the module alone and for the whole forward.
 
 Times are interleaved in one process per shape; peak memory is measured per method in a fresh
 process (`python -m benchmarks.methods --probe ...`), so no method inherits another's heap:
@@ -20,11 +26,12 @@ from transformers import T5Config
 from benchmarks.common import (
     T5_SHAPES, AllocatorPeak, RSSPeak, bench_device, in_fresh_process, interleaved, pin_threads,
 )
-from dept_vl import DePTConfig, VLT5
+from dept_vl import ADePTConfig, DePTConfig, VLT5, adept_split, dept_budget
+from dept_vl.methods.adept import ADePTPrompt
 from dept_vl.experiments import markdown_table
 from dept_vl.tokenization import build_word_tokenizer
 
-METHODS = ("none", "pt100", "dept60_30", "lora", "full")
+METHODS = ("none", "pt100", "dept60_30", "adept60", "lora", "full")
 VISUAL_TOKENS = 36
 TEXT_TOKENS = 256
 TARGET_TOKENS = 8
@@ -44,6 +51,13 @@ def build(shape: str, method: str, seed: int = 0) -> tuple[VLT5, str | None, lis
         m, r = (100, 0) if method == "pt100" else (60, 30)
         adapter = model.add_adapter("bench", DePTConfig(prompt_length=m, rank=r,
                                                         max_length=TEXT_TOKENS))
+    elif method == "adept60":
+        # DePT(60, 30)'s budget (PT(100)'s at base), with m = 60 (ADePT's count moves in
+        # steps of 2d+1, so it is met only to within d)
+        budget = dept_budget(60, 30, TEXT_TOKENS, model.d_model)
+        rank = adept_split(budget, model.d_model, prompt_length=60).rank
+        adapter = model.add_adapter("bench", ADePTConfig(prompt_length=60, rank=rank,
+                                                         max_length=TEXT_TOKENS))
     elif method == "lora":
         from peft import LoraConfig, inject_adapter_in_model
 
@@ -92,6 +106,55 @@ def inference(model: VLT5, adapter: str | None, batch: dict) -> Callable[[], Non
     return forward
 
 
+QUESTIONS = 32  # ADePT's repeated-rows batch: 32 questions of at most 16 tokens = 512 rows,
+QUESTION_TOKENS = 16  # as many as the benchmark batch's 2 × 256
+QUESTION_VOCABULARY = 40  # about the shapes corpus' question words
+
+
+def question_batch(model: VLT5, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Short questions over a small vocabulary, right-padded to the longest: most rows repeat."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 3 + QUESTION_VOCABULARY, (QUESTIONS, QUESTION_TOKENS),
+                        generator=generator)
+    lengths = torch.randint(6, QUESTION_TOKENS + 1, (QUESTIONS,), generator=generator)
+    mask = (torch.arange(QUESTION_TOKENS) < lengths[:, None]).long()
+    tensors = {"input_ids": ids * mask, "attention_mask": mask,
+               "visual_features": torch.randn(QUESTIONS, VISUAL_TOKENS, model.vision.feature_dim,
+                                              generator=generator),
+               "labels": torch.randint(3, 32000, (QUESTIONS, TARGET_TOKENS), generator=generator)}
+    return {name: tensor.to(bench_device()) for name, tensor in tensors.items()}
+
+
+def adept_inference(shape: str, batch_size: int, warmup: int, repeats: int) -> dict[str, Any]:
+    """ADePT at inference with and without deduplicated rows: the offset update alone and the
+    whole forward, on the benchmark batch (distinct rows) and on `question_batch` (repeats)."""
+    model, name, _ = build(shape, "adept60")
+    module = model.get_adapter(name).prompt
+    batches = {"distinct": inputs(model, batch_size), "repeated": question_batch(model)}
+    cases: dict[str, Callable[[], None]] = {}
+    rows: dict[str, dict[str, int]] = {}
+    for case, batch in batches.items():
+        with torch.inference_mode():
+            embeds = model.t5.get_input_embeddings()(batch["input_ids"])
+        flat = embeds.reshape(-1, embeds.shape[-1])
+        rows[case] = {"rows": flat.shape[0], "distinct": len(torch.unique(flat, dim=0))}
+        for dedup in (True, False):
+            mode = "dedup" if dedup else "direct"
+            cases[f"{case}/update/{mode}"] = _adept_call(module, dedup, module.update, embeds)
+            cases[f"{case}/forward/{mode}"] = _adept_call(
+                module, dedup, inference(model, name, batch))
+    return {"rows": rows, "times": interleaved(cases, warmup, repeats)}
+
+
+def _adept_call(module: ADePTPrompt, dedup: bool, fn: Callable[..., Any], *args: Any
+                ) -> Callable[[], None]:
+    def call() -> None:
+        module.dedup_at_inference = dedup  # an instance attribute: this module only
+        with torch.inference_mode():
+            fn(*args)
+    return call
+
+
 def probe(shape: str, method: str, batch_size: int, mode: str) -> dict[str, Any]:
     """In a fresh process: the peak memory of one forward + backward (train) or forward
     (inference) above the model's weights, i.e. activations and gradients. The optimizer state
@@ -132,6 +195,9 @@ def run(shapes: list[str], batch_size: int, warmup: int, repeats: int,
             "--probe", shape, m, str(batch_size), mode]) for mode in ("train", "inference")}
             for m in methods}
         results["shapes"][shape] = {"train": train, "inference": infer, "memory": memory}
+        if "adept60" in methods:
+            results["shapes"][shape]["adept_inference"] = adept_inference(
+                shape, batch_size, warmup, repeats)
     return results
 
 
@@ -175,14 +241,42 @@ def table(results: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
         ("train", "train step s"), ("train_vs_pt", "÷ PT(100)"), ("train_vs_none", "÷ no prompt"),
         ("infer", "inference ms"), ("infer_vs_pt", "÷ PT(100)"),
         ("mem_train", "train allocated MB"), ("mem_inference", "inference allocated MB"),
-        ("rss_train", "train RSS MB"), ("rss_inference", "inference RSS MB")]), rows
+        ("rss_train", "train RSS MB"), ("rss_inference", "inference RSS MB")]) \
+        + adept_table(results), rows
+
+
+def adept_table(results: dict[str, Any]) -> str:
+    """ADePT inference, offset network once per distinct row (dedup) vs on every row (direct)."""
+    rows = []
+    for shape, data in results["shapes"].items():
+        found = data.get("adept_inference")
+        for case, count in (found or {}).get("rows", {}).items():
+            times = {f"{part}/{mode}": found["times"][f"{case}/{part}/{mode}"]["median"]
+                     for part in ("update", "forward") for mode in ("dedup", "direct")}
+            rows.append({
+                "shape": shape, "case": case, "rows": f"{count['distinct']} of {count['rows']}",
+                **{key: f"{value * 1000:.2f}" for key, value in times.items()},
+                **{f"{part}_ratio": f"{times[f'{part}/dedup'] / times[f'{part}/direct']:.3f}"
+                   for part in ("update", "forward")}})
+    if not rows:
+        return ""
+    return ("\n\nADePT at inference: its offset network run once per distinct embedding row "
+            "(dedup, torch.unique) or on every row (direct, the default); the outputs are "
+            "bit-identical on CPU (tests/test_adept.py). *distinct*: the benchmark batch "
+            f"(every token different); *repeated*: {QUESTIONS} questions of at most "
+            f"{QUESTION_TOKENS} tokens over {QUESTION_VOCABULARY} words, right-padded. "
+            "Medians in ms.\n\n" + markdown_table(rows, [
+                ("shape", "T5 shape"), ("case", "batch"), ("rows", "distinct rows"),
+                ("update/dedup", "update dedup"), ("update/direct", "update direct"),
+                ("update_ratio", "÷ direct"), ("forward/dedup", "forward dedup"),
+                ("forward/direct", "forward direct"), ("forward_ratio", "÷ direct")]))
 
 
 def plot(results: dict[str, Any]) -> Callable[[Any], Any]:
     def draw(plt: Any) -> Any:
         figure, ax = plt.subplots(figsize=(7, 4))
         shapes = list(results["shapes"])
-        for method in ("dept60_30", "lora", "none", "full"):
+        for method in ("dept60_30", "adept60", "lora", "none", "full"):
             ratios = [results["shapes"][s]["train"][method]["median"]
                       / results["shapes"][s]["train"]["pt100"]["median"] for s in shapes
                       if method in results["shapes"][s]["train"]]
