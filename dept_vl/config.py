@@ -327,6 +327,11 @@ def _init_parts(value: list[str], where: Where) -> list[str]:
     return value
 
 
+def _task(value: str, where: Where) -> str:
+    """A task of dept_vl/tasks.py's TASKS, read when checked (a task added at run time counts)."""
+    return Choice(tuple(TASKS))(value, where)
+
+
 def _method(value: str, where: Where) -> str:
     from dept_vl.methods import method_names  # torch: kept out of this module's import
 
@@ -343,7 +348,7 @@ def _prompt_init(value: str, where: Where) -> str:
 DATA_FILE: Spec = {
     "path": (str, _nonempty),
     "format": (str, Choice(("auto", *sorted(LOADERS)))),
-    "task": (str, Choice(tuple(TASKS))),
+    "task": (str, _task),
     "image_dir": (str | None, None),
     "annotations": (str | None, None),
     "split": (str | None, None),
@@ -365,7 +370,7 @@ CORPUS: Spec = {
     "image_size": (int, Bound(2 * GRID)),
 }
 TASK: Spec = {
-    "task": (str, Choice(tuple(TASKS))),
+    "task": (str, _task),
     "train_file": (Any, _data_files),
     "eval_file": (Any, _data_files),
     "test_file": (Any, _data_files),
@@ -495,7 +500,7 @@ class TrainConfig:
 # what each field may hold beyond its type (fields not named here: any value of the type)
 RULES: dict[str, Rule] = {
     "method": _method,
-    "task": Choice(tuple(TASKS)),
+    "task": _task,
     "backbone": _nonempty,
     "model": _model,
     "corpus": _corpus,
