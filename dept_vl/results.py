@@ -1,8 +1,11 @@
-"""What a training run leaves behind: the trained adapter(s) or model, never with non-finite
-weights."""
+"""What a training run leaves behind: the trained adapter(s) or model (never with non-finite
+weights), its tasks' metrics and predictions, and how its logs and files name its tasks
+(`RunLayout`, the one place where a one-task run differs from a multi-task one)."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +13,12 @@ import torch
 
 from dept_vl.config import TrainConfig
 from dept_vl.errors import TrainingError
+from dept_vl.evaluate import evaluate_many
 from dept_vl.methods import get_method
 from dept_vl.model import VLT5
-from dept_vl.taskdata import ADAPTER_NAME
+from dept_vl.taskdata import ADAPTER_NAME, TaskData
+from dept_vl.tasks import get_task
+from dept_vl.vision import FeatureCache
 
 
 def save_result_model(model: VLT5, cfg: TrainConfig, out: Path, metrics: dict[str, Any] | None,
@@ -41,3 +47,87 @@ def check_finite(model: torch.nn.Module) -> None:
     for name, param in model.named_parameters():
         if param.requires_grad and not torch.isfinite(param).all():
             raise TrainingError(f"trained weight {name} holds non-finite values; nothing saved")
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """How a run's logs and files name its tasks. A one-task run keeps the files of a plain run:
+    its metrics stand flat in eval_results.json (`task` is the config's task), its predictions
+    are one list, its logs say `eval/<metric>`, and its best weights are chosen on its task's
+    metric. A multi-task run puts each task's under its name and keeps its last weights (no
+    one metric ranks several tasks)."""
+
+    task: str  # the config's `task`: eval_results.json's `task` for one task
+    names: tuple[str, ...]
+    metric: str | None  # the selection metric; None: several tasks, the last weights kept
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, tasks: list[TaskData]) -> "RunLayout":
+        single = len(tasks) == 1
+        return cls(cfg.task, tuple(t.name for t in tasks),
+                   get_task(tasks[0].kind).metric if single else None)
+
+    @property
+    def single(self) -> bool:
+        return len(self.names) == 1
+
+    def prefix(self, split: str, name: str) -> str:
+        """The logged name of a task's metric: `eval/vqa_accuracy`, or `eval/<task>/...`."""
+        return f"{split}/" if self.single else f"{split}/{name}/"
+
+    def selection(self, evaluated: dict[str, dict[str, Any]]
+                  ) -> tuple[float, dict[str, Any]] | None:
+        """The score that ranks an evaluation for the best weights, with the metrics kept beside
+        them (None: not ranked)."""
+        if self.metric is None or self.names[0] not in evaluated:
+            return None
+        metrics = evaluated[self.names[0]]
+        return metrics.get(self.metric, -math.inf), metrics
+
+    def shape(self, tested: dict[str, dict[str, Any]], rows: dict[str, list[dict[str, Any]]]
+              ) -> tuple[Any, dict[str, Any], Any]:
+        """eval_results.json's `task` and its metric entries, and test_predictions.json."""
+        if self.single:
+            name = self.names[0]
+            return self.task, tested.get(name, {}), rows.get(name, [])
+        return sorted(tested), {"tasks": tested}, rows
+
+
+def evaluate_tasks(model: Any, tasks: list[TaskData], split: str, cfg: TrainConfig,
+                   features: FeatureCache | None = None,
+                   ) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """{task name: metrics} and {task name: prediction rows} on each task's `split` ("eval": at
+    most max_eval_examples) with its own adapter; the VQA tasks of a multi-task run share
+    mixed-adapter batches."""
+    groups = {task.name: (task.eval if split == "eval" else task.test, task.adapter)
+              for task in tasks if (task.eval if split == "eval" else task.test)}
+    limit = cfg.max_eval_examples if split == "eval" else None
+    evaluated = evaluate_many(model, groups, cfg.eval_batch_size, cfg.max_length, limit,
+                              features) if groups else {}
+    metrics = {name: result[0] for name, result in evaluated.items()}
+    rows = {name: result[1] for name, result in evaluated.items()}
+    return metrics, rows
+
+
+def reserved_type_report(metrics: dict[str, Any], rows: list[dict], pretrained: list[str] | None
+                         ) -> dict[str, Any]:
+    """Accuracy on question types the backbone never saw, apart from the types it did see.
+
+    Only questions whose type is known count: a row without a question type (user data) is
+    neither reserved nor pretrained, and with no typed rows there is no report."""
+    if not pretrained or "vqa_accuracy" not in metrics:
+        return {}
+    from dept_vl.metrics import vqa_score
+
+    typed = [r for r in rows if "answers" in r and r.get("question_type")]
+    seen = [r for r in typed if r["question_type"] in pretrained]
+    unseen = [r for r in typed if r["question_type"] not in pretrained]
+    if not typed:
+        return {}
+    report: dict[str, Any] = {"reserved_question_types": sorted(
+        {r["question_type"] for r in unseen})}
+    for key, group in (("vqa_accuracy_reserved_types", unseen),
+                       ("vqa_accuracy_pretrained_types", seen)):
+        if group:
+            report[key] = 100 * sum(vqa_score(r["prediction"], r["answers"]) for r in group) / len(group)
+    return report

@@ -4,8 +4,10 @@
     accelerate launch dept_vl/train.py --config configs/X.yaml --max_steps 500 --method pt
     torchrun --nproc_per_node 2 dept_vl/train.py --config ...       # two CPU processes (gloo)
 
-Read top to bottom: config → data → backbone → trainable parameters → loop (periodic eval, best
-weights kept, checkpoints) → the adapter saved → test evaluation → eval_results.json.
+Read top to bottom, in the shape of accelerate's `*_no_trainer` examples: `run` sets up (config →
+data → backbone → trainable parameters), loops (`TrainLoop`: periodic eval, best weights kept,
+checkpoints) and finishes (the result saved first, then the test and eval_results.json). A single
+task is a one-task multi-task run: `results.RunLayout` is the one place where the two differ.
 """
 
 from __future__ import annotations
@@ -28,22 +30,23 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from dept_vl.checkpoints import (
+    Progress, find_checkpoint, load_progress, restore_state, save_checkpoint,
+)
 from dept_vl.config import ConfigError, TrainConfig, load_config, parse_overrides
 from dept_vl.data.collate import RecordDataset, VLCollator, input_text
 from dept_vl.data.fewshot import class_counts
 from dept_vl.data.records import skip_line
 from dept_vl.errors import BackboneError, CheckpointError, TrainingError, UserError, run_cli
-from dept_vl.evaluate import evaluate_many, mean_loss
+from dept_vl.evaluate import mean_loss
 from dept_vl.files import atomic_write_json
+from dept_vl.methods import get_method
 from dept_vl.model import BACKBONE_MANIFEST
-from dept_vl.tasks import get_task
-from dept_vl.checkpoints import (
-    Progress, find_checkpoint, load_progress, restore_state, save_checkpoint,
-)
-from dept_vl.results import save_result_model
+from dept_vl.results import RunLayout, evaluate_tasks, reserved_type_report, save_result_model
 from dept_vl.taskdata import (
     TaskData, TaskStream, ensure_corpus, load_tasks, plan_tasks, task_schedule, write_skipped,
 )
+from dept_vl.tasks import get_task
 from dept_vl.tracking import CSVTracker
 from dept_vl.training import build_model, setup_method
 from dept_vl.transfer import initialize
@@ -52,28 +55,52 @@ from dept_vl.vision import FeatureCache
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 
 
-def reserved_type_report(metrics: dict[str, Any], rows: list[dict], pretrained: list[str] | None
-                         ) -> dict[str, Any]:
-    """Accuracy on question types the backbone never saw, apart from the types it did see.
-
-    Only questions whose type is known count: a row without a question type (user data) is
-    neither reserved nor pretrained, and with no typed rows there is no report."""
-    if not pretrained or "vqa_accuracy" not in metrics:
+def run(cfg: TrainConfig, command: str) -> dict[str, Any]:
+    """One training job; returns the test metrics written to eval_results.json."""
+    use_cpu_threads(cfg.num_threads)
+    accelerator = make_accelerator(cfg, Path(cfg.output_dir))
+    set_seed(cfg.seed)
+    # ---- data: one task, or several (each batch one task's); validated before anything trains
+    tasks, tokenizer_records, skipped = load_data(cfg, accelerator)
+    # ---- backbone and what trains
+    if cfg.dry_run and backbone_missing(cfg):
+        accelerator.print(f"[dept_vl] dry run: backbone {cfg.backbone} not built yet; nothing "
+                          "more to check")
         return {}
-    from dept_vl.metrics import vqa_score
+    model, groups, trainable_line = setup_model(cfg, accelerator, tasks, tokenizer_records)
+    if cfg.dry_run:
+        accelerator.print("[dept_vl] dry run: config and model built; no data read, no step taken")
+        return {"trainable_parameters": model.trainable_parameters()[0]}
+    # ---- the loop
+    features = build_feature_cache(model, cfg, tasks) if cfg.cache_features else None
+    loop = TrainLoop(cfg, accelerator, model, tasks, groups, features)
+    loop.train()
+    # ---- the trained model first (nothing at test time can lose it), then the test
+    return finish(loop, command, trainable_line, skipped)
 
-    typed = [r for r in rows if "answers" in r and r.get("question_type")]
-    seen = [r for r in typed if r["question_type"] in pretrained]
-    unseen = [r for r in typed if r["question_type"] not in pretrained]
-    if not typed:
-        return {}
-    report: dict[str, Any] = {"reserved_question_types": sorted(
-        {r["question_type"] for r in unseen})}
-    for key, group in (("vqa_accuracy_reserved_types", unseen),
-                       ("vqa_accuracy_pretrained_types", seen)):
-        if group:
-            report[key] = 100 * sum(vqa_score(r["prediction"], r["answers"]) for r in group) / len(group)
-    return report
+
+def backbone_missing(cfg: TrainConfig) -> bool:
+    """The run loads a backbone directory (no `model:` to build one) that is not there."""
+    return cfg.model is None and not (Path(cfg.backbone) / BACKBONE_MANIFEST).is_file()
+
+
+def setup_model(cfg: TrainConfig, accelerator: Accelerator, tasks: list[TaskData],
+                tokenizer_records: list[Any]) -> tuple[Any, list[dict[str, Any]], str]:
+    """The backbone with exactly the method's parameters trainable (started from `init_from`
+    when given), its optimizer groups, and the trainable-parameter summary line."""
+    model = build_model(cfg, tokenizer_records)
+    if cfg.model is not None and cfg.question_types is not None:
+        model.metadata["pretrain_question_types"] = list(cfg.question_types)
+    groups = setup_method(model, cfg, tasks)
+    if cfg.init_from is not None and not cfg.dry_run:
+        init_report = initialize_adapters(model, cfg, tasks)
+        if accelerator.is_main_process:
+            atomic_write_json(Path(cfg.output_dir) / "init.json", init_report)
+    trainable_line = model.print_trainable_parameters() if accelerator.is_main_process else ""
+    for group in groups:
+        accelerator.print(f"  group {group['name']}: {sum(p.numel() for p in group['params']):,} "
+                          f"params, lr {group['lr']}")
+    return model, groups, trainable_line
 
 
 def use_cpu_threads(requested: int | None) -> None:
@@ -120,54 +147,56 @@ def load_data(cfg: TrainConfig, accelerator: Accelerator
     return tasks, tokenizer_records, skipped
 
 
-def run(cfg: TrainConfig, command: str) -> dict[str, Any]:
-    """One training job; returns the test metrics written to eval_results.json."""
-    out = Path(cfg.output_dir)
-    use_cpu_threads(cfg.num_threads)
-    accelerator = make_accelerator(cfg, out)
-    set_seed(cfg.seed)
-    log = accelerator.print
+def shuffling(model: Any, records: list, cfg: TrainConfig) -> dict[str, Any]:
+    """DataLoader options: plain shuffling, or (group_by_length) transformers'
+    LengthGroupedSampler, which shuffles mega-batches of similar text length."""
+    if not cfg.group_by_length:
+        return {"shuffle": True}
+    lengths = [len(ids) for ids in model.tokenizer([input_text(r) for r in records],
+                                                   truncation=True, max_length=cfg.max_length)
+               ["input_ids"]]
+    return {"sampler": LengthGroupedSampler(cfg.batch_size, lengths=lengths)}
 
-    # ---- data: one task, or several (each batch one task's); validated before anything trains
-    tasks, tokenizer_records, skipped = load_data(cfg, accelerator)
 
-    # ---- backbone and what trains
-    if cfg.dry_run and cfg.model is None and not (Path(cfg.backbone) / BACKBONE_MANIFEST).is_file():
-        log(f"[dept_vl] dry run: backbone {cfg.backbone} not built yet; nothing more to check")
-        return {}
-    model = build_model(cfg, tokenizer_records)
-    if cfg.model is not None and cfg.question_types is not None:
-        model.metadata["pretrain_question_types"] = list(cfg.question_types)
-    groups = setup_method(model, cfg, tasks)
-    if cfg.init_from is not None and not cfg.dry_run:
-        init_report = initialize_adapters(model, cfg, tasks)
-        if accelerator.is_main_process:
-            atomic_write_json(out / "init.json", init_report)
-    trainable_line = model.print_trainable_parameters() if accelerator.is_main_process else ""
-    for group in groups:
-        log(f"  group {group['name']}: {sum(p.numel() for p in group['params']):,} params, "
-            f"lr {group['lr']}")
-    if cfg.dry_run:
-        log("[dept_vl] dry run: config and model built; no data read, no step taken")
-        return {"trainable_parameters": model.trainable_parameters()[0]}
+def build_feature_cache(model: Any, cfg: TrainConfig, tasks: list[TaskData]) -> FeatureCache:
+    """The frozen encoder's outputs for every image of the run, computed once (only for images
+    not cached yet, or changed since)."""
+    if model.backbone_trainable:
+        raise ConfigError("cache_features: the image encoder trains in this run (method full), "
+                         "so its outputs change every step and cannot be cached")
+    cache = FeatureCache(cfg.feature_cache_dir, model.vision)
+    images = [r.image for t in tasks for r in (*t.train, *t.eval, *t.test)]
+    if not all(isinstance(image, str) for image in images):
+        raise ConfigError("cache_features: needs image files (records with in-memory images, "
+                         "e.g. from a hub dataset, cannot be keyed)")
+    start = time.perf_counter()
+    built = cache.build(images, cfg.eval_batch_size)
+    print(f"[dept_vl] feature cache {cache.dir}: {built} images encoded "
+          f"({len(set(images)) - built} cached) in {time.perf_counter() - start:.1f} s", flush=True)
+    return cache
 
-    features = build_feature_cache(model, cfg, tasks) if cfg.cache_features else None
-    loop = TrainLoop(cfg, accelerator, model, tasks, groups, features)
-    loop.train()
 
-    # ---- the trained model first (nothing at test time can lose it), then the test
-    results: dict[str, Any] = {}
-    if accelerator.is_main_process:
-        loop.restore_best()
-        saved_to = save_result_model(loop.unwrapped, cfg, out, None, command)
-        log(f"[dept_vl] saved {saved_to}")
-        results = test_and_report(loop, saved_to, command, trainable_line, skipped)
-    # trackers closed by hand: end_training() would also destroy the process group, which
-    # the next job of a multi-job config still needs
-    for tracker in accelerator.trackers:
-        tracker.finish()
-    accelerator.wait_for_everyone()
-    return results
+def initialize_adapters(model: Any, cfg: TrainConfig, tasks: list[TaskData]) -> dict[str, Any]:
+    """Start every adapter of the run from `init_from`; several sources are scored by the
+    zero-step loss on the adapter's own training (k-shot) examples."""
+    report = {}
+    for name in model.adapters:
+        records = [r for t in tasks if t.adapter == name for r in t.train]
+
+        def score(adapter: str = name, examples: list = records) -> float:
+            return mean_loss(model, examples, adapter, cfg.eval_batch_size, cfg.max_length,
+                             cfg.max_target_length)
+
+        report[name] = initialize(model, name, cfg.init_from, cfg.init_parts, cfg.init_select,
+                                  score, cfg.init_temperature)
+        scores = report[name].get("scores")
+        if scores:
+            print(f"[dept_vl] {name}: zero-step loss per source: " + ", ".join(
+                f"{Path(k).name if k != 'scratch' else k}={v:.4f}" for k, v in scores.items()),
+                flush=True)
+        print(f"[dept_vl] {name}: initialised {'/'.join(report[name]['parts'])} from "
+              f"{report[name]['selected']}", flush=True)
+    return report
 
 
 class TrainLoop:
@@ -196,8 +225,7 @@ class TrainLoop:
         self.progress = Progress()
         self.last_checkpoint: Path | None = None
         self.train_seconds = 0.0
-        # the best weights are chosen on one task's metric; a multi-task run keeps its last
-        self.select_on = get_task(tasks[0].kind).metric if len(tasks) == 1 else None
+        self.layout = RunLayout.of(cfg, tasks)
 
     def resume(self, where: str) -> None:
         checkpoint = find_checkpoint(self.out, where)
@@ -303,42 +331,62 @@ class TrainLoop:
     def evaluate(self, bar: Any) -> None:
         step = self.progress.step
         evaluated, _ = evaluate_tasks(self.unwrapped, self.tasks, "eval", self.cfg, self.features)
+        self.log_metrics("eval", evaluated)
         kinds = {task.name: task.kind for task in self.tasks}
         for name, metrics in evaluated.items():
-            prefix = "eval/" if len(self.tasks) == 1 else f"eval/{name}/"
-            self.accelerator.log({prefix + k: v for k, v in metrics.items()}, step=step)
             metric = get_task(kinds[name]).metric
             bar.write(f"step {step}: {name} eval {metric} {metrics.get(metric, math.nan):.2f}")
-        first = self.tasks[0].name
-        if self.select_on and first in evaluated:
-            score = evaluated[first].get(self.select_on, -math.inf)
-            self.progress.improve(score, evaluated[first], self.unwrapped)
+        selected = self.layout.selection(evaluated)
+        if selected is not None:
+            self.progress.improve(*selected, self.unwrapped)
+
+    def log_metrics(self, split: str, by_task: dict[str, dict[str, Any]]) -> None:
+        for name, metrics in by_task.items():
+            prefix = self.layout.prefix(split, name)
+            self.accelerator.log({prefix + k: v for k, v in metrics.items()},
+                                 step=self.progress.step)
 
     def restore_best(self) -> None:
         if self.progress.best_state is not None:
             restore_state(self.unwrapped, self.progress.best_state)
 
 
+def finish(loop: TrainLoop, command: str, trainable_line: str, skipped: dict[str, Any]
+           ) -> dict[str, Any]:
+    """The best weights saved as the run's result, then tested (main process); trackers closed."""
+    results: dict[str, Any] = {}
+    if loop.accelerator.is_main_process:
+        loop.restore_best()
+        saved_to = save_result_model(loop.unwrapped, loop.cfg, loop.out, None, command)
+        loop.accelerator.print(f"[dept_vl] saved {saved_to}")
+        results = test_and_report(loop, saved_to, command, trainable_line, skipped)
+    # trackers closed by hand: end_training() would also destroy the process group, which
+    # the next job of a multi-job config still needs
+    for tracker in loop.accelerator.trackers:
+        tracker.finish()
+    loop.accelerator.wait_for_everyone()
+    return results
+
+
 def test_and_report(loop: TrainLoop, saved_to: Path, command: str, trainable_line: str,
                     skipped: dict[str, Any]) -> dict[str, Any]:
     """Test metrics with the best weights, eval_results.json, test_predictions.json, and the
     model card again, now with its metrics. A failure here keeps the saved model."""
-    cfg, tasks, out = loop.cfg, loop.tasks, loop.out
+    cfg, out, model = loop.cfg, loop.out, loop.unwrapped
     try:
-        tested, rows = evaluate_tasks(loop.unwrapped, tasks, "test", cfg, loop.features)
+        tested, rows = evaluate_tasks(model, loop.tasks, "test", cfg, loop.features)
     except UserError as error:
         raise TrainingError(f"test evaluation failed after training: {error}. The trained "
                             f"model is saved in {saved_to}; evaluate it again with "
                             "`python -m dept_vl.evaluate`") from error
-    pretrained = loop.unwrapped.metadata.get("pretrain_question_types")
+    pretrained = model.metadata.get("pretrain_question_types")
     for name, metrics in tested.items():
         metrics.update(reserved_type_report(metrics, rows[name], pretrained))
-    trainable, total = loop.unwrapped.trainable_parameters()
-    test_metrics = tested.get(tasks[0].name, {}) if len(tasks) == 1 else {"tasks": tested}
+    task, test_metrics, predictions = loop.layout.shape(tested, rows)
+    trainable, total = model.trainable_parameters()
     results = {
-        "task": cfg.task if len(tasks) == 1 else sorted(tested), "method": cfg.method,
-        "backbone": cfg.backbone, "split": "test", **test_metrics,
-        "best_eval": loop.progress.best_metrics, "steps": loop.progress.step,
+        "task": task, "method": cfg.method, "backbone": cfg.backbone, "split": "test",
+        **test_metrics, "best_eval": loop.progress.best_metrics, "steps": loop.progress.step,
         "train_seconds": round(loop.train_seconds, 1), "trainable_parameters": trainable,
         "total_parameters": total, "trainable_summary": trainable_line,
     }
@@ -346,92 +394,22 @@ def test_and_report(loop: TrainLoop, saved_to: Path, command: str, trainable_lin
         results["k_shot"] = cfg.k_shot
     if skipped:
         results["skipped"] = skipped
-    if cfg.method != "full":  # the model card now carries the test metrics
-        save_result_model(loop.unwrapped, cfg, out, tested if cfg.adapter_per_task
-                          else test_metrics, command)
+    if get_method(cfg.method).kind != "backbone":  # the model card now carries the test metrics
+        save_result_model(model, cfg, out, tested if cfg.adapter_per_task else test_metrics,
+                          command)
     results["saved_to"] = str(saved_to)
-    atomic_write_json(out / "test_predictions.json",
-                      rows.get(tasks[0].name, []) if len(tasks) == 1 else rows)
+    atomic_write_json(out / "test_predictions.json", predictions)
     atomic_write_json(out / "eval_results.json", results)
+    loop.log_metrics("test", tested)
     for name, metrics in tested.items():
-        prefix = "test/" if len(tasks) == 1 else f"test/{name}/"
-        loop.accelerator.log({prefix + k: v for k, v in metrics.items()}, step=loop.progress.step)
         loop.accelerator.print(f"[dept_vl] {out / 'eval_results.json'}: {name}: " + ", ".join(
             f"{k}={v:.2f}" for k, v in metrics.items() if isinstance(v, float)))
     return results
 
 
-def evaluate_tasks(model: Any, tasks: list[TaskData], split: str, cfg: TrainConfig,
-                   features: FeatureCache | None = None,
-                   ) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
-    """{task name: metrics} and {task name: prediction rows} on each task's `split` ("eval": at
-    most max_eval_examples) with its own adapter; the VQA tasks of a multi-task run share
-    mixed-adapter batches."""
-    groups = {task.name: (task.eval if split == "eval" else task.test, task.adapter)
-              for task in tasks if (task.eval if split == "eval" else task.test)}
-    limit = cfg.max_eval_examples if split == "eval" else None
-    evaluated = evaluate_many(model, groups, cfg.eval_batch_size, cfg.max_length, limit,
-                              features) if groups else {}
-    metrics = {name: result[0] for name, result in evaluated.items()}
-    rows = {name: result[1] for name, result in evaluated.items()}
-    return metrics, rows
-
-
-def shuffling(model: Any, records: list, cfg: TrainConfig) -> dict[str, Any]:
-    """DataLoader options: plain shuffling, or (group_by_length) transformers'
-    LengthGroupedSampler, which shuffles mega-batches of similar text length."""
-    if not cfg.group_by_length:
-        return {"shuffle": True}
-    lengths = [len(ids) for ids in model.tokenizer([input_text(r) for r in records],
-                                                   truncation=True, max_length=cfg.max_length)
-               ["input_ids"]]
-    return {"sampler": LengthGroupedSampler(cfg.batch_size, lengths=lengths)}
-
-
-def build_feature_cache(model: Any, cfg: TrainConfig, tasks: list[TaskData]) -> FeatureCache:
-    """The frozen encoder's outputs for every image of the run, computed once (only for images
-    not cached yet, or changed since)."""
-    if model.backbone_trainable:
-        raise ConfigError("cache_features: the image encoder trains in this run (method full), "
-                         "so its outputs change every step and cannot be cached")
-    cache = FeatureCache(cfg.feature_cache_dir, model.vision)
-    images = [r.image for t in tasks for r in (*t.train, *t.eval, *t.test)]
-    if not all(isinstance(image, str) for image in images):
-        raise ConfigError("cache_features: needs image files (records with in-memory images, "
-                         "e.g. from a hub dataset, cannot be keyed)")
-    start = time.perf_counter()
-    built = cache.build(images, cfg.eval_batch_size)
-    print(f"[dept_vl] feature cache {cache.dir}: {built} images encoded "
-          f"({len(set(images)) - built} cached) in {time.perf_counter() - start:.1f} s", flush=True)
-    return cache
-
-
-def initialize_adapters(model: Any, cfg: TrainConfig, tasks: list[TaskData]) -> dict[str, Any]:
-    """Start every adapter of the run from `init_from`; several sources are scored by the
-    zero-step loss on the adapter's own training (k-shot) examples."""
-    report = {}
-    for name in model.adapters:
-        records = [r for t in tasks if t.adapter == name for r in t.train]
-
-        def score(adapter: str = name, examples: list = records) -> float:
-            return mean_loss(model, examples, adapter, cfg.eval_batch_size, cfg.max_length,
-                             cfg.max_target_length)
-
-        report[name] = initialize(model, name, cfg.init_from, cfg.init_parts, cfg.init_select,
-                                  score, cfg.init_temperature)
-        scores = report[name].get("scores")
-        if scores:
-            print(f"[dept_vl] {name}: zero-step loss per source: " + ", ".join(
-                f"{Path(k).name if k != 'scratch' else k}={v:.4f}" for k, v in scores.items()),
-                flush=True)
-        print(f"[dept_vl] {name}: initialised {'/'.join(report[name]['parts'])} from "
-              f"{report[name]['selected']}", flush=True)
-    return report
-
-
 def ensure_backbone(cfg: TrainConfig, command: str) -> None:
     """Build the backbone with its bootstrap config when the run needs one that is missing."""
-    if cfg.dry_run or cfg.model is not None or (Path(cfg.backbone) / BACKBONE_MANIFEST).is_file():
+    if cfg.dry_run or not backbone_missing(cfg):
         return
     if not cfg.bootstrap:
         raise BackboneError(

@@ -265,7 +265,7 @@ def test_data_without_question_types_reports_no_reserved_types(tmp_path, corpus_
 
 
 def test_reserved_types_count_only_typed_questions():
-    from dept_vl.train import reserved_type_report
+    from dept_vl.results import reserved_type_report
 
     rows = [{"answers": ["red"], "prediction": "red", "question_type": "color"},
             {"answers": ["2"], "prediction": "3", "question_type": "count"},
