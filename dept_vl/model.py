@@ -7,65 +7,47 @@ serve VQA and captioning side by side.
 
 On disk, adapter and backbone folders are written whole beside their target and
 swapped in, so a crash leaves the old folder or the new one. Reading them checks every file
-against what `save_adapter` / `save_pretrained` write: a damaged, hand-edited or unreachable
-file is an AdapterError / BackboneError naming the file and the key or tensor, never a bare
-library traceback, and a non-finite weight is never written or loaded.
+against what `save_adapter` / `save_pretrained` write (`dept_vl/model_files.py`): a damaged,
+hand-edited or unreachable file is an AdapterError / BackboneError naming the file and the key
+or tensor, never a bare library traceback, and a non-finite weight is never written or loaded.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple, Sequence, TypeVar
+from typing import Any, Sequence
 
 import torch
-from huggingface_hub import constants as hub_constants
 from PIL import Image
-from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import nn
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5Config, T5ForConditionalGeneration
-from transformers.utils import logging as hf_logging
+from transformers import PreTrainedTokenizerBase, T5Config, T5ForConditionalGeneration
 
-from dept_vl.errors import BackboneError, UserError, one_line
-from dept_vl.files import atomic_dir, check_safetensors, read_json_object, read_safetensors
-from dept_vl.methods import UnknownMethodError, get_method
+from dept_vl.errors import BackboneError
+from dept_vl.files import atomic_dir
+from dept_vl.methods import get_method
 from dept_vl.methods.base import MethodConfig, MethodModule
+from dept_vl.model_files import (  # the file names and errors stay importable from here
+    _ADAPTER_KEYS, ADAPTER_CONFIG, ADAPTER_WEIGHTS, BACKBONE_MANIFEST, FORMAT_VERSION,
+    PROJECTION_WEIGHTS, VISION_CONFIG, VISION_WEIGHTS, AdapterError, AdapterMismatchError,
+    AdapterNotFoundError, _check_keys, _check_replaceable, _first_non_finite, _load_encoder,
+    _load_weights, _quiet_progress, _read_manifest, load_t5, load_tokenizer, method_config_of,
+    read_adapter_config, read_adapter_weights,
+)
 from dept_vl.tasks import get_task, task_input
 from dept_vl.vision import ImageEncoder, VisionConfig, VisualProjection
 
 logger = logging.getLogger(__name__)
-
-BACKBONE_MANIFEST = "dept_vl_backbone.json"
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-VISION_CONFIG = "vision/config.json"
-VISION_WEIGHTS = "vision/model.safetensors"
-PROJECTION_WEIGHTS = "projection.safetensors"
-FORMAT_VERSION = 1
 
 
 def _version() -> str:
     from dept_vl import __version__
 
     return __version__
-
-
-class AdapterError(UserError, ValueError):
-    """An adapter folder that cannot be read or written: missing, damaged or wrongly edited."""
-
-
-class AdapterNotFoundError(AdapterError, FileNotFoundError):
-    """A path that holds no adapter (still a FileNotFoundError for callers that catch that)."""
-
-
-class AdapterMismatchError(AdapterError):
-    """An adapter that does not fit this backbone (other d_model, other weights)."""
 
 
 class Adapter(nn.Module):
@@ -707,272 +689,6 @@ class VLT5(nn.Module):
             self.delete_adapter(name)
             raise AdapterMismatchError(f"{path / ADAPTER_WEIGHTS}: {error}") from None
         return name
-
-
-# ---------------------------------------------------------------------------- file checks
-class _Key(NamedTuple):
-    """What one key of a JSON file written by dept_vl may hold."""
-
-    types: tuple[type, ...]
-    required: bool = True
-    check: Callable[[Any], str | None] | None = None  # a complaint about the value, or None
-
-
-_NONE = type(None)
-_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-               dict: "a JSON object", _NONE: "null"}
-
-
-def _at_least(low: int) -> Callable[[Any], str | None]:
-    return lambda value: None if value >= low else f"must be >= {low}"
-
-
-def _square(value: int) -> str | None:
-    return None if value >= 1 and math.isqrt(value) ** 2 == value else "must be a square number"
-
-
-# adapter_config.json as save_adapter writes it: the host's keys here, the method's own keys
-# checked by its config dataclass; unknown keys are left alone (notes, newer fields)
-_ADAPTER_KEYS = {
-    "method": _Key((str,)),
-    "d_model": _Key((int,), check=_at_least(1)),
-    "train_projection": _Key((bool,)),
-    "backbone_fingerprint": _Key((str,)),
-    "base_model": _Key((str,), required=False),
-    "trainable_parameters": _Key((int,), required=False, check=_at_least(0)),
-    "extra": _Key((dict,), required=False),
-    "dept_vl_version": _Key((str,), required=False),
-}
-
-_MANIFEST_KEYS = {
-    "format_version": _Key((int,), required=False, check=lambda v: None if v <= FORMAT_VERSION
-                           else f"is newer than this dept_vl reads ({FORMAT_VERSION})"),
-    "base_model": _Key((str,), required=False),
-    "vision_model": _Key((str,), required=False),
-    "num_visual_tokens": _Key((int, _NONE), required=False, check=_square),
-    "max_text_length": _Key((int,), required=False, check=_at_least(1)),
-    "backbone_fingerprint": _Key((str,), required=False),
-    "metadata": _Key((dict,), required=False),
-    "dept_vl_version": _Key((str,), required=False),
-}
-
-# vision/config.json: exactly VisionConfig's fields, since they are passed to it
-_VISION_KEYS = {
-    "model_name": _Key((str,)),
-    "model_kwargs": _Key((dict,), required=False),
-    "image_size": _Key((int, _NONE), required=False, check=_at_least(1)),
-    "pretrained": _Key((bool,), required=False),
-    "weights_file": _Key((str, _NONE), required=False),
-}
-
-
-def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
-    if isinstance(value, bool):  # JSON true is not an integer here
-        return bool in types
-    return isinstance(value, types)
-
-
-def _check_keys(values: dict[str, Any], keys: dict[str, _Key], file: Path,
-                error: type[UserError], closed: bool = False) -> None:
-    """Every key of `values` against `keys`: presence, JSON type, range; `closed` also refuses
-    keys not listed. The error names the file and the key."""
-    if closed:
-        unknown = sorted(set(values) - set(keys))
-        if unknown:
-            raise error(f"{file}: unknown key {unknown[0]!r} (known keys: {sorted(keys)})")
-    for key, spec in keys.items():
-        if key not in values:
-            if spec.required:
-                raise error(f"{file}: missing key {key!r}")
-            continue
-        value = values[key]
-        if not _type_ok(value, spec.types):
-            expected = " or ".join(_TYPE_NAMES[t] for t in spec.types
-                                   if not (t is int and float in spec.types))
-            raise error(f"{file}: key {key!r} must be {expected}, got {json.dumps(value)}")
-        problem = spec.check(value) if spec.check and value is not None else None
-        if problem:
-            raise error(f"{file}: key {key!r} {problem}, got {json.dumps(value)}")
-
-
-def _first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
-    """The name of the first floating tensor holding a NaN or inf, or None."""
-    for name, tensor in tensors.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            return name
-    return None
-
-
-def _check_replaceable(target: Path, marker: str, error: type[UserError]) -> None:
-    """A save replaces the whole folder, so it only replaces an empty folder or one it wrote
-    before (holding `marker`): a wrong path must never delete a user's other files."""
-    if target.exists() and not target.is_dir():
-        raise error(f"{target}: exists and is not a folder")
-    if target.is_dir() and any(target.iterdir()) and not (target / marker).is_file():
-        raise error(f"{target}: the folder holds other files (no {marker}) and a save "
-                    "replaces the whole folder; choose a new or empty folder")
-
-
-# ---------------------------------------------------------------------------- adapter files
-def read_adapter_config(file: Path) -> dict[str, Any]:
-    """adapter_config.json checked against the host's schema (_ADAPTER_KEYS) and its method's
-    config rules."""
-    meta = read_json_object(file, AdapterError)
-    _check_keys(meta, _ADAPTER_KEYS, file, AdapterError)
-    method_config_of(meta, file)
-    return meta
-
-
-def method_config_of(meta: dict[str, Any], file: Path) -> MethodConfig:
-    """The method config an adapter_config.json describes: its `method` looked up in the
-    registry, the rest checked by that method's config dataclass."""
-    try:
-        try:
-            method = get_method(meta["method"])
-        except UnknownMethodError as error:
-            raise ValueError(f"key 'method': {error}") from None
-        if method.kind == "backbone":
-            raise AdapterError(f"method {meta['method']!r} saves a whole backbone folder "
-                               "(VLT5.from_pretrained), not an adapter")
-        return method.config_class.from_dict(meta)
-    except (UnknownMethodError, ValueError, TypeError) as error:
-        raise AdapterError(f"{file}: {error}") from None
-
-
-def read_adapter_weights(file: Path) -> dict[str, torch.Tensor]:
-    """adapter_model.safetensors: readable, floating point and finite, or an AdapterError."""
-    tensors = read_safetensors(file, AdapterError)
-    for key, tensor in tensors.items():
-        if not tensor.is_floating_point():
-            raise AdapterError(f"{file}: tensor {key} has dtype {tensor.dtype}; adapter weights "
-                               "are floating point")
-    bad = _first_non_finite(tensors)
-    if bad is not None:
-        raise AdapterError(f"{file}: tensor {bad} holds NaN or inf values")
-    return tensors
-
-
-# ---------------------------------------------------------------------------- backbone files
-T5_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-TOKENIZER_CONFIG = "tokenizer_config.json"
-TOKENIZER_VOCABULARY = ("tokenizer.json", "spiece.model")  # fast tokenizer or sentencepiece
-
-# What transformers raises for a T5 or tokenizer folder it cannot use: missing or unparsable
-# files (OSError, ValueError), a config of the wrong shape (TypeError), weights that do not fit
-# the config (RuntimeError), a damaged safetensors file.
-_LIBRARY_LOAD_ERRORS = (OSError, ValueError, TypeError, RuntimeError, SafetensorError)
-_T = TypeVar("_T")
-
-
-@contextlib.contextmanager
-def _quiet_progress() -> Iterator[None]:
-    """No transformers progress bars while a backbone loads or saves: a local folder takes a
-    moment, and an entry point's stderr must stay one line when the load fails."""
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-
-def _not_reachable(source: str) -> str:
-    offline = " (HF_HUB_OFFLINE is set)" if hub_constants.HF_HUB_OFFLINE else ""
-    return (f"T5 {source!r} is neither a local directory nor reachable on the Hugging Face "
-            f"hub{offline}; point `t5:` (model.t5 in the config) at a local directory holding "
-            "the T5 save_pretrained files (config.json, model.safetensors) and its tokenizer "
-            "files")
-
-
-def _load_from(source: str, load: Callable[[str], _T], what: str) -> _T:
-    """`load(source)` for a local directory (checked first by the caller) or a hub name, with
-    a failure as one BackboneError naming the source."""
-    local = Path(source).expanduser().is_dir()
-    try:
-        with _quiet_progress():
-            return load(str(Path(source).expanduser()) if local else source)
-    except OSError as error:
-        if local:
-            raise BackboneError(f"{source}: the {what} cannot be loaded: {one_line(error)}") \
-                from error
-        raise BackboneError(_not_reachable(source)) from error
-    except _LIBRARY_LOAD_ERRORS as error:
-        where = source if local else f"T5 {source!r}"
-        raise BackboneError(f"{where}: the {what} cannot be loaded: {one_line(error)}") \
-            from error
-
-
-def load_t5(source: str) -> T5ForConditionalGeneration:
-    """T5 from a local directory (its config.json and weight files checked first) or a hub
-    name; what cannot be loaded is a BackboneError naming the directory or name and file."""
-    path = Path(source).expanduser()
-    if path.is_dir():
-        read_json_object(path / "config.json", BackboneError)
-        if not any((path / name).is_file() for name in T5_WEIGHTS):
-            raise BackboneError(f"{path / T5_WEIGHTS[0]}: missing (no T5 weights in {path})")
-        for weights in sorted(path.glob("*.safetensors")):
-            check_safetensors(weights, BackboneError)
-    return _load_from(source, T5ForConditionalGeneration.from_pretrained, "T5 model")
-
-
-def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
-    """A tokenizer from a local directory (tokenizer.save_pretrained files) or a hub name."""
-    path = Path(source).expanduser()
-    if path.is_dir():
-        read_json_object(path / TOKENIZER_CONFIG, BackboneError)  # every save_pretrained writes it
-        if not any((path / name).is_file() for name in TOKENIZER_VOCABULARY):
-            raise BackboneError(f"{path / TOKENIZER_VOCABULARY[0]}: missing (no tokenizer "
-                                f"vocabulary in {path})")
-        if (path / "tokenizer.json").is_file():
-            read_json_object(path / "tokenizer.json", BackboneError)
-    return _load_from(source, AutoTokenizer.from_pretrained, "tokenizer")
-
-
-def _read_manifest(path: Path) -> dict[str, Any]:
-    file = path / BACKBONE_MANIFEST
-    if not path.is_dir():
-        raise BackboneError(f"{path}: no such backbone directory")
-    if not file.is_file():
-        raise BackboneError(
-            f"{path} is not a dept_vl backbone directory (no {BACKBONE_MANIFEST}); build one "
-            "with `accelerate launch dept_vl/train.py --config configs/backbone_shapes.yaml` "
-            "or VLT5.save_pretrained")
-    manifest = read_json_object(file, BackboneError)
-    _check_keys(manifest, _MANIFEST_KEYS, file, BackboneError)
-    return manifest
-
-
-def _load_encoder(path: Path) -> ImageEncoder:
-    """The timm encoder of a backbone folder: vision/config.json, then its saved weights (the
-    hub and any weights_file are never consulted)."""
-    file = path / VISION_CONFIG
-    values = read_json_object(file, BackboneError)
-    _check_keys(values, _VISION_KEYS, file, BackboneError, closed=True)
-    try:
-        encoder = ImageEncoder(VisionConfig(**{**values, "pretrained": False,
-                                               "weights_file": None}))
-    except BackboneError as error:  # e.g. a model name this timm does not know
-        raise BackboneError(f"{file}: {error}") from error
-    _load_weights(encoder.model, path / VISION_WEIGHTS)
-    return encoder
-
-
-def _load_weights(module: nn.Module, file: Path) -> None:
-    """A backbone part's safetensors file into `module`: every tensor present, none extra, each
-    of the right shape, or a BackboneError naming the file and tensor."""
-    tensors = read_safetensors(file, BackboneError)
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise BackboneError(f"{file}: missing tensors {missing[:5]}, unexpected "
-                            f"{unexpected[:5]}")
-    for key, value in tensors.items():
-        if value.shape != expected[key].shape:
-            raise BackboneError(f"{file}: tensor {key} has shape {tuple(value.shape)}, "
-                                f"expected {tuple(expected[key].shape)}")
-    module.load_state_dict(tensors)
 
 
 def text_length(attention_mask: torch.Tensor) -> int:
