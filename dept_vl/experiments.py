@@ -24,12 +24,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import yaml
+
 from dept_vl.config import ConfigError, load_config, read_yaml
-from dept_vl.errors import run_cli
+from dept_vl.errors import one_line, run_cli
 from dept_vl.files import atomic_write_json, atomic_write_text
 from dept_vl.model import BACKBONE_MANIFEST
 from dept_vl.tables import markdown_table, save_plot, write_csv
-from dept_vl.tasks import get_task
+from dept_vl.tasks import TASKS, get_task
 
 INITS = ("scratch", "transferred", "auto", "average")
 
@@ -54,8 +56,10 @@ def _expand(value: Any, names: dict[str, str]) -> Any:
     return value
 
 
-def load_experiment(path: str | Path, quick: bool, output_dir: str | None) -> dict[str, Any]:
-    """The experiment YAML, with `quick:` applied when asked, and `{out}` / `{corpus}` filled."""
+def load_experiment(path: str | Path, quick: bool, output_dir: str | None,
+                    sets: list[str] = ()) -> dict[str, Any]:
+    """The experiment YAML, with `quick:` applied when asked, then the `--set KEY=VALUE`
+    changes, and `{out}` / `{corpus}` filled."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"experiment config not found: {file}")
@@ -67,12 +71,36 @@ def load_experiment(path: str | Path, quick: bool, output_dir: str | None) -> di
         spec = merged(spec, quick_spec)
     if output_dir:
         spec["output_dir"] = output_dir
+    for item in sets:
+        set_key(spec, item, file)
     for key in ("output_dir", "corpus", "backbone", "seeds"):
         if key not in spec:
             raise ConfigError(f"{file}: missing key {key!r}")
     names = {"out": spec["output_dir"]}
     names["corpus"] = _expand(spec["corpus"]["dir"], names)
     return {**_expand(spec, names), "source": str(file)}  # named in the cells' config errors
+
+
+def set_key(spec: dict[str, Any], item: str, file: Path) -> None:
+    """`KEY=VALUE` (VALUE read as YAML; KEY a dotted path, e.g. `shots=[16]` or
+    `train.num_threads=1`) into `spec`. The first part must be a key of the file, so a typo is
+    an error; keys inside `train:` etc. are checked with the cell's config."""
+    key, sep, text = item.partition("=")
+    parts = key.split(".")
+    if not sep or not all(parts):
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. shots=[16]")
+    if parts[0] not in spec:
+        raise ConfigError(f"--set {item!r}: {file} has no key {parts[0]!r} (keys: "
+                          f"{sorted(spec)})")
+    node = spec
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {item!r}: {part!r} is not a mapping in {file}")
+    try:
+        node[parts[-1]] = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {item!r}: the value is not YAML: {one_line(error)}") from None
 
 
 # ---------------------------------------------------------------------------- runs
@@ -112,8 +140,11 @@ def base_values(spec: dict[str, Any], backbone: str) -> dict[str, Any]:
 
 
 def score_of(results: dict[str, Any]) -> float:
-    """The run's headline metric: VQA accuracy, or CIDEr for captioning."""
-    return results.get("vqa_accuracy", results.get("cider", float("nan")))
+    """The run's headline metric: its task's selection metric (VQA accuracy, CIDEr, ...)."""
+    task = results.get("task")
+    if not isinstance(task, str) or task not in TASKS:
+        return float("nan")
+    return results.get(get_task(task).metric, float("nan"))
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -375,8 +406,11 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--config", required=True, help="experiment YAML")
     parser.add_argument("--quick", action="store_true", help="the small version (CI)")
     parser.add_argument("--output_dir", help="override the experiment's output_dir")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change one key of the experiment file, e.g. shots=[16] or "
+                             "train.num_threads=1 (repeatable)")
     args = parser.parse_args(argv)
-    spec = load_experiment(args.config, args.quick, args.output_dir)
+    spec = load_experiment(args.config, args.quick, args.output_dir, args.set)
     return run_fewshot(spec) if args.grid == "fewshot" else run_compare(spec)
 
 
