@@ -46,9 +46,11 @@ def test_compare_quick_grid_end_to_end(tmp_path, monkeypatch):
     out = main(["compare", "--config", "configs/compare_shapes.yaml", "--quick",
                 "--output_dir", str(tmp_path / "compare")])
     rows = read_csv(out / "results.csv")
-    assert [r["name"] for r in rows] == ["dept", "dept", "pt", "pt", "lora", "full"]
+    assert [r["name"] for r in rows] == ["dept", "dept", "pt", "pt", "adept", "adept", "lora",
+                                         "full"]
     params = {r["name"]: int(r["trainable_parameters"]) for r in rows}
     assert params["dept"] == params["pt"] < params["full"]
+    assert abs(params["adept"] - params["dept"]) < 32  # within one prompt token (d = 32)
     assert "| dept | dept |" in (out / "results.md").read_text()
     assert (out / "results.png").stat().st_size > 10_000
 
