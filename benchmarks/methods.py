@@ -28,7 +28,7 @@ from benchmarks.common import (
 )
 from dept_vl import ADePTConfig, DePTConfig, VLT5, adept_split, dept_budget
 from dept_vl.methods.adept import ADePTPrompt
-from dept_vl.experiments import markdown_table
+from dept_vl.tables import markdown_table
 from dept_vl.tokenization import build_word_tokenizer
 
 METHODS = ("none", "pt100", "dept60_30", "adept60", "lora", "full")
