@@ -194,14 +194,3 @@ def preserved_rng() -> Iterator[None]:
         yield
     random.setstate(python_state)
     np.random.set_state(numpy_state)
-
-
-def corpus_texts(records: list[Record]) -> list[str]:
-    """Every question, answer and caption: what a tokenizer built here must cover."""
-    texts = [get_task(task).prefix for task in ("vqa", "caption")]
-    for record in records:
-        if isinstance(record, VQARecord):
-            texts += [record.question, *record.answers]
-        else:
-            texts += list(record.captions)
-    return texts
