@@ -63,3 +63,17 @@ def test_experiment_config_errors_and_quick_merge(tmp_path):
         load_experiment(tmp_path / "bad.yaml", False, None)
     assert merged({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"b": 5}}) == {"a": {"b": 5, "c": 2},
                                                                      "d": 3}
+
+
+def test_set_changes_keys_of_the_experiment_file_and_refuses_typos(tmp_path):
+    config = Path(__file__).resolve().parent.parent / "configs" / "fewshot_shapes.yaml"
+    spec = load_experiment(config, False, str(tmp_path / "out"),
+                           ["shots=[16]", "train.num_threads=1", "fewshot.max_steps=7"])
+    assert spec["shots"] == [16] and spec["train"]["num_threads"] == 1
+    assert spec["fewshot"]["max_steps"] == 7 and spec["fewshot"]["batch_size"] == 16
+    with pytest.raises(ConfigError, match=r"--set 'shot=\[16\]'.*has no key 'shot'"):
+        load_experiment(config, False, None, ["shot=[16]"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_experiment(config, False, None, ["shots"])
+    with pytest.raises(ConfigError, match="'seeds' is not a mapping"):
+        load_experiment(config, False, None, ["seeds.x=1"])
