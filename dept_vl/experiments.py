@@ -376,7 +376,55 @@ def compare_report(rows: list[dict[str, Any]], spec: dict[str, Any]) -> str:
                      _FORMATS)
     return ("# Full-data comparison at the reported trainable-parameter counts\n\n"
             f"Test split, all question types; seeds {spec['seeds']} unless a run lists its "
-            "own.\n\n" + body + "\n")
+            "own.\n\n" + body + "\n" + paired_report(rows))
+
+
+# two-sided 95% quantiles of Student's t by degrees of freedom (2 seeds: 1 df, ...)
+T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+        9: 2.262}
+
+
+def paired_differences(rows: list[dict[str, Any]], budget_tolerance: float = 0.01
+                       ) -> list[dict[str, Any]]:
+    """Per pair of runs at one budget (trainable counts within `budget_tolerance`) sharing at
+    least two seeds: score differences seed by seed (same seed, same data order), their mean
+    and a 95% t interval. A win is claimed only where the interval excludes zero."""
+    scores: dict[str, dict[int, float]] = {}
+    params: dict[str, int] = {}
+    for row in rows:
+        scores.setdefault(row["name"], {})[row["seed"]] = row["score"]
+        params[row["name"]] = row["trainable_parameters"]
+    pairs = []
+    names = list(scores)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            seeds = sorted(set(scores[first]) & set(scores[second]))
+            if len(seeds) < 2 or len(seeds) - 1 not in T_95 or \
+                    abs(params[first] - params[second]) > budget_tolerance * params[second]:
+                continue
+            diffs = [scores[first][s] - scores[second][s] for s in seeds]
+            half = T_95[len(seeds) - 1] * statistics.stdev(diffs) / len(seeds) ** 0.5
+            mean = statistics.fmean(diffs)
+            pairs.append({"pair": f"{first} − {second}", "seeds": seeds, "diffs": diffs,
+                          "mean": mean, "low": mean - half, "high": mean + half})
+    return pairs
+
+
+def paired_report(rows: list[dict[str, Any]]) -> str:
+    """The paired differences as a markdown table ("" when no pair qualifies)."""
+    pairs = paired_differences(rows)
+    if not pairs:
+        return ""
+    lines = ["", "Paired differences at one budget (same seed, same data order; 95% t "
+             "interval; a difference is claimed only where the interval excludes zero):", "",
+             "| pair | per seed | mean | 95% interval | verdict |", "|---|---|---|---|---|"]
+    for p in pairs:
+        verdict = ("first ahead" if p["low"] > 0 else "second ahead" if p["high"] < 0
+                   else "no difference measured")
+        per_seed = ", ".join(f"{d:+.2f}" for d in p["diffs"])
+        lines.append(f"| {p['pair']} | {per_seed} | {p['mean']:+.2f} | {p['low']:+.2f} to "
+                     f"{p['high']:+.2f} | {verdict} |")
+    return "\n".join(lines) + "\n"
 
 
 def compare_plot(plt: Any, rows: list[dict[str, Any]]) -> Any:

@@ -77,3 +77,25 @@ def test_set_changes_keys_of_the_experiment_file_and_refuses_typos(tmp_path):
         load_experiment(config, False, None, ["shots"])
     with pytest.raises(ConfigError, match="'seeds' is not a mapping"):
         load_experiment(config, False, None, ["seeds.x=1"])
+
+
+def test_paired_differences_claim_a_difference_only_when_the_interval_excludes_zero():
+    from dept_vl.experiments import paired_differences, paired_report
+
+    def rows(name, scores, params=100):
+        return [{"name": name, "seed": s, "score": v, "trainable_parameters": params}
+                for s, v in enumerate(scores)]
+
+    grid = (rows("a", [86.0, 86.1, 85.9]) + rows("b", [85.0, 85.0, 85.0])
+            + rows("c", [85.0, 87.0, 84.0]) + rows("big", [99.0, 99.0, 99.0], params=200)
+            + rows("once", [90.0]))
+    pairs = {p["pair"]: p for p in paired_differences(grid)}
+    assert set(pairs) == {"a − b", "a − c", "b − c"}  # other budgets and single seeds left out
+    ab = pairs["a − b"]
+    assert ab["diffs"] == pytest.approx([1.0, 1.1, 0.9]) and ab["mean"] == pytest.approx(1.0)
+    # sd 0.1, t(2 df) = 4.303: half-width 4.303 * 0.1 / sqrt(3) = 0.248
+    assert (ab["low"], ab["high"]) == pytest.approx((0.7516, 1.2484), abs=1e-3)
+    report = paired_report(grid)
+    assert "| a − b | +1.00, +1.10, +0.90 | +1.00 | +0.75 to +1.25 | first ahead |" in report
+    assert "| b − c |" in report and "no difference measured" in report
+    assert paired_report(rows("x", [1.0, 2.0]) + rows("y", [1.0])) == ""
