@@ -160,10 +160,6 @@ class ADePTPrompt(SoftPrompt):
         self.reset_offset()
         self.reset_prompt(init_prompt)
 
-    @classmethod
-    def budget(cls, config: ADePTConfig, d_model: int) -> int:
-        return config.num_parameters(d_model)
-
     def offset_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """ReLU(x·W1 + b1)·W2 + b2 for each row x of `rows` (n, d), dropout on the hidden
         layer in training. Rows are padded to a multiple of ROW_BLOCK so a row's result does

@@ -141,10 +141,6 @@ class DePTPrompt(SoftPrompt):
         self.reset_lowrank()
         self.reset_prompt(init_prompt)
 
-    @classmethod
-    def budget(cls, config: DePTConfig, d_model: int) -> int:
-        return config.num_parameters(d_model)
-
     def offsets(self, length: int) -> torch.Tensor:
         """scale·(A·B)[:length], shape (length, d): from the first `length` rows of A while
         training, from a cached full product at inference (no grad), recomputed when A or B

@@ -39,6 +39,10 @@ class PromptConfig(MethodConfig):
             raise ValueError(f"{type(self).__name__}: key 'prompt_init' is 'text', which needs "
                              "prompt_init_text")
 
+    def num_parameters(self, d_model: int) -> int:
+        """Trainable parameters of the method at width d_model (the prompt alone: m·d)."""
+        return self.prompt_length * d_model
+
     @classmethod
     def check_train_config(cls, cfg: "TrainConfig") -> None:
         if cfg.prompt_init == "text" and not cfg.prompt_init_text:
@@ -139,7 +143,7 @@ class SoftPrompt(MethodModule):
 
     @classmethod
     def budget(cls, config: PromptConfig, d_model: int) -> int:
-        return config.prompt_length * d_model
+        return config.num_parameters(d_model)
 
     def reset_prompt(self, init_prompt: torch.Tensor | None = None) -> None:
         if self.prompt_embeddings is None:
