@@ -37,6 +37,7 @@ from dept_vl.tasks import TASKS
 INIT_SELECT = ("best", "average")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 ON_BAD_DATA = ("error", "skip")
+FEATURE_DTYPES = ("float16", "float32")
 JOB_FORBIDDEN = ("output_dir", "jobs")  # a job writes to <output_dir>/<job name>
 # build_model sets these T5Config fields from the tokenizer; given twice, T5Config would fail
 T5_FROM_TOKENIZER = ("vocab_size", "pad_token_id", "eos_token_id", "decoder_start_token_id")
@@ -435,10 +436,15 @@ class TrainConfig:
     save_steps: int = 500
     logging_steps: int = 10
     checkpoints_total_limit: int = 2  # 0: keep every checkpoint
-    cache_images: bool = True  # keep transformed images in memory (small corpora)
+    # keep every transformed image in memory (per DataLoader worker): only for small corpora
+    # (the built-in one's configs turn it on); at 224 px it is ~0.6 MB an image
+    cache_images: bool = False
     group_by_length: bool = False  # batches of similar text length (less padding), still shuffled
     cache_features: bool = False  # frozen encoder outputs computed once, kept on disk
     feature_cache_dir: str = "runs/feature-cache"  # one subfolder per encoder fingerprint
+    feature_cache_dtype: str = "float16"  # how cached features are stored (float32: exact)
+    feature_cache_shard_mb: int = 256  # a shard is written once it holds this much
+    gradient_checkpointing: bool = False  # T5 recomputes activations in backward (less memory)
     num_workers: int = 0
     num_threads: int | None = None  # CPU threads per process; None: the cores split over processes
     resume_from_checkpoint: str | None = None  # a checkpoint dir, or "latest"
@@ -542,6 +548,8 @@ RULES: dict[str, Rule] = {
     "logging_steps": AT_LEAST_1,
     "checkpoints_total_limit": AT_LEAST_0,
     "feature_cache_dir": _nonempty,
+    "feature_cache_dtype": Choice(FEATURE_DTYPES),
+    "feature_cache_shard_mb": AT_LEAST_1,
     "num_workers": AT_LEAST_0,
     "num_threads": AT_LEAST_1,
     "tasks": _tasks,
