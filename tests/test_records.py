@@ -537,15 +537,17 @@ def test_hf_bad_rows_name_the_row(hf, tmp_path: Path) -> None:
         load_hf(path, "caption")
 
 
-def test_hf_corrupt_embedded_image_fails_at_load(hf, tmp_path: Path) -> None:
+def test_hf_corrupt_embedded_image_is_found_by_validation(hf, tmp_path: Path) -> None:
+    """Embedded images stay in the table while loading; validate_images decodes them."""
     path = tmp_path / "bad.parquet"
     images = [{"bytes": Path(make_image(tmp_path / "ok.png")).read_bytes(), "path": None},
               {"bytes": b"garbage bytes", "path": "broken.png"}]
     ds = hf.Dataset.from_dict({"image": images, "caption": ["ok", "bad"]}, features=hf.Features(
         {"image": hf.Image(), "caption": hf.Value("string")}))
     ds.to_parquet(str(path))
+    records = load_hf(path, "caption")
     with pytest.raises(DataError, match=r"\[train\]#1: cannot read image broken\.png"):
-        load_hf(path, "caption")
+        validate_images(records)
 
 
 def test_hf_skip_policy_drops_bad_rows(hf, tmp_path: Path) -> None:
@@ -558,7 +560,7 @@ def test_hf_skip_policy_drops_bad_rows(hf, tmp_path: Path) -> None:
     path = tmp_path / "caps.parquet"
     ds.to_parquet(str(path))
     skipped: list = []
-    records = load_records(path, "caption", skipped=skipped)
+    records = validate_images(load_records(path, "caption", skipped=skipped), skipped=skipped)
     assert [r.captions for r in records] == [("a",), ("d",)]
     label = f"hf:{path}[train]"
     assert [(e["source"], e["reason"]) for e in skipped] == [

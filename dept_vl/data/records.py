@@ -46,6 +46,7 @@ from typing import Any, NoReturn
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from dept_vl.data.table_images import ImageColumn, LazyImage, TableImage
 from dept_vl.errors import UserError, one_line
 from dept_vl.images import to_rgb
 
@@ -69,6 +70,8 @@ __all__ = [
     "load_vqav2",
     "load_karpathy",
     "load_hf",
+    "image_key",
+    "read_image",
     "load_image",
     "validate_images",
 ]
@@ -171,11 +174,15 @@ def _check_id(value: Any, where: str) -> None:
         _fail(where, f"record id must be a non-empty string, got {value!r}", "bad_field")
 
 
-def _check_image(value: Any, where: str) -> str | Image.Image:
-    """Accept a path (made a plain str) or an in-memory PIL image; nothing else."""
+ImageRef = str | Image.Image | LazyImage
+
+
+def _check_image(value: Any, where: str) -> ImageRef:
+    """Accept a path (made a plain str), an in-memory PIL image or a lazy one (a `datasets`
+    row, dept_vl/data/table_images.py); nothing else."""
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
-    if isinstance(value, Image.Image) or (isinstance(value, str) and value):
+    if isinstance(value, (Image.Image, LazyImage)) or (isinstance(value, str) and value):
         return value
     _fail(where, f"image must be a file path or a PIL image, got {value!r}", "bad_field")
 
@@ -205,12 +212,29 @@ def _check_texts(values: Any, what: str, where: str) -> tuple[str, ...]:
     return tuple(values)
 
 
+class _HasImage:
+    """What caches (feature cache, pixels) need of a record's image, whatever holds it."""
+
+    __slots__ = ()
+    image: ImageRef
+
+    @property
+    def image_key(self) -> str | None:
+        """The image's stable key: its absolute path, or a `datasets` row's key
+        ("datasets:<fingerprint>/<column>#<row>"); None for a PIL image held in memory."""
+        return image_key(self.image)
+
+    def image_bytes(self) -> bytes | None:
+        """The encoded image (file contents, table cell); None for a PIL image built in memory."""
+        return _encoded(self.image)
+
+
 @dataclass(frozen=True)
-class VQARecord:
+class VQARecord(_HasImage):
     """One question about one image, with every reference answer (the metric needs all)."""
 
     id: str
-    image: str | Image.Image
+    image: ImageRef
     question: str
     answers: tuple[str, ...]
     question_type: str | None = None
@@ -231,11 +255,11 @@ class VQARecord:
 
 
 @dataclass(frozen=True)
-class CaptionRecord:
+class CaptionRecord(_HasImage):
     """One image with all its reference captions (CIDEr / BLEU use every one)."""
 
     id: str
-    image: str | Image.Image
+    image: ImageRef
     captions: tuple[str, ...]
     source: str = ""
     task: str = "caption"  # its TaskSpec (dept_vl/tasks.py)
@@ -329,7 +353,7 @@ def _id_field(row: Mapping[str, Any], where: str, default: str) -> str:
     return str(value)
 
 
-ImageResolver = Callable[[Any, str], "str | Image.Image"]
+ImageResolver = Callable[[Any, str], ImageRef]
 
 
 def _row_to_record(
@@ -698,6 +722,7 @@ _HF_FIELDS: dict[str, tuple[tuple[tuple[str, ...], ...], tuple[str, ...]]] = {
     "caption": ((("image",), ("captions", "caption")), ("id",)),
 }
 _TEXT_KEYS = ("answer", "raw", "caption", "text")
+_HF_BATCH = 1024  # rows read from the arrow table at a time while loading
 
 
 def _is_saved_dataset(path: Path) -> bool:
@@ -803,27 +828,17 @@ def _item_text(item: Any) -> Any:
     return item
 
 
-def _open_image_bytes(data: bytes, name: str | None, where: str) -> Image.Image:
-    """Open lazily (header only) so a bad image fails now but pixels decode on use."""
-    if not isinstance(data, (bytes, bytearray)):
-        _fail(where, f"field 'image' bytes must be bytes, got {type(data).__name__}", "bad_field")
-    try:
-        return Image.open(io.BytesIO(data))
-    except _IMAGE_ERRORS as e:
-        _fail(where, f"cannot read image {name or '<embedded bytes>'}: {_cause(e)}",
-              "image_unreadable")
-
-
 def _hf_image_resolver(base_dir: Path | None, check_exists: bool) -> ImageResolver:
-    """HF image cells are PIL images, {'bytes', 'path'} dicts, or path strings."""
+    """HF image cells (`_image_cells`): a row of the table, a path dict, or a path string."""
     resolve_path = _path_resolver(base_dir or Path.cwd(), check_exists)
 
-    def resolve(value: Any, where: str) -> str | Image.Image:
-        if isinstance(value, Image.Image):
+    def resolve(value: Any, where: str) -> ImageRef:
+        if isinstance(value, LazyImage):
             return value
         if isinstance(value, Mapping):
-            if value.get("bytes"):
-                return _open_image_bytes(value["bytes"], value.get("path"), where)
+            if value.get("bytes"):  # a struct column whose 'bytes' is not binary
+                _fail(where, "field 'image' bytes must be bytes, got "
+                      f"{type(value['bytes']).__name__}", "bad_field")
             if value.get("path"):
                 return resolve_path(value["path"], where)
             _fail(where, "field 'image' has neither bytes nor a path", "bad_field")
@@ -834,13 +849,56 @@ def _hf_image_resolver(base_dir: Path | None, check_exists: bool) -> ImageResolv
     return resolve
 
 
-def _undecoded(dataset: Any, column: str) -> Any:
-    """Keep images as bytes/paths while loading: decoding every image up front costs minutes."""
-    import datasets
+def _image_table(dataset: Any, column: str) -> ImageColumn | None:
+    """The column as an `ImageColumn` when its cells hold encoded bytes (struct<bytes, path>,
+    what `datasets.Image` stores), else None (a column of path strings)."""
+    import pyarrow as pa
 
-    if isinstance(dataset.features.get(column), datasets.Image):
-        return dataset.cast_column(column, datasets.Image(decode=False))
-    return dataset
+    kind = dataset.data.schema.field(column).type
+    if not pa.types.is_struct(kind) or kind.get_field_index("bytes") < 0:
+        return None
+    data = kind.field("bytes").type
+    if not (pa.types.is_binary(data) or pa.types.is_large_binary(data)
+            or pa.types.is_binary_view(data)):
+        return None
+    return ImageColumn(dataset, column, dataset._fingerprint)
+
+
+def _image_cells(column: Any, start: int, images: ImageColumn | None) -> list[Any]:
+    """One arrow batch's image cells for the resolver, reading no image bytes (only the
+    lengths): a `TableImage` where a cell has bytes, {'path': ...} where it has none, None
+    for a null cell."""
+    import pyarrow.compute as pc
+
+    if images is None:
+        return column.to_pylist()
+    cells: list[Any] = []
+    for chunk in column.chunks:
+        sizes = pc.binary_length(chunk.field("bytes")).to_pylist()
+        has_path = chunk.type.get_field_index("path") >= 0
+        paths = chunk.field("path").to_pylist() if has_path else [None] * len(chunk)
+        for valid, size, path in zip(chunk.is_valid().to_pylist(), sizes, paths):
+            cell = TableImage(images, start + len(cells)) if size else {"bytes": None, "path": path}
+            cells.append(cell if valid else None)
+    return cells
+
+
+def _hf_rows(
+    dataset: Any, columns: Mapping[str, str], images: ImageColumn | None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(row number, {field: value}) read in arrow batches; images stay in the table."""
+    table = dataset.select_columns(sorted(set(columns.values()))).with_format("arrow")
+    start = 0
+    for batch in table.iter(batch_size=_HF_BATCH):
+        values = batch.drop_columns([columns["image"]]).to_pydict()
+        values[columns["image"]] = _image_cells(batch.column(columns["image"]), start, images)
+        for k in range(batch.num_rows):
+            row = {field: values[column][k] for field, column in columns.items()}
+            for field in ("answers", "captions"):
+                if field in row:
+                    row[field] = _flatten_texts(row[field])
+            yield start + k, row
+        start += batch.num_rows
 
 
 def load_hf(
@@ -852,28 +910,27 @@ def load_hf(
     check_images: bool = True,
     skipped: list[dict[str, str]] | None = None,
 ) -> list[Record]:
-    """Hub name, data directory, `save_to_disk` folder, or one parquet/csv/arrow file."""
+    """Hub name, data directory, `save_to_disk` folder, or one parquet/csv/arrow file.
+
+    Embedded images stay in the memory-mapped table (`TableImage`, read when a batch needs
+    them); they are decoded, and bad ones found, by `validate_images`, not here.
+    """
     _check_task(task)
     name = os.fspath(name_or_path)
     split = split or "train"
     label = f"hf:{name}[{split}]"
     dataset, base_dir = _open_hf(name, split, label)
     columns = _map_columns(task, column_map, dataset.column_names, label)
-    dataset = _undecoded(dataset.select_columns(sorted(set(columns.values()))), columns["image"])
+    images = _image_table(dataset, columns["image"])
     resolve = _hf_image_resolver(base_dir, check_images)
     stem = Path(name.rstrip("/\\")).stem or "hf"
     policy = _Policy(skipped)
     records = []
-    for index, cells in enumerate(dataset):
-        row = {field: cells[column] for field, column in columns.items()}
-        for field in ("answers", "captions"):
-            if field in row:
-                row[field] = _flatten_texts(row[field])
+    for index, row in _hf_rows(dataset, columns, images):
         where = f"{label}#{index}"
         records.append(policy.row(where, _row_to_record, row, task, where, f"{stem}-{index}",
                                   resolve))
     return _finish(records, label, policy)
-
 
 # --------------------------------------------------------------------------------------
 # Format registry and the one entry point
@@ -1008,9 +1065,11 @@ _IMAGE_ERRORS = (
 )
 
 
-def _image_name(image: str | Image.Image) -> str:
+def _image_name(image: ImageRef) -> str:
     if isinstance(image, str):
         return image
+    if isinstance(image, LazyImage):
+        return image.name
     return getattr(image, "filename", "") or "<in-memory image>"
 
 
@@ -1028,24 +1087,35 @@ def _image_error(record: Record, error: BaseException) -> DataError:
                      reason)
 
 
-def _encoded(image: str | Image.Image) -> bytes | None:
-    """The encoded bytes of a file, or of an in-memory image opened lazily from bytes (HF
-    rows); None for an image that has no bytes behind it (built or decoded in memory)."""
+def image_key(image: ImageRef) -> str | None:
+    """A stable string naming the image: a file's path, a `datasets` row's key; None for a
+    PIL image held in memory (nothing outside this process names it)."""
+    if isinstance(image, str):
+        return image
+    return image.key if isinstance(image, LazyImage) else None
+
+
+def _encoded(image: ImageRef) -> bytes | None:
+    """The encoded bytes of a file, a `datasets` row, or an in-memory image opened lazily from
+    bytes; None for an image that has no bytes behind it (built or decoded in memory)."""
     if isinstance(image, str):
         with open(image, "rb") as f:
             return f.read()
+    if isinstance(image, LazyImage):
+        return image.read_bytes()
     source = getattr(image, "fp", None)
     return source.getvalue() if isinstance(source, io.BytesIO) else None
 
 
-def _decoded(image: str | Image.Image, *, cheap: bool = False) -> Image.Image:
+def _decoded(image: ImageRef, *, cheap: bool = False, data: bytes | None = None) -> Image.Image:
     """The image decoded from its own bytes, never in place: a record keeps its lazy image, so
     a pass over the data does not leave every decoded image alive in memory.
 
     `cheap` (validation): PIL's JPEG draft mode lets libjpeg scale by 1/8 while it still reads
-    every byte, so a truncated JPEG fails exactly as it does at full size (tested).
+    every byte, so a truncated JPEG fails exactly as it does at full size (tested). `data`:
+    the image's bytes when the caller has read them already.
     """
-    data = _encoded(image)
+    data = _encoded(image) if data is None else data
     if data is None:
         return image  # type: ignore[return-value]
     opened = Image.open(io.BytesIO(data))
@@ -1055,16 +1125,22 @@ def _decoded(image: str | Image.Image, *, cheap: bool = False) -> Image.Image:
     return opened
 
 
+def read_image(image: ImageRef) -> Image.Image:
+    """A record's `image` (path, PIL image, `datasets` row) as RGB (`dept_vl.images.to_rgb`),
+    decoded now from its own bytes; for a cache that holds images but not their records."""
+    return to_rgb(_decoded(image))
+
+
 def load_image(record: Record) -> Image.Image:
-    """The record's image as RGB (`dept_vl.images.to_rgb`); any read failure names the image
-    and the record's row."""
+    """The record's image as RGB (`read_image`); any read failure names the image and the
+    record's row."""
     try:
-        return to_rgb(_decoded(record.image))
+        return read_image(record.image)
     except _IMAGE_ERRORS as e:
         raise _image_error(record, e) from e
 
 
-def _decode_problem(image: str | Image.Image) -> BaseException | None:
+def _decode_problem(image: ImageRef) -> BaseException | None:
     """Why the image cannot be used for training, or None. Beyond decoding (which is what
     training does), PNG and other formats with checksums are verified: decoding ignores a
     damaged tail or a bad CRC that verify() reports."""
@@ -1073,7 +1149,7 @@ def _decode_problem(image: str | Image.Image) -> BaseException | None:
         if data is not None:
             with Image.open(io.BytesIO(data)) as opened:
                 opened.verify()
-        to_rgb(_decoded(image, cheap=True))
+        to_rgb(_decoded(image, cheap=True, data=data))
     except _IMAGE_ERRORS as e:
         return e
     return None
@@ -1088,7 +1164,8 @@ def _image_ok(record: Record, problem: BaseException | None) -> bool:
 def validate_images(
     records: Sequence[Record], skipped: list[dict[str, str]] | None = None
 ) -> list[Record]:
-    """Decode every distinct image (file or in-memory) once, before training starts.
+    """Decode every distinct image (file, `datasets` row or in-memory) once, before training
+    starts; nothing decoded is kept (a `datasets` row is read again when a batch needs it).
 
     `skipped=None`: the first record whose image cannot be decoded raises DataError naming its
     file:line and the image. A list: every record of an undecodable image is dropped and listed
@@ -1103,7 +1180,7 @@ def validate_images(
     problems: dict[Any, BaseException | None] = {}
     kept = []
     for record in records:
-        key = record.image if isinstance(record.image, str) else id(record.image)
+        key = image_key(record.image) or id(record.image)
         if key not in problems:
             problems[key] = _decode_problem(record.image)
         where = record.source or f"record {record.id!r}"
