@@ -3,8 +3,15 @@ of the given data files, computed once (images already cached and unchanged are 
 
     python -m dept_vl.features --backbone runs/backbone-shapes/model \\
         --data runs/shapes/train_vqa.jsonl --data runs/shapes/val_vqa.jsonl [--cache-dir DIR]
+    torchrun --nproc_per_node 4 -m dept_vl.features ...   # or accelerate launch -m dept_vl.features
 
-Training and evaluation use it with `cache_features: true` (and the same `feature_cache_dir`).
+Training and evaluation use it with `cache_features: true` and the same `feature_cache_dir`,
+`feature_cache_dtype` (--dtype) and pooling (the backbone's `num_visual_tokens`; --no-pool
+stores the whole grid, for runs that change the pooling). Shards of at most --shard-mb are
+written as they fill, so memory does not grow with the number of images, and a killed build
+keeps them: run the command again to encode only what is missing. Under several processes each
+encodes its share into its own shards; the main process merges one index.
+
 A bad backbone or data file (an undecodable image included, checked before any encoding) is one
 line `dept_vl: error: ...` and exit code 2; with `--on-bad-data skip` bad rows and images are
 left out and counted instead.
@@ -16,14 +23,23 @@ import argparse
 import sys
 import time
 
+import torch
+from accelerate import PartialState
+
 from dept_vl.data.records import TASKS, load_records, skip_line, validate_images
 from dept_vl.errors import run_cli
 from dept_vl.model import VLT5
-from dept_vl.vision import FeatureCache
+from dept_vl.vision import STORAGE_DTYPES, FeatureCache
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The command line; user errors are raised (UserError), see `run_cli`."""
+def positive_mb(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of MB, got {text}")
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m dept_vl.features",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", required=True, help="backbone directory")
@@ -32,21 +48,39 @@ def main(argv: list[str] | None = None) -> int:
                         help="how to read the data files")
     parser.add_argument("--cache-dir", default="runs/feature-cache")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--dtype", default="float16", choices=list(STORAGE_DTYPES),
+                        help="storage dtype (feature_cache_dtype); float32 is exact")
+    parser.add_argument("--shard-mb", type=positive_mb, default=256,
+                        help="largest shard file (feature_cache_shard_mb)")
+    parser.add_argument("--no-pool", action="store_true",
+                        help="store the encoder's whole token grid, not the grid pooled to the "
+                             "backbone's num_visual_tokens")
     parser.add_argument("--on-bad-data", choices=["error", "skip"], default="error",
                         help="error: stop at the first bad row or image, naming it; skip: "
                              "leave them out (counted)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line; user errors are raised (UserError), see `run_cli`."""
+    args = parse_args(argv)
+    state = PartialState(cpu=not torch.cuda.is_available())
     skipped: list[dict[str, str]] | None = [] if args.on_bad_data == "skip" else None
     records = [r for path in args.data for r in load_records(path, args.task, skipped=skipped)]
     images = [r.image for r in validate_images(records, skipped=skipped)]  # before any encoding
     if skipped:
-        print(skip_line(skipped))
+        state.print(skip_line(skipped))
     model = VLT5.from_pretrained(args.backbone)
-    cache = FeatureCache(args.cache_dir, model.vision)
+    model.vision.to(state.device)
+    pool = None if args.no_pool else model.projection.num_tokens
+    cache = FeatureCache(args.cache_dir, model.vision, pool_tokens=pool, dtype=args.dtype,
+                         shard_mb=args.shard_mb)
     start = time.perf_counter()
-    built = cache.build([i for i in images if isinstance(i, str)], args.batch_size)
-    print(f"{cache.dir}: {built} images encoded, {len(set(images)) - built} already cached, "
-          f"{time.perf_counter() - start:.1f} s")
+    built = cache.build([i for i in images if isinstance(i, str)], args.batch_size, state)
+    seconds = time.perf_counter() - start
+    state.print(f"{cache.dir}: {built} images encoded ({built / seconds:.1f} images/s on "
+                f"{state.num_processes} process(es)), {len(set(images)) - built} already "
+                f"cached, {seconds:.1f} s")
     return 0
 
 
