@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import psutil
 import torch
 
 from dept_vl.tables import save_plot
@@ -159,3 +161,48 @@ def write_outputs(out: Path, name: str, payload: dict[str, Any], table: str,
     (out / f"{name}.json").write_text(json.dumps(payload, indent=2))
     (out / f"{name}.md").write_text(table + "\n")
     save_plot(out / f"{name}.png", plot)
+
+
+def tree_memory(process: psutil.Process) -> tuple[int, int]:
+    """(PSS summed over the process and its descendants, largest single RSS) in bytes. PSS
+    counts a page shared by forked DataLoader workers or torchrun's ranks once, split among
+    them, where summed RSS would count it in every process."""
+    total, largest = 0, 0
+    for proc in [process, *process.children(recursive=True)]:
+        try:
+            info = proc.memory_full_info()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue  # a worker that just exited
+        total += getattr(info, "pss", info.rss)
+        largest = max(largest, info.rss)
+    return total, largest
+
+
+def run_measured(command: list[str], log: Path, env: dict[str, str] | None = None,
+                 kill_when: Callable[[], bool] | None = None, interval: float = 0.05
+                 ) -> dict[str, Any]:
+    """Run `command` as its own process group, sampling the memory of its whole process tree;
+    every output line is written to `log` with the seconds since the start (phases are timed
+    from the lines the command prints). `kill_when` is polled too: once true, the group gets
+    SIGKILL, as a crashed or preempted job would."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})}, start_new_session=True)
+    lines: list[tuple[float, str]] = []
+    reader = threading.Thread(target=lambda: lines.extend(
+        (time.perf_counter() - start, line.rstrip("\n")) for line in proc.stdout), daemon=True)
+    reader.start()
+    watched, peak, largest, killed = psutil.Process(proc.pid), 0, 0, False
+    while proc.poll() is None:
+        total, big = tree_memory(watched)
+        peak, largest = max(peak, total), max(largest, big)
+        if kill_when is not None and not killed and kill_when():
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed = True
+        time.sleep(interval)
+    reader.join()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("".join(f"{t:9.2f} {line}\n" for t, line in lines))
+    return {"command": command, "returncode": proc.returncode, "killed": killed,
+            "wall_seconds": time.perf_counter() - start, "peak_pss_bytes": peak,
+            "peak_rss_largest_process_bytes": largest, "lines": lines, "log": str(log)}

@@ -4,6 +4,8 @@
     python -m benchmarks.run --suite all --quick    # tiny shapes, a few repeats (CI)
     python -m benchmarks.run --suite methods,padding --out runs/benchmarks
     python -m benchmarks.run --suite methods_large --out runs/benchmarks-large   # T5-large shape
+    python -m benchmarks.run --suite scale --images 2000 --steps 300   # paper-scale rehearsal
+    python -m benchmarks.run --suite scale --quick                     # its tiny CI version
 
 With a GPU, methods, padding, mixed and serving run on it (CUDA events, torch.cuda.max_memory_allocated);
 features always runs on the CPU, where its data loading happens.
@@ -16,11 +18,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks import features, methods, mixed, padding, serving
+from benchmarks import features, methods, mixed, padding, scale, serving
 from benchmarks.common import device_name, pin_threads, write_outputs
 
 SUITES = ("methods", "padding", "features", "mixed", "serving")
-EXTRA_SUITES = ("methods_large",)  # not in "all": T5-large on a CPU takes a long time
+# not in "all": T5-large on a CPU takes a long time; the scale rehearsal needs a GPU at full size
+EXTRA_SUITES = ("methods_large", "scale")
 # (full setting, quick setting) keyword arguments of each benchmark's run()
 SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # the measured setting is sized for a 2-core CPU; on a GPU add "large" to methods' shapes
@@ -42,19 +45,34 @@ SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
               {"shape": "tiny", "batch_size": 8, "warmup": 1, "repeats": 2}),
     "serving": ({"shape": "small", "requests_at_once": 16, "warmup": 1, "repeats": 3},
                 {"shape": "tiny", "requests_at_once": 8, "warmup": 0, "repeats": 2}),
+    # configs/vqav2_t5base_vit.yaml's shapes; quick: one process only (torchrun's start-up
+    # alone would double its time in CI), tiny T5 and timm's test_vit at 64 px
+    "scale": ({"images": 2000, "steps": 300, "processes": (1, 2), "shape": "base",
+               "encoder": "vit_base_patch16_clip_224.openai", "image_size": None,
+               "num_visual_tokens": 36, "eval_examples": 500, "warmup": 1, "repeats": 5},
+              {"images": 16, "steps": 4, "processes": (1,), "shape": "tiny", "encoder": "test_vit",
+               "image_size": 64, "num_visual_tokens": 4, "batch_size": 4, "eval_batch_size": 8,
+               "eval_examples": 8, "warmup": 1, "repeats": 3}),
 }
+# command-line options that change the scale suite's setting
+SCALE_OPTIONS = ("images", "steps", "processes", "batch_size")
 
 
-def run_suite(name: str, quick: bool, out: Path) -> str:
+def run_suite(name: str, quick: bool, out: Path, changes: dict[str, Any] | None = None) -> str:
+    """One benchmark at its (quick) setting, `changes` applied; its files written to `out`."""
     module = {"methods": methods, "methods_large": methods, "padding": padding,
-              "features": features, "mixed": mixed, "serving": serving}[name]
+              "features": features, "mixed": mixed, "serving": serving, "scale": scale}[name]
+    settings = {**SETTINGS[name][1 if quick else 0], **(changes or {})}
+    if module is scale:
+        settings["log_dir"] = str(out / "scale-logs")
     start = time.perf_counter()
-    results = module.run(**SETTINGS[name][1 if quick else 0])
+    results = module.run(**settings)
     results["device"] = device_name()
     results["wall_seconds"] = round(time.perf_counter() - start, 1)
     made = module.table(results)
-    text, plot = (made[0], methods.plot(results)) if module is methods else (made, None)
-    write_outputs(out, name, results, text, plot or _bar_plot(name, results))
+    text = made[0] if module is methods else made
+    plot = module.plot(results) if hasattr(module, "plot") else _bar_plot(name, results)
+    write_outputs(out, name, results, text, plot)
     return f"## {name}\n\n{text}\n"
 
 
@@ -81,7 +99,14 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--suite", default="all", help=f"all, or a comma list of {SUITES}")
     parser.add_argument("--quick", action="store_true", help="tiny shapes, few repeats (CI)")
     parser.add_argument("--out", default=None, help="default runs/benchmarks[-quick]")
+    parser.add_argument("--images", type=int, help="scale: generated COCO images")
+    parser.add_argument("--steps", type=int, help="scale: training steps (checkpoint half way)")
+    parser.add_argument("--processes", type=lambda v: tuple(map(int, v.split(","))),
+                        help="scale: process counts to run, e.g. 1,2")
+    parser.add_argument("--batch-size", type=int, help="scale: per-process batch (default: "
+                        "the config's 32)")
     args = parser.parse_args(argv)
+    changes = {k: getattr(args, k) for k in SCALE_OPTIONS if getattr(args, k) is not None}
     names = SUITES if args.suite == "all" else tuple(args.suite.split(","))
     unknown = sorted(set(names) - set(SUITES) - set(EXTRA_SUITES))
     if unknown:
@@ -91,7 +116,7 @@ def main(argv: list[str] | None = None) -> Path:
     parts = [f"# Benchmarks ({device_name()}{', quick' if args.quick else ''})\n"]
     for name in names:
         print(f"[benchmarks] {name} ...", flush=True)
-        parts.append(run_suite(name, args.quick, out))
+        parts.append(run_suite(name, args.quick, out, changes if name == "scale" else None))
     (out / "summary.md").write_text("\n".join(parts))
     print(f"[benchmarks] wrote {out}/summary.md and <suite>.json / .md / .png", flush=True)
     return out
