@@ -27,8 +27,14 @@ Every `DataError` carries `reason`, one of a closed set. Row reasons (skippable,
 File reasons (always raised): bad_file (missing, unreadable, not JSON, unknown format),
 bad_option (unknown task, a missing or wrong loader option), no_records.
 
+Images stay where they are until a batch needs them: a record holds a file path, or for a
+`datasets` row with embedded bytes a `TableImage` (the memory-mapped arrow table and the row,
+dept_vl/data/table_images.py), so loading costs the memory of the text. Loaders check that
+image files exist; `validate_images` decodes every image once, keeping none, before training.
+Caches key images by `image_key` (a path, or "datasets:<fingerprint>/<column>#<row>").
+
 This module knows nothing of models: it imports only the standard library, PIL (with
-`dept_vl.images`, PIL only, for the pixels) and `datasets` lazily inside the HF loader.
+`dept_vl.images`, PIL only, for the pixels) and `datasets` / pyarrow lazily in the HF loader.
 """
 
 from __future__ import annotations

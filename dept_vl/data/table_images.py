@@ -26,10 +26,10 @@ import uuid
 import weakref
 from typing import Any
 
-__all__ = ["LazyImage", "ImageColumn", "TableImage", "EncodedImage"]
+__all__ = ["EncodedImage", "ImageColumn", "LazyImage", "TableImage"]
 
 # Columns open in this process, by token: unpickling reuses them instead of mapping again.
-_OPEN: weakref.WeakValueDictionary[str, "ImageColumn"] = weakref.WeakValueDictionary()
+_OPEN: weakref.WeakValueDictionary[str, ImageColumn] = weakref.WeakValueDictionary()
 
 
 class LazyImage:
