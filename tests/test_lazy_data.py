@@ -187,3 +187,16 @@ def test_dataloader_workers_read_table_images(tmp_path: Path, start: str) -> Non
     returned = [r for b in batches for r in b["records"]]
     assert returned == records
     assert all(r.image.images is records[0].image.images for r in returned)  # not re-opened
+
+
+def test_a_dataset_datasets_keeps_in_memory_loads_and_pickles_per_row(tmp_path: Path,
+                                                                      monkeypatch) -> None:
+    """`datasets` keeps datasets under IN_MEMORY_MAX_SIZE in memory (no arrow file to name)."""
+    images = varied_images()
+    path = write_parquet(tmp_path / "caps.parquet", images)
+    monkeypatch.setattr(datasets.config, "IN_MEMORY_MAX_SIZE", 10**9)
+    records = load_records(path, "caption")
+    assert not records[0].image.images.memory_mapped
+    back = pickle.loads(pickle.dumps(records))
+    assert [type(r.image) for r in back] == [EncodedImage] * len(images)
+    assert [load_image(r).tobytes() for r in back] == [eager(b).tobytes() for b in images]
