@@ -134,6 +134,7 @@ class VLT5(nn.Module):
         self.backbone_trainable = False
         self.metadata: dict[str, Any] = {}  # saved in the manifest, e.g. pretraining question types
         self._engaged: Any = None  # the weights-kind adapter acting inside T5 (None: none)
+        self.gradient_checkpointing = False  # a run's setting: never saved with the model
         self.freeze_backbone()
 
     # ------------------------------------------------------------------ construction
@@ -200,7 +201,46 @@ class VLT5(nn.Module):
             self.projection.eval()
             for adapter in self.adapters.values():  # a method's own layers inside T5
                 adapter.prompt.host_train(self, mode)
+            if mode and self.gradient_checkpointing:
+                # transformers checkpoints a stack / block only while that module itself is
+                # training; its dropout lives in child modules, which stay in eval mode
+                for gate in self._checkpoint_gates():
+                    gate.training = True
         return self
+
+    def _checkpoint_gates(self) -> list[nn.Module]:
+        """The modules whose own `training` flag turns T5's checkpointing on: the encoder and
+        decoder stacks (transformers 4.x asks them) and their blocks (5.x asks each block)."""
+        return [module for stack in (self.t5.encoder, self.t5.decoder)
+                for module in (stack, *stack.block)]
+
+    def enable_gradient_checkpointing(self, enable: bool = True) -> None:
+        """T5's encoder and decoder blocks keep only their inputs in the forward pass and
+        recompute the rest in backward: less activation memory for about one more forward per
+        step, with the same loss and gradients. Also with a frozen backbone, whose T5 stays in
+        eval mode (no dropout). A run's setting, never saved with a backbone or adapter;
+        generation (no gradients) is unchanged."""
+        if enable:
+            # non-reentrant: gradients reach the weights inside a block (LoRA's) even when the
+            # block's input needs none, e.g. a frozen embedding with a frozen projection
+            options = {"use_reentrant": False}
+            if hasattr(self.t5, "activation_checkpointing_enable"):  # the newer name
+                self.t5.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+            else:
+                self.t5.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+            if hasattr(self.t5, "_require_grads_hook"):
+                # newer transformers also make the frozen embedding's output need a gradient
+                # (reentrant checkpointing's workaround): not needed here, and it would cost a
+                # gradient of every input embedding
+                self.t5.disable_input_require_grads()
+        elif not self.gradient_checkpointing:
+            return
+        elif hasattr(self.t5, "activation_checkpointing_disable"):
+            self.t5.activation_checkpointing_disable()
+        else:
+            self.t5.gradient_checkpointing_disable()
+        self.gradient_checkpointing = enable
+        self.train(self.training)
 
     # ------------------------------------------------------------------ adapters
     def add_adapter(

@@ -72,7 +72,9 @@ def learning_rates(cfg: TrainConfig) -> dict[str, float]:
 def setup_method(model: VLT5, cfg: TrainConfig, tasks: Sequence[TaskData]) -> list[dict[str, Any]]:
     """Make exactly the method's parameters trainable (one adapter per distinct `task.adapter`;
     a backbone method unfreezes everything); return the optimizer groups, merged by name
-    across adapters."""
+    across adapters. With `gradient_checkpointing`, T5 recomputes its activations in backward."""
+    if cfg.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
     if get_method(cfg.method).kind == "backbone":
         model.unfreeze_backbone()
         return [{"name": "all", "params": [p for p in model.parameters() if p.requires_grad],
