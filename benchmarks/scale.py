@@ -69,8 +69,11 @@ class Rehearsal:
             vision["image_size"] = image_size
         self.model = {"t5": str(self.t5_dir), "vision": vision,
                       "num_visual_tokens": num_visual_tokens}
+        # the config's bf16 autocast on a CPU without bf16 instructions is emulated, many
+        # times slower than float32: on the CPU the rehearsal runs in float32
         self.sizes = {"batch_size": batch_size, "eval_batch_size": eval_batch_size,
-                      "max_eval_examples": eval_examples}
+                      "max_eval_examples": eval_examples,
+                      "mixed_precision": None if torch.cuda.is_available() else "no"}
         self.phases: dict[str, dict[str, Any]] = {}
 
     def prepare(self, images: int) -> dict[str, Any]:
@@ -283,7 +286,8 @@ def run(images: int, steps: int, processes: tuple[int, ...], shape: str, encoder
     settings = {"images": images, "steps": steps, "processes": list(processes), "shape": shape,
                 "encoder": encoder, "image_size": image_size or 224,
                 "num_visual_tokens": num_visual_tokens, "config": str(CONFIG.relative_to(REPO)),
-                "batch_size": batch_size, "eval_batch_size": eval_batch_size}
+                "batch_size": batch_size, "eval_batch_size": eval_batch_size,
+                "mixed_precision": r.sizes["mixed_precision"] or "the config's (bf16)"}
     return {**settings, "data": data, **summary}
 
 
@@ -338,7 +342,7 @@ def table(results: dict[str, Any]) -> str:
             f"`{results['encoder']}` at {results['image_size']} px (random weights): "
             f"{data['images']} generated COCO images ({data['questions']['train2014']} train2014 "
             f"/ {data['questions']['val2014']} val2014 VQAv2 questions), {results['steps']} "
-            f"steps. Memory is the peak of the phase's whole process tree (PSS: pages shared by "
+            f"steps, mixed precision {results['mixed_precision']}. Memory is the peak of the phase's whole process tree (PSS: pages shared by "
             f"workers and ranks counted once) and of its largest process (RSS).\n\n")
     phases = markdown_table(_phase_rows(results), [
         ("phase", "phase"), ("processes", "processes"), ("wall", "wall s"),
