@@ -21,9 +21,15 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from transformers import T5Config
 
-from benchmarks.common import (T5_SHAPES, RSSPeak, in_fresh_process, interleaved,
-                               pin_threads, timed)
-from dept_vl import DePTConfig, VLT5
+from benchmarks.common import (
+    T5_SHAPES,
+    RSSPeak,
+    in_fresh_process,
+    interleaved,
+    pin_threads,
+    timed,
+)
+from dept_vl import VLT5, DePTConfig
 from dept_vl.data.collate import RecordDataset, VLCollator
 from dept_vl.data.records import VQARecord
 from dept_vl.tables import markdown_table

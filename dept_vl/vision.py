@@ -275,7 +275,7 @@ class _ShardWriter:
                                           "data_offsets": [0, nbytes]}}).encode()
         header += b" " * (-len(header) % 8)  # the data starts 8-byte aligned
         self.tmp = path.with_name(f".{path.name}.tmp")
-        self.file = open(self.tmp, "wb")
+        self.file = open(self.tmp, "wb")  # noqa: SIM115 (open across writes; close/abort)
         self.file.write(struct.pack("<Q", len(header)) + header)
 
     @property
