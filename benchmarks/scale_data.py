@@ -120,8 +120,9 @@ def write_dataset(root: Path, images: int, image_size: int, seed: int = 0) -> di
     captions = {split: load_records(root / "coco" / "dataset_coco.json", "caption", "karpathy",
                                     image_dir=str(root / "coco"), split=split)
                 for split in ("train", "val", "test")}
-    assert all(len(loaded[s]) == counts[s] for s in SUBTYPES), "VQAv2 files lost questions"
-    assert sum(map(len, captions.values())) == images, "Karpathy file lost images"
+    if any(len(loaded[s]) != counts[s] for s in SUBTYPES) or \
+            sum(map(len, captions.values())) != images:
+        raise RuntimeError(f"{root}: the loaders read back other counts than were written")
     return {"images": images, "train_images": images - val, "val_images": val,
             "questions": counts, "karpathy": {k: len(v) for k, v in captions.items()},
             "records": loaded}
