@@ -12,6 +12,12 @@ Times are interleaved in one process per shape; peak memory is measured per meth
 process (`python -m benchmarks.methods --probe ...`), so no method inherits another's heap:
 PyTorch's allocator peak (exact; the acceptance ratio) and the process's RSS growth (what the
 OS sees, allocator overhead included, but sampled and noisy).
+
+`checkpointing_memory` measures what gradient checkpointing (`gradient_checkpointing: true`)
+saves: DePT(60, 30)'s train-step peak with T5 recomputing its blocks in backward and without.
+Memory only (no times), so it can run alone on a busy machine:
+
+    python -m benchmarks.methods --checkpointing-memory base large
 """
 
 from __future__ import annotations
@@ -155,13 +161,16 @@ def _adept_call(module: ADePTPrompt, dedup: bool, fn: Callable[..., Any], *args:
     return call
 
 
-def probe(shape: str, method: str, batch_size: int, mode: str) -> dict[str, Any]:
+def probe(shape: str, method: str, batch_size: int, mode: str, checkpointing: bool = False
+          ) -> dict[str, Any]:
     """In a fresh process: the peak memory of one forward + backward (train) or forward
     (inference) above the model's weights, i.e. activations and gradients. The optimizer state
     is left out: it is allocated once, not per step. RSS is read on the first pass, while the
     heap is still fresh; the allocator peak on a second one (it counts tensors, not pages, so a
-    warm heap does not change it)."""
+    warm heap does not change it). `checkpointing`: T5 recomputes its blocks in backward."""
     model, adapter, params = build(shape, method)
+    if checkpointing:
+        model.enable_gradient_checkpointing()
     batch = inputs(model, batch_size)
 
     def train() -> None:
@@ -176,6 +185,20 @@ def probe(shape: str, method: str, batch_size: int, mode: str) -> dict[str, Any]
         fn()
     return {"peak_allocated_mb": allocated.peak / 2**20, "peak_rss_growth_mb": rss.growth / 2**20,
             "trainable_parameters": sum(p.numel() for p in params)}
+
+
+CHECKPOINTED = "dept60_30"  # the method whose train memory is measured with checkpointing
+
+
+def checkpointing_memory(shape: str, batch_size: int, without: dict[str, Any] | None = None
+                         ) -> dict[str, Any]:
+    """DePT(60, 30)'s train-step peak memory without and with gradient checkpointing, each in a
+    fresh process; `without`: that probe already taken (the methods table's)."""
+    def measure(flag: list[str]) -> dict[str, Any]:
+        return in_fresh_process("benchmarks.methods", [
+            "--probe", shape, CHECKPOINTED, str(batch_size), "train", *flag])
+    return {"method": CHECKPOINTED, "off": without or measure([]),
+            "on": measure(["--checkpointing"])}
 
 
 def run(shapes: list[str], batch_size: int, warmup: int, repeats: int,
@@ -194,7 +217,10 @@ def run(shapes: list[str], batch_size: int, warmup: int, repeats: int,
         memory = {m: {mode: in_fresh_process("benchmarks.methods", [
             "--probe", shape, m, str(batch_size), mode]) for mode in ("train", "inference")}
             for m in methods}
-        results["shapes"][shape] = {"train": train, "inference": infer, "memory": memory}
+        results["shapes"][shape] = {
+            "train": train, "inference": infer, "memory": memory,
+            "checkpointing": checkpointing_memory(
+                shape, batch_size, memory.get(CHECKPOINTED, {}).get("train"))}
         if "adept60" in methods:
             results["shapes"][shape]["adept_inference"] = adept_inference(
                 shape, batch_size, warmup, repeats)
@@ -242,7 +268,33 @@ def table(results: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
         ("infer", "inference ms"), ("infer_vs_pt", "÷ PT(100)"),
         ("mem_train", "train allocated MB"), ("mem_inference", "inference allocated MB"),
         ("rss_train", "train RSS MB"), ("rss_inference", "inference RSS MB")]) \
-        + adept_table(results), rows
+        + adept_table(results) + checkpointing_table(results), rows
+
+
+def checkpointing_table(results: dict[str, Any]) -> str:
+    """Train-step peak memory without and with gradient checkpointing, per shape."""
+    rows = []
+    for shape, data in results["shapes"].items():
+        found = data.get("checkpointing")
+        if not found:
+            continue
+        row: dict[str, Any] = {"shape": shape, "method": found["method"]}
+        for key, label in (("peak_allocated_mb", "mem"), ("peak_rss_growth_mb", "rss")):
+            off, on = found["off"][key], found["on"][key]
+            row.update({f"{label}_off": f"{off:.0f}", f"{label}_on": f"{on:.0f}",
+                        f"{label}_ratio": f"{on / off:.3f}"})
+        rows.append(row)
+    if not rows:
+        return ""
+    return ("\n\nGradient checkpointing (`gradient_checkpointing: true`): the train step's peak "
+            "memory above the weights (one forward + backward, batch "
+            f"{results['batch_size']}, {results['text_tokens']} text + 60 prompt + "
+            f"{results['visual_tokens']} visual tokens), T5 keeping its activations (off) or "
+            "recomputing each block in backward (on); MB, each in a fresh process.\n\n"
+            + markdown_table(rows, [
+                ("shape", "T5 shape"), ("method", "method"), ("mem_off", "allocated off"),
+                ("mem_on", "allocated on"), ("mem_ratio", "on ÷ off"), ("rss_off", "RSS off"),
+                ("rss_on", "RSS on"), ("rss_ratio", "on ÷ off")]))
 
 
 def adept_table(results: dict[str, Any]) -> str:
@@ -294,12 +346,25 @@ def plot(results: dict[str, Any]) -> Callable[[Any], Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--probe", nargs=4, metavar=("SHAPE", "METHOD", "BATCH", "MODE"),
-                        required=True)
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--probe", nargs=4, metavar=("SHAPE", "METHOD", "BATCH", "MODE"))
+    action.add_argument("--checkpointing-memory", nargs="+", metavar="SHAPE",
+                        choices=sorted(T5_SHAPES))
+    parser.add_argument("--checkpointing", action="store_true",
+                        help="with --probe: T5 recomputes its blocks in backward")
+    parser.add_argument("--batch-size", type=int, default=2)
     args = parser.parse_args()
-    shape, method, batch, mode = args.probe
     pin_threads()
-    print(json.dumps(probe(shape, method, int(batch), mode)))
+    if args.probe:
+        shape, method, batch, mode = args.probe
+        print(json.dumps(probe(shape, method, int(batch), mode, args.checkpointing)))
+        return
+    results = {"text_tokens": TEXT_TOKENS, "visual_tokens": VISUAL_TOKENS,
+               "batch_size": args.batch_size,
+               "shapes": {shape: {"checkpointing": checkpointing_memory(shape, args.batch_size)}
+                          for shape in args.checkpointing_memory}}
+    print(json.dumps(results, indent=2))
+    print(checkpointing_table(results).strip())
 
 
 if __name__ == "__main__":
