@@ -1,6 +1,7 @@
 """Checkpoints and trainer state: what a resumed run needs beyond what `accelerator.save_state`
-keeps (the step, the best evaluation and its weights, the collator's RNG), written so that a
-checkpoint cut short is recognised and skipped."""
+keeps (the step, the best evaluation and its weights), written so that a checkpoint cut short is
+recognised and skipped. For an adapter method the model file holds only what trains: the frozen
+backbone is the backbone directory's, and at t5-base it would be ~1 GB a checkpoint."""
 
 from __future__ import annotations
 
@@ -37,17 +38,70 @@ def restore_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> Non
             params[name].copy_(value)
 
 
+# accelerate's name for the weights of the first prepared model in a saved state
+MODEL_FILE = "model.safetensors"
+
+
+def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """What trains, by the unwrapped model's names (a DDP wrapper adds `module.`): a checkpoint
+    of 2 processes resumes in 1 and back."""
+    return {n: p for n, p in _unwrapped(model).named_parameters() if p.requires_grad}
+
+
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)
+
+
+def keep_only_trainables(accelerator: Any, model: torch.nn.Module) -> None:
+    """Make `accelerator.save_state` write the trained parameters only (with the optimizer,
+    scheduler and RNG states as before), and `load_state` restore them, for every method
+    whose backbone is frozen. Method full keeps accelerate's whole-model state."""
+    if getattr(model, "backbone_trainable", False):
+        return
+
+    def save_trainables(models: list, weights: list, output_dir: str) -> None:
+        for i, prepared in enumerate(models):
+            weights[i] = {n: p.detach() for n, p in trainable_parameters(prepared).items()}
+
+    def load_trainables(models: list, input_dir: str) -> None:
+        for prepared in list(models):
+            load_trainables_into(prepared, Path(input_dir) / MODEL_FILE)
+            models.remove(prepared)  # loaded: accelerate's strict whole-model load is skipped
+
+    accelerator.register_save_state_pre_hook(save_trainables)
+    accelerator.register_load_state_pre_hook(load_trainables)
+
+
+def load_trainables_into(model: torch.nn.Module, file: Path) -> None:
+    """Copy a checkpoint's trained tensors into `model`; every trainable parameter must be there
+    with its shape (a checkpoint of the whole model, as older versions wrote, has them too)."""
+    state = read_safetensors(file, CheckpointError)
+    params = trainable_parameters(model)
+    missing = sorted(set(params) - set(state))
+    if missing:
+        raise CheckpointError(f"{file}: lacks {len(missing)} of the run's {len(params)} trained "
+                              f"tensors ({', '.join(missing[:3])}); a checkpoint of another "
+                              "method or adapter shape?")
+    for name, param in params.items():
+        if state[name].shape != param.shape:
+            raise CheckpointError(f"{file}: {name} is {tuple(state[name].shape)}, the run's is "
+                                  f"{tuple(param.shape)}")
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(state[name])
+
+
 @dataclass
 class Progress:
-    """What a run knows beyond its weights and optimizer (accelerate keeps those): the step, the
-    best evaluation so far and *its weights*, and the collator's answer-sampling RNG. A resumed
-    run restores all of it, so it ends exactly where the uninterrupted run would."""
+    """What a run knows beyond its weights and optimizer (accelerate keeps those): the step and
+    the best evaluation so far with *its weights*. A resumed run restores all of it, so it ends
+    exactly where the uninterrupted run would. (The answer each example learns is seeded by
+    its position, see RecordDataset: no sampler state to keep.)"""
 
     step: int = 0
     best: float | None = None  # the selection metric's best value (None: never evaluated)
     best_metrics: dict[str, Any] = field(default_factory=dict)
     best_state: dict[str, torch.Tensor] | None = None
-    collator_rng: Any = None  # random.Random.getstate() of the training collator
 
     def improve(self, score: float, metrics: dict[str, Any], model: torch.nn.Module) -> None:
         if self.best is None or score > self.best:
@@ -73,7 +127,7 @@ def save_checkpoint(accelerator: Any, out: Path, progress: Progress, keep: int) 
         files = {p.name: p.stat().st_size for p in sorted(partial.iterdir()) if p.is_file()}
         atomic_write_json(partial / TRAINER_STATE, {
             "step": progress.step, "best": progress.best, "best_metrics": progress.best_metrics,
-            "collator_rng": progress.collator_rng, "files": files})
+            "files": files})
         replace_dir(partial, final)
         prune_checkpoints(out, keep)
     accelerator.wait_for_everyone()
@@ -150,5 +204,4 @@ def load_progress(checkpoint: Path) -> Progress:
                               "by an older dept_vl, whose resume lost the best weights)")
     # older checkpoints wrote -inf for "never evaluated"
     best = None if best is None or best == -math.inf else float(best)
-    return Progress(state["step"], best, state["best_metrics"], best_state,
-                    state.get("collator_rng"))
+    return Progress(state["step"], best, state["best_metrics"], best_state)

@@ -15,9 +15,11 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
+from accelerate.utils import gather_object
 from torch.utils.data import DataLoader
 
 from dept_vl.data.collate import RecordDataset, VLCollator
@@ -28,25 +30,48 @@ from dept_vl.model import VLT5
 from dept_vl.tasks import TASKS, TaskSpec, spec_of
 
 
-def _predict(
-    model: VLT5, records: Sequence[Record], adapter: str | None | list[str | None], task: str,
-    batch_size: int, max_length: int, feature_cache: Any = None,
-) -> list[str]:
-    """Predictions in record order; `adapter` one name, or one per record (mixed batches)."""
-    collator = VLCollator(model.tokenizer, model.vision.transform, max_length, train=False,
-                          feature_cache=feature_cache)
-    loader = DataLoader(RecordDataset(records), batch_size=batch_size, collate_fn=collator)
+@dataclass
+class Batching:
+    """How predictions are made: batch size, text truncation, the feature cache (None: encode
+    the pixels) and the processes that share the work (None: this one does it all)."""
+
+    batch_size: int
+    max_length: int
+    feature_cache: Any = None
+    processes: Any = None  # accelerate's PartialState (or AcceleratorState) of a sharded run
+
+    def shares(self) -> tuple[int, int]:
+        """(this process's index, number of processes)."""
+        if self.processes is None:
+            return 0, 1
+        return self.processes.process_index, self.processes.num_processes
+
+
+def _predict(model: VLT5, records: Sequence[Record], adapter: str | None | list[str | None],
+             task: str, how: Batching) -> list[str]:
+    """Predictions in record order; `adapter` one name, or one per record (mixed batches).
+
+    Sharded: the batches are those of one process, dealt round-robin, and the predictions are
+    gathered back into record order. A batch holds the same records whatever the number of
+    processes, so the predictions (and metrics) are those of a single-process evaluation."""
+    rank, world = how.shares()
+    batches = [list(range(start, min(start + how.batch_size, len(records))))
+               for start in range(0, len(records), how.batch_size)]
+    mine = list(range(rank, len(batches), world))
+    collator = VLCollator(model.tokenizer, model.vision.transform, how.max_length, train=False,
+                          feature_cache=how.feature_cache)
+    loader = DataLoader(RecordDataset(records), batch_sampler=[batches[i] for i in mine],
+                        collate_fn=collator)
     device = next(model.parameters()).device
-    predictions: list[str] = []
-    for batch in loader:
-        names = adapter
-        if isinstance(adapter, list):
-            names = adapter[len(predictions):len(predictions) + len(batch["records"])]
-        predictions += model.generate_from_batch(
+    predicted: list[tuple[int, list[str]]] = []
+    for index, batch in zip(mine, loader):
+        names = [adapter[i] for i in batches[index]] if isinstance(adapter, list) else adapter
+        predicted.append((index, model.generate_from_batch(
             batch["input_ids"].to(device), batch["attention_mask"].to(device),
-            **_visual_inputs(batch, device), adapter=names, task=task,
-        )
-    return predictions
+            **_visual_inputs(batch, device), adapter=names, task=task)))
+    if world > 1:  # every process takes part, whether or not it had a batch
+        predicted = sorted(gather_object(predicted))
+    return [text for _, texts in predicted for text in texts]
 
 
 def _visual_inputs(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
@@ -64,30 +89,28 @@ def evaluate(
     max_length: int = 64,
     max_examples: int | None = None,
     feature_cache: Any = None,
+    processes: Any = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Metrics and per-example predictions for `records` (VQA and caption rows may be mixed)."""
     return evaluate_many(model, {"": (records, adapter)}, batch_size, max_length, max_examples,
-                         feature_cache)[""]
+                         feature_cache, processes)[""]
 
 
 def _predict_groups(
     model: VLT5, groups: dict[str, tuple[Sequence[Record], str | None]],
-    chosen: dict[str, list[Record]], task: str, batch_size: int, max_length: int,
-    feature_cache: Any,
+    chosen: dict[str, list[Record]], task: str, how: Batching,
 ) -> dict[str, list[str]]:
     """{group: predictions} for one task's `chosen` records: where the task shares batches, the
     groups go through the backbone together, each example with its group's adapter (a LoRA
     adapter's rows in their own sub-batches, see VLT5.generate_from_batch); otherwise group by
     group."""
     if not TASKS[task].shared_batches:
-        return {name: _predict(model, records, groups[name][1], task, batch_size, max_length,
-                               feature_cache) if records else []
+        return {name: _predict(model, records, groups[name][1], task, how) if records else []
                 for name, records in chosen.items()}
     names = [groups[name][1] for name in chosen for _ in chosen[name]]
     mixed = names if len(set(names)) > 1 else (names[0] if names else None)
     every = [r for records in chosen.values() for r in records]
-    flat = _predict(model, every, mixed, task, batch_size, max_length, feature_cache) \
-        if every else []
+    flat = _predict(model, every, mixed, task, how) if every else []
     predicted = {}
     for name, records in chosen.items():
         predicted[name], flat = flat[:len(records)], flat[len(records):]
@@ -110,12 +133,14 @@ def evaluate_many(
     max_length: int = 64,
     max_examples: int | None = None,
     feature_cache: Any = None,
+    processes: Any = None,
 ) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
     """{name: (metrics, rows)} for several (records, adapter) groups, e.g. the tasks of a
     multi-task run. Task by task (dept_vl/tasks.py), the records of every group go through the
     backbone together in mixed-adapter batches where the task allows it (VQA), else group by
     group (captions); at most `max_examples` per group and task. `eval_seconds` is the whole
-    call's."""
+    call's. With `processes` (accelerate's state of a multi-process run; every process must
+    call), the batches are shared out and every process returns the whole result."""
     for records, _ in groups.values():  # a record of no known task is an error, not skipped
         for record in records:
             spec_of(record)
@@ -127,8 +152,8 @@ def evaluate_many(
     for task, spec in TASKS.items():
         chosen = {name: spec.eval_records([r for r in records if r.task == task])[:max_examples]
                   for name, (records, _) in groups.items()}
-        predicted = _predict_groups(model, groups, chosen, task, batch_size, max_length,
-                                    feature_cache)
+        predicted = _predict_groups(model, groups, chosen, task,
+                                    Batching(batch_size, max_length, feature_cache, processes))
         for name, (metrics, rows) in results.items():
             _score(spec, chosen[name], predicted[name], metrics, rows)
     seconds = round(time.perf_counter() - start, 2)

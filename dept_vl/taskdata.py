@@ -150,12 +150,15 @@ def task_schedule(sizes: Sequence[int], temperature: float, seed: int, length: i
 
 
 class TaskStream:
-    """Endless batches from one task's prepared loader. Epoch e is shuffled with `seed + e`, and
+    """Endless batches from one task's prepared loader. Epoch e is shuffled with `seed + e` (and
+    its examples draw their targets by e, see RecordDataset), and
     a stream that already gave `consumed` batches (a resume) skips them, so resumed and
     uninterrupted runs see the same batches."""
 
-    def __init__(self, loader: Any, accelerator: Any, seed: int, consumed: int = 0):
+    def __init__(self, loader: Any, accelerator: Any, seed: int, consumed: int = 0,
+                 generator: torch.Generator | None = None):
         self.loader, self.accelerator, self.seed = loader, accelerator, seed
+        self.generator = generator  # the sampler's: seeded per epoch, the same on every process
         self.epoch, self.skip = divmod(consumed, len(loader))
         self._batches: Iterator | None = None
 
@@ -174,6 +177,10 @@ class TaskStream:
         while True:
             if self._batches is None:
                 set_seed(self.seed + self.epoch)
+                if self.generator is not None:
+                    self.generator.manual_seed(self.seed + self.epoch)
+                if hasattr(self.loader.dataset, "start_epoch"):  # the epoch's answer draws
+                    self.loader.dataset.start_epoch(self.epoch)
                 loader = self.loader
                 if self.skip:
                     loader = self.accelerator.skip_first_batches(self.loader, self.skip)

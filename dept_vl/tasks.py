@@ -112,7 +112,7 @@ def one_per_image(records: list[CaptionRecord]) -> list[CaptionRecord]:
     """Caption each image once, with every reference caption any row gives it."""
     merged: dict[Any, CaptionRecord] = {}
     for record in records:
-        key = record.image if isinstance(record.image, str) else record.id
+        key = record.image_key or record.id  # a file path or a dataset row
         if key in merged:
             merged[key] = replace(merged[key], captions=merged[key].captions + record.captions)
         else:

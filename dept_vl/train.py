@@ -23,15 +23,15 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from safetensors import SafetensorError
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from dept_vl.checkpoints import (
-    Progress, find_checkpoint, load_progress, restore_state, save_checkpoint,
+    Progress, find_checkpoint, keep_only_trainables, load_progress, restore_state, save_checkpoint,
 )
 from dept_vl.config import ConfigError, TrainConfig, load_config, parse_overrides
 from dept_vl.data.collate import RecordDataset, VLCollator, input_text
@@ -115,9 +115,16 @@ def use_cpu_threads(requested: int | None) -> None:
 def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
     # the process state first (before the CSV tracker asks which process is main), on CPU
     # machines with cpu=True so that torchrun runs MULTI_CPU (gloo) rather than N lone copies
-    PartialState(cpu=not torch.cuda.is_available())
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if cfg.batch_size % state.num_processes:
+        raise ConfigError(f"batch_size: {cfg.batch_size} is the global batch, split over "
+                          f"{state.num_processes} processes; make it a multiple of "
+                          f"{state.num_processes}")
     return Accelerator(
         cpu=not torch.cuda.is_available(),
+        # batch_size is the global batch, each process gets its slice: the same examples in
+        # the same steps whatever the number of processes (see TrainLoop.micro_step)
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         mixed_precision=cfg.mixed_precision,
         log_with=["tensorboard", CSVTracker(run_name="train", logging_dir=out / "logs")],
@@ -147,15 +154,17 @@ def load_data(cfg: TrainConfig, accelerator: Accelerator
     return tasks, tokenizer_records, skipped
 
 
-def shuffling(model: Any, records: list, cfg: TrainConfig) -> dict[str, Any]:
-    """DataLoader options: plain shuffling, or (group_by_length) transformers'
-    LengthGroupedSampler, which shuffles mega-batches of similar text length."""
+def shuffling(model: Any, dataset: RecordDataset, cfg: TrainConfig,
+              generator: torch.Generator) -> Any:
+    """The sampler: plain shuffling, or (group_by_length) transformers' LengthGroupedSampler,
+    which shuffles mega-batches of similar text length. Both draw from `generator`, which
+    TaskStream seeds per epoch: every process (and a resumed run) draws the same order."""
     if not cfg.group_by_length:
-        return {"shuffle": True}
-    lengths = [len(ids) for ids in model.tokenizer([input_text(r) for r in records],
+        return RandomSampler(dataset, generator=generator)
+    lengths = [len(ids) for ids in model.tokenizer([input_text(r) for r in dataset.records],
                                                    truncation=True, max_length=cfg.max_length)
                ["input_ids"]]
-    return {"sampler": LengthGroupedSampler(cfg.batch_size, lengths=lengths)}
+    return LengthGroupedSampler(cfg.batch_size, lengths=lengths, generator=generator)
 
 
 def build_feature_cache(model: Any, cfg: TrainConfig, tasks: list[TaskData]) -> FeatureCache:
@@ -211,15 +220,22 @@ class TrainLoop:
         self.collator = VLCollator(model.tokenizer, model.vision.transform, cfg.max_length,
                                    cfg.max_target_length, train=True, seed=cfg.seed,
                                    cache_images=cfg.cache_images, feature_cache=features)
-        loaders = [DataLoader(RecordDataset(task.train), batch_size=cfg.batch_size,
-                              collate_fn=self.collator, num_workers=cfg.num_workers,
-                              **shuffling(model, task.train, cfg)) for task in tasks]
+        self.generators = [torch.Generator() for _ in tasks]
+        datasets = [RecordDataset(task.train, seed=cfg.seed) for task in tasks]
+        # every step one whole global batch (a short last batch is dropped, its examples come
+        # in later epochs' shuffles): several processes would complete it with repeats
+        loaders = [DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=self.collator,
+                              num_workers=cfg.num_workers,
+                              drop_last=len(dataset) >= cfg.batch_size,
+                              sampler=shuffling(model, dataset, cfg, generator))
+                   for dataset, generator in zip(datasets, self.generators)]
         optimizer = torch.optim.AdamW(groups, eps=1e-6)
-        scheduler = get_linear_schedule_with_warmup(
-            optimizer, cfg.warmup_steps * accelerator.num_processes,
-            max(cfg.max_steps, 1) * accelerator.num_processes)
+        # one scheduler step per optimizer step (split batches: not one per process)
+        scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps,
+                                                    max(cfg.max_steps, 1))
         self.model, self.optimizer, self.scheduler, *self.loaders = accelerator.prepare(
             model, optimizer, scheduler, *loaders)
+        keep_only_trainables(accelerator, model)
         self.unwrapped = accelerator.unwrap_model(self.model)
         accelerator.init_trackers("train", config={k: str(v) for k, v in cfg.to_dict().items()})
         self.progress = Progress()
@@ -235,9 +251,6 @@ class TrainLoop:
             raise CheckpointError(f"{checkpoint}: cannot restore the training state "
                                   f"({type(error).__name__}: {error})") from None
         self.progress = load_progress(checkpoint)
-        if self.progress.collator_rng is not None:
-            version, state, gauss = self.progress.collator_rng
-            self.collator.rng.setstate((version, tuple(state), gauss))
         for tracker in self.accelerator.trackers:
             if isinstance(tracker, CSVTracker):
                 tracker.drop_after(self.progress.step)
@@ -254,8 +267,9 @@ class TrainLoop:
                                  cfg.max_steps * cfg.gradient_accumulation_steps)
         micro_done = progress.step * cfg.gradient_accumulation_steps
         consumed = Counter(schedule[:micro_done])
-        streams = [TaskStream(loader, self.accelerator, cfg.seed + 1000 * i, consumed[i])
-                   for i, loader in enumerate(self.loaders)]
+        streams = [TaskStream(loader, self.accelerator, cfg.seed + 1000 * i, consumed[i],
+                              generator)
+                   for i, (loader, generator) in enumerate(zip(self.loaders, self.generators))]
         bar = tqdm(total=cfg.max_steps, initial=progress.step,
                    disable=not self.accelerator.is_main_process,
                    desc=f"{cfg.method}/{'+'.join(t.name for t in self.tasks)}")
@@ -290,6 +304,7 @@ class TrainLoop:
                               pixel_values=batch.get("pixel_values"), labels=batch["labels"],
                               visual_features=batch.get("visual_features"),
                               adapter=task.adapter).loss
+            loss = self.global_token_mean(loss, batch["labels"])
             mean = float(self.accelerator.reduce(loss.detach().float(), reduction="mean"))
             self.check_finite("loss", mean)
             self.accelerator.backward(loss)
@@ -302,6 +317,18 @@ class TrainLoop:
             self.scheduler.step()
             self.optimizer.zero_grad()
         return mean
+
+    def global_token_mean(self, loss: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The loss of this process's slice, scaled so that DDP's gradient average is the
+        gradient of the mean over every target token of the global batch: what one process
+        computes on the whole batch (a plain per-process mean would weigh a process's tokens
+        by how many its slice happens to have)."""
+        processes = self.accelerator.num_processes
+        if processes == 1:
+            return loss
+        tokens = (labels != -100).sum().float()
+        total = self.accelerator.reduce(tokens, reduction="sum")
+        return loss * tokens * processes / total
 
     def check_finite(self, what: str, value: float) -> None:
         if math.isfinite(value):
@@ -318,24 +345,25 @@ class TrainLoop:
         """Periodic evaluation (the best weights kept) and checkpoints."""
         cfg, step = self.cfg, self.progress.step
         if any(t.eval for t in self.tasks) and (step % cfg.eval_steps == 0 or step == cfg.max_steps):
-            if self.accelerator.is_main_process:
-                self.evaluate(bar)
-            self.accelerator.wait_for_everyone()
+            self.evaluate(bar)  # every process: each generates its share of the batches
         if step % cfg.save_steps == 0 and step < cfg.max_steps:
             # named by step, not by accelerate's automatic naming: with several processes
             # its existence check races the main process creating the folder
-            self.progress.collator_rng = self.collator.rng.getstate() if self.collator.rng else None
             self.last_checkpoint = save_checkpoint(self.accelerator, self.out, self.progress,
                                                    cfg.checkpoints_total_limit)
 
     def evaluate(self, bar: Any) -> None:
+        """Periodic evaluation, sharded over the processes; each ends with the same metrics,
+        so each keeps the same best weights."""
         step = self.progress.step
-        evaluated, _ = evaluate_tasks(self.unwrapped, self.tasks, "eval", self.cfg, self.features)
+        evaluated, _ = evaluate_tasks(self.unwrapped, self.tasks, "eval", self.cfg, self.features,
+                                      self.accelerator.state)
         self.log_metrics("eval", evaluated)
         kinds = {task.name: task.kind for task in self.tasks}
         for name, metrics in evaluated.items():
             metric = get_task(kinds[name]).metric
-            bar.write(f"step {step}: {name} eval {metric} {metrics.get(metric, math.nan):.2f}")
+            if self.accelerator.is_main_process:
+                bar.write(f"step {step}: {name} eval {metric} {metrics.get(metric, math.nan):.2f}")
         selected = self.layout.selection(evaluated)
         if selected is not None:
             self.progress.improve(*selected, self.unwrapped)
@@ -353,13 +381,14 @@ class TrainLoop:
 
 def finish(loop: TrainLoop, command: str, trainable_line: str, skipped: dict[str, Any]
            ) -> dict[str, Any]:
-    """The best weights saved as the run's result, then tested (main process); trackers closed."""
-    results: dict[str, Any] = {}
+    """The best weights saved as the run's result (main process), then tested (every process
+    its share); trackers closed."""
+    loop.restore_best()
+    saved_to = Path(loop.out)
     if loop.accelerator.is_main_process:
-        loop.restore_best()
         saved_to = save_result_model(loop.unwrapped, loop.cfg, loop.out, None, command)
         loop.accelerator.print(f"[dept_vl] saved {saved_to}")
-        results = test_and_report(loop, saved_to, command, trainable_line, skipped)
+    results = test_and_report(loop, saved_to, command, trainable_line, skipped)
     # trackers closed by hand: end_training() would also destroy the process group, which
     # the next job of a multi-job config still needs
     for tracker in loop.accelerator.trackers:
@@ -370,15 +399,19 @@ def finish(loop: TrainLoop, command: str, trainable_line: str, skipped: dict[str
 
 def test_and_report(loop: TrainLoop, saved_to: Path, command: str, trainable_line: str,
                     skipped: dict[str, Any]) -> dict[str, Any]:
-    """Test metrics with the best weights, eval_results.json, test_predictions.json, and the
-    model card again, now with its metrics. A failure here keeps the saved model."""
+    """Test metrics with the best weights (every process generates its share), then, on the
+    main process, eval_results.json, test_predictions.json, and the model card again, now with
+    its metrics. A failure here keeps the saved model."""
     cfg, out, model = loop.cfg, loop.out, loop.unwrapped
     try:
-        tested, rows = evaluate_tasks(model, loop.tasks, "test", cfg, loop.features)
+        tested, rows = evaluate_tasks(model, loop.tasks, "test", cfg, loop.features,
+                                      loop.accelerator.state)
     except UserError as error:
         raise TrainingError(f"test evaluation failed after training: {error}. The trained "
                             f"model is saved in {saved_to}; evaluate it again with "
                             "`python -m dept_vl.evaluate`") from error
+    if not loop.accelerator.is_main_process:
+        return {}
     pretrained = model.metadata.get("pretrain_question_types")
     for name, metrics in tested.items():
         metrics.update(reserved_type_report(metrics, rows[name], pretrained))

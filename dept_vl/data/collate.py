@@ -7,7 +7,7 @@ Knows nothing of models: the tokenizer, the image transform and the image loader
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 from PIL import Image
@@ -17,17 +17,38 @@ from dept_vl.data.records import Record, load_image
 from dept_vl.tasks import spec_of
 
 
-class RecordDataset(Dataset):
-    """A list of records as a map-style dataset; the collator does the work."""
+class Example(NamedTuple):
+    """A training record with the seed of its target draw (which of its answers it learns)."""
 
-    def __init__(self, records: Sequence[Record]):
+    record: Record
+    draw: int
+
+
+class RecordDataset(Dataset):
+    """A list of records as a map-style dataset; the collator does the work.
+
+    With `seed` (training), item i of epoch e is an Example whose target draw is seeded by
+    (seed, e, i) alone: which answer a record learns does not depend on which process collates
+    it, in which batch, or whether the run was resumed (a running RNG in the collator would)."""
+
+    def __init__(self, records: Sequence[Record], seed: int | None = None):
         self.records = list(records)
+        self.seed = seed
+        self.epoch = 0
+
+    def start_epoch(self, epoch: int) -> None:
+        # not `set_epoch`: accelerate calls that with its own count of iterations, which
+        # restarts at 0 in a resumed run
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> Record:
-        return self.records[index]
+    def __getitem__(self, index: int) -> Record | Example:
+        if self.seed is None:
+            return self.records[index]
+        draw = random.Random(f"{self.seed}/{self.epoch}/{index}").getrandbits(64)
+        return Example(self.records[index], draw)
 
 
 def target_text(record: Record, rng: random.Random | None) -> str:
@@ -67,7 +88,7 @@ class VLCollator:
         self.feature_cache = feature_cache
 
     def pixels(self, record: Record) -> torch.Tensor:
-        key = record.image if isinstance(record.image, str) else None
+        key = record.image_key  # None: an image held in memory, nothing to key it by
         if self._pixels is not None and key is not None and key in self._pixels:
             return self._pixels[key]
         tensor = self.image_transform(load_image(record))
@@ -75,14 +96,17 @@ class VLCollator:
             self._pixels[key] = tensor
         return tensor
 
-    def __call__(self, records: Sequence[Record]) -> dict[str, Any]:
+    def __call__(self, items: Sequence[Record | Example]) -> dict[str, Any]:
+        records = [item.record if isinstance(item, Example) else item for item in items]
+        rngs = [random.Random(item.draw) if isinstance(item, Example) else self.rng
+                for item in items]
         inputs = self.tokenizer(
             [input_text(r) for r in records], padding="longest", truncation=True,
             max_length=self.max_length, return_tensors="pt",
         )
         targets = self.tokenizer(
-            [target_text(r, self.rng) for r in records], padding="longest", truncation=True,
-            max_length=self.max_target_length, return_tensors="pt",
+            [target_text(r, rng) for r, rng in zip(records, rngs)], padding="longest",
+            truncation=True, max_length=self.max_target_length, return_tensors="pt",
         )
         labels = targets["input_ids"].masked_fill(targets["attention_mask"] == 0, -100)
         batch = {

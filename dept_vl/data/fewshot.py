@@ -21,7 +21,7 @@ def answer_class(record: VQARecord) -> str:
 
 
 def _image_key(record: Record) -> str:
-    return record.image if isinstance(record.image, str) else str(record.id)
+    return record.image_key or str(record.id)  # a file path or a dataset row
 
 
 def sample_kshot(records: Sequence[Record], k: int, seed: int) -> list[Record]:
