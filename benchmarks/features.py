@@ -94,13 +94,13 @@ def build_memory(encoder: str, image_size: int, counts: list[int], batch_size: i
                  device: str = "cpu") -> dict[str, Any]:
     """`build_probe` at each count, each in a fresh process; the growth ratio of the largest
     count to the smallest (flat memory: about 1, whatever the ratio of the counts)."""
-    folder = Path(tempfile.mkdtemp(prefix="dept_vl-bench-images-"))
-    linked_images(folder, max(counts), image_size)
-    probes = [in_fresh_process("benchmarks.features", [
-        "--encoder", encoder, "--image-size", str(image_size), "--images", str(count),
-        "--batch-size", str(batch_size), "--folder", str(folder), "--device", device,
-        "--in-process"])
-        for count in counts]
+    with tempfile.TemporaryDirectory(prefix="dept_vl-bench-images-") as folder:
+        linked_images(Path(folder), max(counts), image_size)
+        probes = [in_fresh_process("benchmarks.features", [
+            "--encoder", encoder, "--image-size", str(image_size), "--images", str(count),
+            "--batch-size", str(batch_size), "--folder", folder, "--device", device,
+            "--in-process"])
+            for count in counts]
     return {"cache_build": probes,
             "rss_growth_ratio": probes[-1]["rss_growth_mb"] / probes[0]["rss_growth_mb"]}
 
