@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import DistributedType
 from safetensors.torch import save_file
 
 from dept_vl.errors import CheckpointError
@@ -55,8 +56,10 @@ def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
 def keep_only_trainables(accelerator: Any, model: torch.nn.Module) -> None:
     """Make `accelerator.save_state` write the trained parameters only (with the optimizer,
     scheduler and RNG states as before), and `load_state` restore them, for every method
-    whose backbone is frozen. Method full keeps accelerate's whole-model state."""
-    if getattr(model, "backbone_trainable", False):
+    whose backbone is frozen. Method full keeps accelerate's whole-model state, and so do
+    DeepSpeed and FSDP, which save their engines' (sharded) state themselves."""
+    if getattr(model, "backbone_trainable", False) or accelerator.distributed_type in (
+            DistributedType.DEEPSPEED, DistributedType.FSDP, DistributedType.MEGATRON_LM):
         return
 
     def save_trainables(models: list, weights: list, output_dir: str) -> None:

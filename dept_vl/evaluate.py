@@ -3,10 +3,11 @@ VQA accuracy per question type; BLEU-4 and CIDEr over the whole split, since CID
 every reference at once).
 
 CLI: `python -m dept_vl.evaluate --backbone DIR --adapter DIR --data FILE [--out FILE]
-[--on-bad-data error|skip]`. A bad backbone, adapter or data file (an undecodable image
-included, checked before any generation) is one line `dept_vl: error: ...` and exit code 2;
-with `--on-bad-data skip` bad rows and images are dropped instead, counted in the metrics and
-listed in `--out`. `--out` is written atomically.
+[--on-bad-data error|skip]`; under `accelerate launch` or `torchrun` the batches are shared out
+over the processes and the metrics are those of one process. A bad backbone, adapter or data
+file (an undecodable image included, checked before any generation) is one line
+`dept_vl: error: ...` and exit code 2; with `--on-bad-data skip` bad rows and images are dropped
+instead, counted in the metrics and listed in `--out`. `--out` is written atomically.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
+from accelerate import PartialState
 from accelerate.utils import gather_object
 from torch.utils.data import DataLoader
 
@@ -223,12 +225,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="error: stop at the first bad row or image, naming it; skip: "
                              "drop them (counted in the metrics, listed in --out)")
     args = parser.parse_args(argv)
-    model = VLT5.from_pretrained(args.backbone)
+    # under `accelerate launch` / torchrun every process generates its share of the batches
+    state = PartialState(cpu=not torch.cuda.is_available())
+    model = VLT5.from_pretrained(args.backbone).to(state.device)
     name = model.load_adapter(args.adapter) if args.adapter else None
     task = args.task or model.adapter_task(name) or "vqa"
     records, skipped = _load_checked(args, task)
     max_length = model.adapters[name].config.max_length if name else model.max_text_length
-    metrics, rows = evaluate(model, records, name, args.batch_size, max_length)
+    metrics, rows = evaluate(model, records, name, args.batch_size, max_length,
+                             processes=state if state.num_processes > 1 else None)
+    if not state.is_main_process:
+        return
     result: dict[str, Any] = {"metrics": metrics, "predictions": rows}
     if skipped is not None:
         metrics["skipped"] = skip_summary(skipped)

@@ -36,7 +36,7 @@ from dept_vl.checkpoints import (
 from dept_vl.config import ConfigError, TrainConfig, load_config, parse_overrides
 from dept_vl.data.collate import RecordDataset, VLCollator, input_text
 from dept_vl.data.fewshot import class_counts
-from dept_vl.data.records import skip_line
+from dept_vl.data.records import image_key, skip_line
 from dept_vl.errors import BackboneError, CheckpointError, TrainingError, UserError, run_cli
 from dept_vl.evaluate import mean_loss
 from dept_vl.files import atomic_write_json
@@ -72,7 +72,7 @@ def run(cfg: TrainConfig, command: str) -> dict[str, Any]:
         accelerator.print("[dept_vl] dry run: config and model built; no data read, no step taken")
         return {"trainable_parameters": model.trainable_parameters()[0]}
     # ---- the loop
-    features = build_feature_cache(model, cfg, tasks) if cfg.cache_features else None
+    features = build_feature_cache(model, cfg, tasks, accelerator) if cfg.cache_features else None
     loop = TrainLoop(cfg, accelerator, model, tasks, groups, features)
     loop.train()
     # ---- the trained model first (nothing at test time can lose it), then the test
@@ -167,21 +167,26 @@ def shuffling(model: Any, dataset: RecordDataset, cfg: TrainConfig,
     return LengthGroupedSampler(cfg.batch_size, lengths=lengths, generator=generator)
 
 
-def build_feature_cache(model: Any, cfg: TrainConfig, tasks: list[TaskData]) -> FeatureCache:
+def build_feature_cache(model: Any, cfg: TrainConfig, tasks: list[TaskData],
+                        accelerator: Accelerator) -> FeatureCache:
     """The frozen encoder's outputs for every image of the run, computed once (only for images
-    not cached yet, or changed since)."""
+    not cached yet, or changed since), pooled as the projection pools them, stored as
+    `feature_cache_dtype` in shards of `feature_cache_shard_mb`; every process encodes its
+    share."""
     if model.backbone_trainable:
         raise ConfigError("cache_features: the image encoder trains in this run (method full), "
                          "so its outputs change every step and cannot be cached")
-    cache = FeatureCache(cfg.feature_cache_dir, model.vision)
+    cache = FeatureCache(cfg.feature_cache_dir, model.vision, model.projection.num_tokens,
+                         cfg.feature_cache_dtype, cfg.feature_cache_shard_mb)
     images = [r.image for t in tasks for r in (*t.train, *t.eval, *t.test)]
-    if not all(isinstance(image, str) for image in images):
-        raise ConfigError("cache_features: needs image files (records with in-memory images, "
-                         "e.g. from a hub dataset, cannot be keyed)")
+    if any(image_key(image) is None for image in images):
+        raise ConfigError("cache_features: needs images with a key (files or `datasets` rows); "
+                          "images handed over in memory cannot be cached")
     start = time.perf_counter()
-    built = cache.build(images, cfg.eval_batch_size)
-    print(f"[dept_vl] feature cache {cache.dir}: {built} images encoded "
-          f"({len(set(images)) - built} cached) in {time.perf_counter() - start:.1f} s", flush=True)
+    built = cache.build(images, cfg.eval_batch_size, accelerator.state)
+    accelerator.print(f"[dept_vl] feature cache {cache.dir}: {built} images encoded "
+                      f"({len({image_key(i) for i in images}) - built} cached) in "
+                      f"{time.perf_counter() - start:.1f} s", flush=True)
     return cache
 
 
