@@ -4,6 +4,8 @@ of the given data files, computed once (images already cached and unchanged are 
     python -m dept_vl.features --backbone runs/backbone-shapes/model \\
         --data runs/shapes/train_vqa.jsonl --data runs/shapes/val_vqa.jsonl [--cache-dir DIR]
     torchrun --nproc_per_node 4 -m dept_vl.features ...   # or accelerate launch -m dept_vl.features
+    python -m dept_vl.features --backbone DIR --format vqav2 --data questions.json \
+        --annotations annotations.json --image-dir coco/train2014
 
 Training and evaluation use it with `cache_features: true` and the same `feature_cache_dir`,
 `feature_cache_dtype` (--dtype) and pooling (the backbone's `num_visual_tokens`; --no-pool
@@ -26,7 +28,7 @@ import time
 import torch
 from accelerate import PartialState
 
-from dept_vl.data.records import TASKS, load_records, skip_line, validate_images
+from dept_vl.data.records import TASKS, image_key, load_records, skip_line, validate_images
 from dept_vl.errors import run_cli
 from dept_vl.model import VLT5
 from dept_vl.vision import STORAGE_DTYPES, FeatureCache
@@ -46,6 +48,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", action="append", required=True, help="data file (repeatable)")
     parser.add_argument("--task", default="vqa", choices=list(TASKS),
                         help="how to read the data files")
+    parser.add_argument("--format", default="auto",
+                        help="data format (auto, jsonl, vqav2, karpathy, hf, ...)")
+    parser.add_argument("--annotations", help="vqav2: the annotations json")
+    parser.add_argument("--image-dir", help="vqav2 / karpathy: the image folder")
+    parser.add_argument("--split", help="karpathy / hf: the split to read")
     parser.add_argument("--cache-dir", default="runs/feature-cache")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--dtype", default="float16", choices=list(STORAGE_DTYPES),
@@ -66,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     state = PartialState(cpu=not torch.cuda.is_available())
     skipped: list[dict[str, str]] | None = [] if args.on_bad_data == "skip" else None
-    records = [r for path in args.data for r in load_records(path, args.task, skipped=skipped)]
+    options = {"image_dir": args.image_dir, "annotations": args.annotations, "split": args.split}
+    records = [r for path in args.data for r in load_records(
+        path, args.task, args.format, skipped=skipped,
+        **{k: v for k, v in options.items() if v is not None})]
     images = [r.image for r in validate_images(records, skipped=skipped)]  # before any encoding
     if skipped:
         state.print(skip_line(skipped))
@@ -76,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     cache = FeatureCache(args.cache_dir, model.vision, pool_tokens=pool, dtype=args.dtype,
                          shard_mb=args.shard_mb)
     start = time.perf_counter()
-    built = cache.build([i for i in images if isinstance(i, str)], args.batch_size, state)
+    built = cache.build([i for i in images if image_key(i) is not None], args.batch_size, state)
     seconds = time.perf_counter() - start
     state.print(f"{cache.dir}: {built} images encoded ({built / seconds:.1f} images/s on "
                 f"{state.num_processes} process(es)), {len(set(images)) - built} already "

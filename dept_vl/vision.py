@@ -35,6 +35,7 @@ from timm.models import parse_model_name, split_model_name_tag
 from torch import nn
 from torch.nn import functional as F
 
+from dept_vl.data.table_images import LazyImage
 from dept_vl.errors import BackboneError, UserError, one_line
 from dept_vl.files import atomic_write_json, read_json_object
 from dept_vl.images import to_rgb
@@ -347,15 +348,17 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _read_image(path: str) -> tuple[Image.Image, dict[str, Any]]:
-    """The image as training sees it (`to_rgb`) and its index entry's size, mtime and sha256,
-    all from the same bytes."""
-    stat = os.stat(path)
-    data = Path(path).read_bytes()
-    with Image.open(io.BytesIO(data)) as image:
-        rgb = to_rgb(image)
-    return rgb, {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                 "sha256": hashlib.sha256(data).hexdigest()}
+def _read_image(image: str | LazyImage) -> tuple[Image.Image, dict[str, Any]]:
+    """The image as training sees it (`to_rgb`) and its index entry's size, mtime and sha256
+    (a `datasets` row: sha256 only), all from the same bytes."""
+    if isinstance(image, LazyImage):
+        data, meta = image.read_bytes(), {}
+    else:
+        stat = os.stat(image)
+        data, meta = Path(image).read_bytes(), {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    with Image.open(io.BytesIO(data)) as opened:
+        rgb = to_rgb(opened)
+    return rgb, {**meta, "sha256": hashlib.sha256(data).hexdigest()}
 
 
 @contextlib.contextmanager
@@ -404,8 +407,9 @@ class FeatureCache:
         self._shards: dict[str, Any] = {}  # open (memory-mapped) shard files
 
     @staticmethod
-    def key(path: str | Path) -> str:
-        return str(Path(path).resolve())
+    def key(image: str | Path | LazyImage) -> str:
+        """A file's absolute path; a `datasets` row's key (its dataset's fingerprint and row)."""
+        return image.key if isinstance(image, LazyImage) else str(Path(image).resolve())
 
     def _load(self) -> dict[str, dict[str, Any]]:
         """index.json with the entries of index parts not merged yet (a build that was killed,
@@ -417,11 +421,12 @@ class FeatureCache:
                 index.update(read_json_object(file, FeatureCacheError).get("images", {}))
         return index
 
-    def is_fresh(self, path: str | Path) -> bool:
-        """True when `path` has an entry whose file content is unchanged."""
+    def is_fresh(self, path: str | Path | LazyImage) -> bool:
+        """True when `path` has an entry whose file content is unchanged (a `datasets` row's
+        key names its dataset's content: an entry is fresh)."""
         entry = self.index.get(self.key(path))
-        if entry is None:
-            return False
+        if entry is None or isinstance(path, LazyImage):
+            return entry is not None
         stat = Path(path).stat()
         if (entry["size"], entry["mtime_ns"]) == (stat.st_size, stat.st_mtime_ns):
             return True
@@ -431,7 +436,7 @@ class FeatureCache:
         return True
 
     @torch.no_grad()
-    def build(self, paths: list[str | Path], batch_size: int = 64,
+    def build(self, paths: list[str | Path | LazyImage], batch_size: int = 64,
               state: PartialState | None = None) -> int:
         """Encode every image of `paths` that has no fresh entry; return how many were (by all
         processes). Under several processes every one calls this with the same `paths`."""
@@ -441,7 +446,9 @@ class FeatureCache:
             self._merge_parts()  # a killed build's parts: every process starts from index.json
         state.wait_for_everyone()
         self.index = self._load()
-        todo = list(dict.fromkeys(self.key(p) for p in paths if not self.is_fresh(p)))
+        # the images themselves (a dataset row cannot be read back from its key), one per key
+        todo = list({self.key(p): p if isinstance(p, LazyImage) else self.key(p)
+                     for p in paths if not self.is_fresh(p)}.values())
         mine = todo[state.process_index::state.num_processes]
         if mine:
             with _eval_mode(self.encoder):
@@ -453,7 +460,7 @@ class FeatureCache:
         self.index = self._load()
         return len(todo)
 
-    def _encode(self, todo: list[str], batch_size: int, rank: int) -> None:
+    def _encode(self, todo: list[str | LazyImage], batch_size: int, rank: int) -> None:
         """Encode `todo` into new shards; this process's index part is rewritten after each."""
         part = self.dir / f"index-part-r{rank}-{uuid.uuid4().hex[:8]}.json"
         shards = _ShardSequence(self.dir, rank, len(todo), self.shard_bytes,
@@ -466,7 +473,7 @@ class FeatureCache:
                 images, metas = zip(*(_read_image(path) for path in chunk))
                 grid = self.encoder(self.encoder.preprocess(list(images)).to(device))
                 stored = pool_grid(grid, self.pool_tokens).to("cpu", STORAGE_DTYPES[self.dtype])
-                done = shards.add(stored, list(zip(chunk, metas)))
+                done = shards.add(stored, list(zip(map(self.key, chunk), metas)))
                 if done:
                     written.update(done)
                     self.index.update(done)

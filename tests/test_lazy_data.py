@@ -200,3 +200,19 @@ def test_a_dataset_datasets_keeps_in_memory_loads_and_pickles_per_row(tmp_path: 
     back = pickle.loads(pickle.dumps(records))
     assert [type(r.image) for r in back] == [EncodedImage] * len(images)
     assert [load_image(r).tobytes() for r in back] == [eager(b).tobytes() for b in images]
+
+
+def test_the_feature_cache_keys_and_encodes_dataset_rows(tmp_path: Path) -> None:
+    from conftest import tiny_model
+    from dept_vl.vision import FeatureCache
+
+    model = tiny_model().eval()
+    images = varied_images()
+    records = load_records(write_parquet(tmp_path / "caps.parquet", images), "caption")
+    cache = FeatureCache(tmp_path / "cache", model.vision, dtype="float32")
+    assert cache.build([r.image for r in records], batch_size=3) == len(images)
+    assert cache.build([r.image for r in records], batch_size=3) == 0  # fresh by their keys
+    with torch.no_grad():
+        expected = model.vision(model.vision.preprocess([eager(d) for d in images]))
+    # other batch shapes than the build's: equal to float rounding
+    assert torch.allclose(cache.features([r.image for r in records]), expected, atol=1e-5)
