@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--steps", type=int, help="scale: training steps (checkpoint half way)")
     parser.add_argument("--processes", type=lambda v: tuple(map(int, v.split(","))),
                         help="scale: process counts to run, e.g. 1,2")
-    parser.add_argument("--batch-size", type=int, help="scale: per-process batch (default: "
+    parser.add_argument("--batch-size", type=int, help="scale: global batch (default: "
                         "the config's 32)")
     args = parser.parse_args(argv)
     changes = {k: getattr(args, k) for k in SCALE_OPTIONS if getattr(args, k) is not None}
