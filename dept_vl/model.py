@@ -18,8 +18,9 @@ import hashlib
 import json
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -213,6 +214,21 @@ class VLT5(nn.Module):
         decoder stacks (transformers 4.x asks them) and their blocks (5.x asks each block)."""
         return [module for stack in (self.t5.encoder, self.t5.decoder)
                 for module in (stack, *stack.block)]
+
+    @contextmanager
+    def _not_checkpointing(self) -> Iterator[None]:
+        """T5 without checkpointing for a while (generation): some transformers versions drop
+        the decoder's cache in a checkpointing block even when no gradient is taken, and then
+        decode from the last token alone."""
+        gates = [gate for gate in self._checkpoint_gates() if gate.training] \
+            if self.gradient_checkpointing else []
+        for gate in gates:
+            gate.training = False
+        try:
+            yield
+        finally:
+            for gate in gates:
+                gate.training = True
 
     def enable_gradient_checkpointing(self, enable: bool = True) -> None:
         """T5's encoder and decoder blocks keep only their inputs in the forward pass and
@@ -436,12 +452,13 @@ class VLT5(nn.Module):
         self.engage(adapter)
         inputs, mask = self.build_inputs(input_ids, attention_mask, pixel_values,
                                          visual_features, adapter)
-        output = self.t5.generate(
-            inputs_embeds=inputs, attention_mask=mask,
-            num_beams=num_beams or spec.num_beams,
-            max_new_tokens=max_new_tokens or spec.max_new_tokens,
-            do_sample=False,
-        )
+        with self._not_checkpointing():
+            output = self.t5.generate(
+                inputs_embeds=inputs, attention_mask=mask,
+                num_beams=num_beams or spec.num_beams,
+                max_new_tokens=max_new_tokens or spec.max_new_tokens,
+                do_sample=False,
+            )
         return [text.strip() for text in self.tokenizer.batch_decode(output, skip_special_tokens=True)]
 
     @torch.no_grad()
