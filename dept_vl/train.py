@@ -48,7 +48,7 @@ from dept_vl.taskdata import (
 )
 from dept_vl.tasks import get_task
 from dept_vl.tracking import CSVTracker
-from dept_vl.training import build_model, setup_method
+from dept_vl.training import build_model, feature_cache, setup_method
 from dept_vl.transfer import initialize
 from dept_vl.vision import FeatureCache
 
@@ -176,8 +176,7 @@ def build_feature_cache(model: Any, cfg: TrainConfig, tasks: list[TaskData],
     if model.backbone_trainable:
         raise ConfigError("cache_features: the image encoder trains in this run (method full), "
                          "so its outputs change every step and cannot be cached")
-    cache = FeatureCache(cfg.feature_cache_dir, model.vision, model.projection.num_tokens,
-                         cfg.feature_cache_dtype, cfg.feature_cache_shard_mb)
+    cache = feature_cache(model, cfg)
     images = [r.image for t in tasks for r in (*t.train, *t.eval, *t.test)]
     if any(image_key(image) is None for image in images):
         raise ConfigError("cache_features: needs images with a key (files or `datasets` rows); "

@@ -17,7 +17,7 @@ from dept_vl.model import VLT5, load_tokenizer
 from dept_vl.taskdata import TaskData
 from dept_vl.tasks import corpus_texts
 from dept_vl.tokenization import build_word_tokenizer
-from dept_vl.vision import VisionConfig
+from dept_vl.vision import FeatureCache, VisionConfig
 
 
 def build_model(cfg: TrainConfig, tokenizer_records: list[Record]) -> VLT5:
@@ -98,3 +98,10 @@ def setup_method(model: VLT5, cfg: TrainConfig, tasks: Sequence[TaskData]) -> li
             else:
                 groups[group["name"]] = group
     return list(groups.values())
+
+
+def feature_cache(model: VLT5, cfg: TrainConfig) -> FeatureCache:
+    """The run's feature cache: the frozen encoder's outputs pooled as the model's projection
+    pools them, stored as `feature_cache_dtype` in shards of `feature_cache_shard_mb`."""
+    return FeatureCache(cfg.feature_cache_dir, model.vision, model.projection.num_tokens,
+                        cfg.feature_cache_dtype, cfg.feature_cache_shard_mb)
