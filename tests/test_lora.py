@@ -350,7 +350,7 @@ def test_lora_dropout_acts_in_training_only_although_the_frozen_t5_stays_in_eval
 
     def loss() -> float:
         return float(model(input_ids=ids, attention_mask=mask, visual_features=features,
-                           labels=labels, adapter="l").loss)
+                           labels=labels, adapter="l").loss.detach())
 
     model.train()
     assert not model.t5.training  # the frozen backbone: its own dropout stays off
