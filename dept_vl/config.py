@@ -37,6 +37,7 @@ from dept_vl.tasks import TASKS
 INIT_SELECT = ("best", "average")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 ON_BAD_DATA = ("error", "skip")
+ON_UNKNOWN_TOKENS = ("warn", "error")
 FEATURE_DTYPES = ("float16", "float32")
 JOB_FORBIDDEN = ("output_dir", "jobs")  # a job writes to <output_dir>/<job name>
 # build_model sets these T5Config fields from the tokenizer; given twice, T5Config would fail
@@ -397,6 +398,9 @@ class TrainConfig:
     # a bad row or undecodable image: "error" stops before training naming file and line;
     # "skip" drops it before training and counts it by reason
     on_bad_data: str = "error"
+    # data with words the backbone's tokenizer cannot represent (written to
+    # OUTPUT_DIR/tokenizer_coverage.json): "warn" prints shares and examples, "error" stops
+    on_unknown_tokens: str = "warn"
     question_types: list[str] | None = None  # keep only these VQA question types (None: all)
     max_eval_examples: int | None = 500  # periodic evaluation subset (final test: whole split)
     output_dir: str = "runs/dept"
@@ -514,6 +518,7 @@ RULES: dict[str, Rule] = {
     "eval_file": _data_files,
     "test_file": _data_files,
     "on_bad_data": Choice(ON_BAD_DATA),
+    "on_unknown_tokens": Choice(ON_UNKNOWN_TOKENS),
     "question_types": _nonempty,
     "max_eval_examples": AT_LEAST_1,
     "output_dir": _nonempty,

@@ -34,6 +34,7 @@ from dept_vl.checkpoints import (
     Progress, find_checkpoint, keep_only_trainables, load_progress, restore_state, save_checkpoint,
 )
 from dept_vl.config import ConfigError, TrainConfig, load_config, parse_overrides
+from dept_vl.coverage import CoverageError, coverage_lines, coverage_report
 from dept_vl.data.collate import RecordDataset, VLCollator, input_text
 from dept_vl.data.fewshot import class_counts
 from dept_vl.data.records import image_key, skip_line
@@ -71,12 +72,14 @@ def run(cfg: TrainConfig, command: str) -> dict[str, Any]:
     if cfg.dry_run:
         accelerator.print("[dept_vl] dry run: config and model built; no data read, no step taken")
         return {"trainable_parameters": model.trainable_parameters()[0]}
+    coverage = check_coverage(cfg, accelerator, model, tasks)
     # ---- the loop
     features = build_feature_cache(model, cfg, tasks, accelerator) if cfg.cache_features else None
     loop = TrainLoop(cfg, accelerator, model, tasks, groups, features)
     loop.train()
     # ---- the trained model first (nothing at test time can lose it), then the test
-    return finish(loop, command, trainable_line, skipped)
+    return finish(loop, command, trainable_line,
+                  {"skipped": skipped, "tokenizer_coverage": coverage})
 
 
 def backbone_missing(cfg: TrainConfig) -> bool:
@@ -187,6 +190,27 @@ def build_feature_cache(model: Any, cfg: TrainConfig, tasks: list[TaskData],
                       f"({len({image_key(i) for i in images}) - built} cached) in "
                       f"{time.perf_counter() - start:.1f} s", flush=True)
     return cache
+
+
+def check_coverage(cfg: TrainConfig, accelerator: Accelerator, model: Any,
+                   tasks: list[TaskData]) -> dict[str, Any]:
+    """How much of the run's data the backbone's tokenizer represents (dept_vl/coverage.py),
+    written to OUTPUT_DIR/tokenizer_coverage.json and printed where words are unknown; with
+    `on_unknown_tokens: error` such data stops the run here, before any step."""
+    splits = {name: [r for t in tasks for r in getattr(t, name)]
+              for name in ("train", "eval", "test")}
+    report = coverage_report(model.tokenizer, splits)
+    file = Path(cfg.output_dir) / "tokenizer_coverage.json"
+    if accelerator.is_main_process:
+        atomic_write_json(file, report)
+    lines = coverage_lines(report)
+    if lines and cfg.on_unknown_tokens == "error":
+        raise CoverageError(f"backbone {cfg.backbone if cfg.model is None else 'being built'}: "
+                            "its tokenizer turns words of the data into its unknown token "
+                            f"(on_unknown_tokens: error): {'; '.join(lines)}; all in {file}")
+    for line in lines:
+        accelerator.print(f"[dept_vl] warning: tokenizer coverage: {line} (see {file})")
+    return report
 
 
 def initialize_adapters(model: Any, cfg: TrainConfig, tasks: list[TaskData]) -> dict[str, Any]:
@@ -383,7 +407,7 @@ class TrainLoop:
             restore_state(self.unwrapped, self.progress.best_state)
 
 
-def finish(loop: TrainLoop, command: str, trainable_line: str, skipped: dict[str, Any]
+def finish(loop: TrainLoop, command: str, trainable_line: str, reports: dict[str, Any]
            ) -> dict[str, Any]:
     """The best weights saved as the run's result (main process), then tested (every process
     its share); trackers closed."""
@@ -392,7 +416,7 @@ def finish(loop: TrainLoop, command: str, trainable_line: str, skipped: dict[str
     if loop.accelerator.is_main_process:
         saved_to = save_result_model(loop.unwrapped, loop.cfg, loop.out, None, command)
         loop.accelerator.print(f"[dept_vl] saved {saved_to}")
-    results = test_and_report(loop, saved_to, command, trainable_line, skipped)
+    results = test_and_report(loop, saved_to, command, trainable_line, reports)
     # trackers closed by hand: end_training() would also destroy the process group, which
     # the next job of a multi-job config still needs
     for tracker in loop.accelerator.trackers:
@@ -402,7 +426,7 @@ def finish(loop: TrainLoop, command: str, trainable_line: str, skipped: dict[str
 
 
 def test_and_report(loop: TrainLoop, saved_to: Path, command: str, trainable_line: str,
-                    skipped: dict[str, Any]) -> dict[str, Any]:
+                    reports: dict[str, Any]) -> dict[str, Any]:
     """Test metrics with the best weights (every process generates its share), then, on the
     main process, eval_results.json, test_predictions.json, and the model card again, now with
     its metrics. A failure here keeps the saved model."""
@@ -429,8 +453,7 @@ def test_and_report(loop: TrainLoop, saved_to: Path, command: str, trainable_lin
     }
     if cfg.k_shot is not None:
         results["k_shot"] = cfg.k_shot
-    if skipped:
-        results["skipped"] = skipped
+    results.update({name: report for name, report in reports.items() if report})
     if get_method(cfg.method).kind != "backbone":  # the model card now carries the test metrics
         save_result_model(model, cfg, out, tested if cfg.adapter_per_task else test_metrics,
                           command)
