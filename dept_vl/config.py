@@ -210,6 +210,14 @@ def _data_files(entry: Any, where: Where) -> Any:
     return _data_file(entry, where)
 
 
+def _tokenizer(value: Any, where: Where) -> Any:
+    """`model.tokenizer`: a tokenizer directory, or {kind: word | byte_bpe, vocab_size} to learn
+    one from the training texts (for a fresh T5)."""
+    if isinstance(value, str):
+        return _nonempty(value, where)
+    return _check_mapping(value, TOKENIZER, where, "allowed", required=("kind",))
+
+
 def _t5(value: Any, where: Where) -> Any:
     """`model.t5`: a hub name / local directory, or T5Config fields for a fresh T5."""
     if isinstance(value, str):
@@ -362,7 +370,13 @@ MODEL: Spec = {
     "t5": (str | dict[str, Any], _t5),
     "vision": (str | dict[str, Any], _vision),
     "num_visual_tokens": (int | None, AT_LEAST_1),
-    "tokenizer": (str | None, None),
+    "tokenizer": (str | dict[str, Any] | None, _tokenizer),
+}
+# `model.tokenizer` as a mapping: one learnt from the training texts (a string: a directory)
+TOKENIZER_KINDS = ("word", "byte_bpe")
+TOKENIZER: Spec = {
+    "kind": (str, Choice(TOKENIZER_KINDS)),
+    "vocab_size": (int, Bound(259)),  # the 256 byte symbols and pad, eos, unk
 }
 # the built-in corpus: shapes.write_corpus's arguments, `dir` its out_dir
 CORPUS: Spec = {

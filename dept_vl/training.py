@@ -16,7 +16,7 @@ from dept_vl.methods.base import group as method_group
 from dept_vl.model import VLT5, load_tokenizer
 from dept_vl.taskdata import TaskData
 from dept_vl.tasks import corpus_texts
-from dept_vl.tokenization import build_word_tokenizer
+from dept_vl.tokenization import build_byte_bpe_tokenizer, build_word_tokenizer
 from dept_vl.vision import FeatureCache, VisionConfig
 
 
@@ -37,10 +37,7 @@ def build_model(cfg: TrainConfig, tokenizer_records: list[Record]) -> VLT5:
     t5 = spec["t5"]
     tokenizer = spec.get("tokenizer")
     if isinstance(t5, dict):
-        if tokenizer is None:
-            tokenizer = build_word_tokenizer(corpus_texts(tokenizer_records))
-        else:
-            tokenizer = load_tokenizer(tokenizer)
+        tokenizer = learn_tokenizer(tokenizer or {"kind": "word"}, tokenizer_records)
         t5 = T5Config(
             vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
@@ -51,6 +48,17 @@ def build_model(cfg: TrainConfig, tokenizer_records: list[Record]) -> VLT5:
                                  max_text_length=cfg.max_length)
     model.base_model = spec.get("name") or model.base_model or "dept_vl-backbone"
     return model
+
+
+def learn_tokenizer(spec: str | dict[str, Any], records: list[Record]) -> Any:
+    """A fresh T5's tokenizer: loaded from a directory, or learnt from the training texts,
+    word-level (closed vocabulary) or byte-level BPE (no text has an unknown token)."""
+    if isinstance(spec, str):
+        return load_tokenizer(spec)
+    texts = corpus_texts(records)
+    if spec["kind"] == "byte_bpe":
+        return build_byte_bpe_tokenizer(texts, spec.get("vocab_size", 1000))
+    return build_word_tokenizer(texts)
 
 
 def adapter_config(cfg: TrainConfig, d_model: int, task: str | None = None) -> MethodConfig:
