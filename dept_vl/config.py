@@ -370,6 +370,7 @@ MODEL: Spec = {
     "t5": (str | dict[str, Any], _t5),
     "vision": (str | dict[str, Any], _vision),
     "num_visual_tokens": (int | None, AT_LEAST_1),
+    "visual_positions": (str, Choice(("none", "sincos", "learned"))),  # vision.VISUAL_POSITIONS
     "tokenizer": (str | dict[str, Any] | None, _tokenizer),
 }
 # `model.tokenizer` as a mapping: one learnt from the training texts (a string: a directory)

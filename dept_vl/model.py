@@ -122,12 +122,14 @@ class VLT5(nn.Module):
         num_visual_tokens: int | None = None,
         base_model: str = "",
         max_text_length: int = 64,
+        visual_positions: str = "none",
     ):
         super().__init__()
         self.t5 = t5
         self.tokenizer = tokenizer
         self.vision = vision
-        self.projection = VisualProjection(vision.feature_dim, self.d_model, num_visual_tokens)
+        self.projection = VisualProjection(vision.feature_dim, self.d_model, num_visual_tokens,
+                                           visual_positions)
         self.adapters = nn.ModuleDict()
         self.active_adapter: str | None = None
         self.base_model = base_model
@@ -151,6 +153,7 @@ class VLT5(nn.Module):
         tokenizer: PreTrainedTokenizerBase | str | None = None,
         num_visual_tokens: int | None = None,
         max_text_length: int = 64,
+        visual_positions: str = "none",
         **vision_options: Any,
     ) -> "VLT5":
         """Build from a T5 (hub name, local directory, config for a fresh model, or a model) and
@@ -174,7 +177,8 @@ class VLT5(nn.Module):
             model_name=vision, **vision_options
         )
         model = cls(t5_model, tokenizer, ImageEncoder(vision_config), num_visual_tokens,
-                    base_model=base_model, max_text_length=max_text_length)
+                    base_model=base_model, max_text_length=max_text_length,
+                    visual_positions=visual_positions)
         return model
 
     # ------------------------------------------------------------------ freezing
@@ -281,7 +285,8 @@ class VLT5(nn.Module):
         projection = None
         if train_projection:
             projection = VisualProjection(
-                self.vision.feature_dim, self.d_model, self.projection.num_tokens
+                self.vision.feature_dim, self.d_model, self.projection.num_tokens,
+                self.projection.positions
             )
             projection.load_state_dict(self.projection.state_dict())
         adapter = Adapter(config, prompt, projection).to(self.t5.device)
@@ -617,6 +622,7 @@ class VLT5(nn.Module):
             "base_model": self.base_model or str(out),
             "vision_model": self.vision.config.model_name,
             "num_visual_tokens": self.projection.num_tokens,
+            "visual_positions": self.projection.positions,
             "max_text_length": self.max_text_length,
             "backbone_fingerprint": self.backbone_fingerprint(),
             "metadata": self.metadata,
@@ -633,7 +639,8 @@ class VLT5(nn.Module):
         model = cls(load_t5(str(path)), load_tokenizer(str(path)), encoder,
                     manifest.get("num_visual_tokens"),
                     base_model=manifest.get("base_model") or str(path),
-                    max_text_length=manifest.get("max_text_length", 64))
+                    max_text_length=manifest.get("max_text_length", 64),
+                    visual_positions=manifest.get("visual_positions", "none"))
         _load_weights(model.projection, path / PROJECTION_WEIGHTS)
         model.metadata = manifest.get("metadata", {})
         model.freeze_backbone()

@@ -23,7 +23,7 @@ from dept_vl.errors import BackboneError, UserError, one_line
 from dept_vl.files import check_safetensors, read_json_object, read_safetensors
 from dept_vl.methods import UnknownMethodError, get_method
 from dept_vl.methods.base import MethodConfig
-from dept_vl.vision import ImageEncoder, VisionConfig
+from dept_vl.vision import VISUAL_POSITIONS, ImageEncoder, VisionConfig
 
 BACKBONE_MANIFEST = "dept_vl_backbone.json"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -87,6 +87,8 @@ _MANIFEST_KEYS = {
     "base_model": _Key((str,), required=False),
     "vision_model": _Key((str,), required=False),
     "num_visual_tokens": _Key((int, _NONE), required=False, check=_square),
+    "visual_positions": _Key((str,), required=False, check=lambda v: None
+                             if v in VISUAL_POSITIONS else f"is not one of {VISUAL_POSITIONS}"),
     "max_text_length": _Key((int,), required=False, check=_at_least(1)),
     "backbone_fingerprint": _Key((str,), required=False),
     "metadata": _Key((dict,), required=False),

@@ -28,10 +28,11 @@ def build_model(cfg: TrainConfig, tokenizer_records: list[Record]) -> VLT5:
     if cfg.model is None:
         return VLT5.from_pretrained(cfg.backbone)
     spec = dict(cfg.model)
-    unknown = sorted(set(spec) - {"name", "t5", "vision", "num_visual_tokens", "tokenizer"})
+    optional = {"name", "num_visual_tokens", "visual_positions", "tokenizer"}
+    unknown = sorted(set(spec) - optional - {"t5", "vision"})
     if unknown or "t5" not in spec or "vision" not in spec:
-        raise ConfigError(f"model: needs keys t5 and vision (optional: name, num_visual_tokens, "
-                          f"tokenizer); unknown keys {unknown}")
+        raise ConfigError(f"model: needs keys t5 and vision (optional: "
+                          f"{', '.join(sorted(optional))}); unknown keys {unknown}")
     vision = spec["vision"]
     vision = VisionConfig(**vision) if isinstance(vision, dict) else VisionConfig(model_name=vision)
     t5 = spec["t5"]
@@ -45,6 +46,7 @@ def build_model(cfg: TrainConfig, tokenizer_records: list[Record]) -> VLT5:
         )
     model = VLT5.from_components(t5, vision, tokenizer=tokenizer,
                                  num_visual_tokens=spec.get("num_visual_tokens"),
+                                 visual_positions=spec.get("visual_positions", "none"),
                                  max_text_length=cfg.max_length)
     model.base_model = spec.get("name") or model.base_model or "dept_vl-backbone"
     return model

@@ -210,23 +210,61 @@ def pool_grid(features: torch.Tensor, num_tokens: int | None) -> torch.Tensor:
     return F.adaptive_max_pool2d(grid, math.isqrt(num_tokens)).flatten(2).transpose(1, 2)
 
 
+VISUAL_POSITIONS = ("none", "sincos", "learned")
+
+
+def grid_positions(side: int, dim: int) -> torch.Tensor:
+    """(side², dim) fixed 2-D sine-cosine embeddings of a side x side grid, row-major like the
+    tokens: the first half of the channels encode the row, the second half the column."""
+    if dim % 4:
+        raise ValueError(f"2-D position embeddings need a width divisible by 4, got {dim}")
+    freqs = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    angles = torch.arange(side, dtype=torch.float64)[:, None] * freqs[None]  # (side, dim/4)
+    one_axis = torch.cat([angles.sin(), angles.cos()], dim=1)  # (side, dim/2)
+    rows = one_axis[:, None, :].expand(side, side, dim // 2)
+    cols = one_axis[None, :, :].expand(side, side, dim // 2)
+    return torch.cat([rows, cols], dim=2).reshape(side * side, dim).float()
+
+
 class VisualProjection(nn.Module):
     """Visual tokens → T5 embeddings: Linear + LayerNorm (VL-T5), with an optional adaptive
-    max-pool of the square token grid to `num_tokens` (VL-Adapter pools 7x7 to 6x6)."""
+    max-pool of the square token grid to `num_tokens` (VL-Adapter pools 7x7 to 6x6).
 
-    def __init__(self, feature_dim: int, d_model: int, num_tokens: int | None = None):
+    `positions` adds where each token sits in the grid (VL-T5 adds its regions' box embeddings
+    the same way, before the LayerNorm): "sincos" a fixed 2-D table, "learned" one that starts
+    from it and trains with the projection, "none" as before. Without them the tokens are a
+    set to T5 (its relative position bias only covers the text), so "left of" cannot be
+    learnt. Both need the pooled grid's size, `num_tokens`."""
+
+    def __init__(self, feature_dim: int, d_model: int, num_tokens: int | None = None,
+                 positions: str = "none"):
         super().__init__()
         if num_tokens is not None and math.isqrt(num_tokens) ** 2 != num_tokens:
             raise ValueError(f"num_visual_tokens must be a square number, got {num_tokens}")
-        self.num_tokens = num_tokens
+        if positions not in VISUAL_POSITIONS:
+            raise ValueError(f"visual positions must be one of {VISUAL_POSITIONS}, got "
+                             f"{positions!r}")
+        if positions != "none" and num_tokens is None:
+            raise ValueError(f"visual_positions {positions!r} needs num_visual_tokens (the "
+                             "grid the table is laid out for)")
+        self.num_tokens, self.positions = num_tokens, positions
         self.linear = nn.Linear(feature_dim, d_model)
         self.norm = nn.LayerNorm(d_model)
+        if positions != "none":
+            table = grid_positions(math.isqrt(num_tokens), d_model)
+            if positions == "learned":
+                self.position = nn.Parameter(table)
+            else:  # saved with the weights too: the backbone's fingerprint sees it
+                self.register_buffer("position", table)
 
     def pool(self, features: torch.Tensor) -> torch.Tensor:
         return pool_grid(features, self.num_tokens)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.linear(self.pool(features)))
+        tokens = self.linear(self.pool(features))
+        if self.positions != "none":
+            tokens = tokens + self.position.to(tokens.dtype)
+        return self.norm(tokens)
 
 
 def encoder_fingerprint(encoder: ImageEncoder) -> str:

@@ -78,7 +78,7 @@ FILE_CASES = [
     # nested typos and values: model
     ("model-key", "model: {t5: t5-small, vision: resnet10t, tokenzier: t5-small}",
      "model.tokenzier: unknown key (did you mean 'tokenizer'?); allowed: name, "
-     "num_visual_tokens, t5, tokenizer, vision"),
+     "num_visual_tokens, t5, tokenizer, vision, visual_positions"),
     ("model-missing", "model: {vision: resnet10t}", "model: needs t5"),
     ("model-visual-tokens", "model: {t5: t5-small, vision: resnet10t, num_visual_tokens: 0}",
      "model.num_visual_tokens: must be >= 1, got 0"),
