@@ -44,8 +44,8 @@ MODEL_FILE = "model.safetensors"
 
 
 def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    """What trains, by the unwrapped model's names (a DDP wrapper adds `module.`): a checkpoint
-    of 2 processes resumes in 1 and back."""
+    """What trains, by the unwrapped model's names (a DDP wrapper adds `module.`): the model
+    file does not depend on the number of processes."""
     return {n: p for n, p in _unwrapped(model).named_parameters() if p.requires_grad}
 
 

@@ -3,8 +3,8 @@
 Two processes (torchrun, gloo on CPU) at the same global batch train what one process trains:
 the same loss curve and adapter to float tolerance, the same periodic and test metrics (the
 evaluation sharded over both processes gives exactly the single-process predictions). A
-checkpoint of an adapter method holds what trains, not the frozen backbone, and resumes in
-either number of processes."""
+checkpoint of an adapter method holds what trains, not the frozen backbone, and a 2-process
+run resumed from it ends where the uninterrupted one does."""
 
 import csv
 import json
