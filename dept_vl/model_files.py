@@ -279,6 +279,9 @@ def _read_manifest(path: Path) -> dict[str, Any]:
             "or VLT5.save_pretrained")
     manifest = read_json_object(file, BackboneError)
     _check_keys(manifest, _MANIFEST_KEYS, file, BackboneError)
+    if manifest.get("visual_positions", "none") != "none" and not manifest.get("num_visual_tokens"):
+        raise BackboneError(f"{file}: visual_positions {manifest['visual_positions']!r} needs "
+                            "num_visual_tokens (the grid its table is laid out for)")
     return manifest
 
 

@@ -84,3 +84,11 @@ def test_an_adapter_on_a_backbone_with_positions_round_trips(tmp_path):
     image = Image.new("RGB", (32, 32), "red")
     assert (other.generate(images=[image], texts=["what color?"], adapter="vqa")
             == model.generate(images=[image], texts=["what color?"], adapter="vqa"))
+
+
+def test_a_manifest_with_positions_but_no_grid_is_refused_naming_it(tmp_path):
+    tiny_model(num_visual_tokens=4, visual_positions="sincos").save_pretrained(tmp_path / "b")
+    file = tmp_path / "b" / "dept_vl_backbone.json"
+    file.write_text(json.dumps({**json.loads(file.read_text()), "num_visual_tokens": None}))
+    with pytest.raises(BackboneError, match=f"{file}.*num_visual_tokens"):
+        VLT5.from_pretrained(tmp_path / "b")
