@@ -211,8 +211,8 @@ def _data_files(entry: Any, where: Where) -> Any:
 
 
 def _tokenizer(value: Any, where: Where) -> Any:
-    """`model.tokenizer`: a tokenizer directory, or {kind: word | byte_bpe, vocab_size} to learn
-    one from the training texts (for a fresh T5)."""
+    """`model.tokenizer`: a tokenizer directory, or {kind: word | byte_bpe, vocab_size,
+    word_list} to learn one from the training texts (for a fresh T5)."""
     if isinstance(value, str):
         return _nonempty(value, where)
     return _check_mapping(value, TOKENIZER, where, "allowed", required=("kind",))
@@ -378,6 +378,9 @@ TOKENIZER_KINDS = ("word", "byte_bpe")
 TOKENIZER: Spec = {
     "kind": (str, Choice(TOKENIZER_KINDS)),
     "vocab_size": (int, Bound(259)),  # the 256 byte symbols and pad, eos, unk
+    # byte_bpe: learn from tokenization.english_words() too (default true), so words the
+    # corpus lacks are a few pieces, not bytes; false: the training texts alone
+    "word_list": (bool, None),
 }
 # the built-in corpus: shapes.write_corpus's arguments, `dir` its out_dir
 CORPUS: Spec = {

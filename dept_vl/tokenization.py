@@ -2,6 +2,10 @@
 (a closed vocabulary: an unseen word is `<unk>`), or byte-level BPE (open: an unseen word falls
 back to smaller pieces, down to its UTF-8 bytes, so no text has an unknown token).
 
+A byte-level BPE built for a backbone also learns from `english_words()`, a list of common
+English words shipped with the package (dept_vl/data/english_words.txt), so words its corpus
+never used still come out in a few pieces rather than spelt byte by byte.
+
 Saved with `save_pretrained`, it loads back through `AutoTokenizer.from_pretrained` like any
 checkpoint's own tokenizer. Ids follow T5's convention: pad 0 (also decoder start), eos 1, unk 2.
 """
@@ -9,6 +13,8 @@ checkpoint's own tokenizer. Ids follow T5's convention: pad 0 (also decoder star
 from __future__ import annotations
 
 from collections import Counter
+from functools import cache
+from importlib import resources
 from typing import Iterable
 
 from tokenizers import (
@@ -17,6 +23,16 @@ from tokenizers import (
 from transformers import PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
+# in the dept_vl.data package (pyproject.toml's package-data ships it in the wheel)
+WORD_LIST = "english_words.txt"
+
+
+@cache
+def english_words() -> tuple[str, ...]:
+    """About 2,800 common English words, lower case: everyday nouns, verbs and adjectives,
+    colours, shapes, numbers, spatial, negation and question words."""
+    text = resources.files("dept_vl.data").joinpath(WORD_LIST).read_text(encoding="utf-8")
+    return tuple(text.split())
 
 
 def build_word_tokenizer(texts: Iterable[str], min_count: int = 1) -> PreTrainedTokenizerFast:

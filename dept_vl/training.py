@@ -15,8 +15,10 @@ from dept_vl.methods.base import MethodConfig
 from dept_vl.methods.base import group as method_group
 from dept_vl.model import VLT5, load_tokenizer
 from dept_vl.taskdata import TaskData
-from dept_vl.tasks import corpus_texts
-from dept_vl.tokenization import build_byte_bpe_tokenizer, build_word_tokenizer
+from dept_vl.tasks import corpus_texts, spec_of
+from dept_vl.tokenization import (
+    build_byte_bpe_tokenizer, build_word_tokenizer, english_words,
+)
 from dept_vl.vision import FeatureCache, VisionConfig
 
 
@@ -54,12 +56,19 @@ def build_model(cfg: TrainConfig, tokenizer_records: list[Record]) -> VLT5:
 
 def learn_tokenizer(spec: str | dict[str, Any], records: list[Record]) -> Any:
     """A fresh T5's tokenizer: loaded from a directory, or learnt from the training texts,
-    word-level (closed vocabulary) or byte-level BPE (no text has an unknown token)."""
+    word-level (closed vocabulary) or byte-level BPE (no text has an unknown token; learnt
+    from the texts plus `english_words()` unless `word_list: false`)."""
     if isinstance(spec, str):
         return load_tokenizer(spec)
     texts = corpus_texts(records)
     if spec["kind"] == "byte_bpe":
-        return build_byte_bpe_tokenizer(texts, spec.get("vocab_size", 1000))
+        # each listed word once, the corpus at its own frequencies: its words still win the
+        # merges (one token each) and the rest of the vocabulary goes to everyday English.
+        # corpus_texts lists a task prefix once, yet every input starts with one: counted per
+        # record, "vqa:" is one token too (once, it lost its merges to the word list)
+        prefixes = [spec_of(record).prefix for record in records]
+        words = list(english_words()) if spec.get("word_list", True) else []
+        return build_byte_bpe_tokenizer(texts + prefixes + words, spec.get("vocab_size", 1000))
     return build_word_tokenizer(texts)
 
 
