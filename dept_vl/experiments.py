@@ -6,12 +6,15 @@
 Each grid cell is an ordinary training run (`dept_vl.train.run`) in its own folder; a cell whose
 `eval_results.json` exists is read back, not re-run, so an interrupted grid resumes where it
 stopped. Each command writes `results.md` (mean ± std over seeds, trainable parameters, wall
-time), `results.csv` (one row per run) and a PNG plot into the experiment's output folder.
+time; paired differences over seeds with 95% intervals, and the claim sentences they support,
+see dept_vl/stats.py), `results.csv` (one row per run) and a PNG plot into the experiment's
+output folder.
 
 Experiment YAML: `output_dir`, `corpus` ({dir, n_images, seed, image_size}), `backbone`
 ({config, overrides}: pretrained when missing), `train` (TrainConfig keys every run shares),
-`seeds`, and a `quick:` mapping merged over the rest by `--quick`. Strings may use `{out}` (the
-output folder) and `{corpus}` (the corpus folder).
+`seeds`, and a `quick:` mapping merged over the rest by `--quick`; `compare` also takes `pairs`
+([[first, second], ...] run names to compare; default: runs at one budget). Strings may use
+`{out}` (the output folder) and `{corpus}` (the corpus folder).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,6 +34,7 @@ from dept_vl.config import ConfigError, load_config, read_yaml
 from dept_vl.errors import one_line, run_cli
 from dept_vl.files import atomic_write_json, atomic_write_text
 from dept_vl.model import BACKBONE_MANIFEST
+from dept_vl.stats import Paired, mean_std, paired, summary
 from dept_vl.tables import markdown_table, save_plot, write_csv
 from dept_vl.tasks import TASKS, get_task
 
@@ -147,22 +152,18 @@ def score_of(results: dict[str, Any]) -> float:
     return results.get(get_task(task).metric, float("nan"))
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single seed)."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def group_rows(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Rows of one configuration over its seeds → mean ± std of score, params, wall time."""
+def group_rows(rows: list[dict[str, Any]], keys: tuple[str, ...],
+               columns: tuple[str, ...] = ("score",)) -> list[dict[str, Any]]:
+    """Rows of one configuration over its seeds → `mean` and `std` of the score (the plots),
+    `<column>_text` (mean ± std) for each of `columns`, seeds, params and wall time."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(tuple(row[k] for k in keys), []).append(row)
     out = []
     for key, members in groups.items():
         mean, std = mean_std([m["score"] for m in members])
-        out.append({**dict(zip(keys, key)), "mean": mean, "std": std,
-                    "accuracy": f"{mean:.1f} ± {std:.1f}" if len(members) > 1 else f"{mean:.1f}",
-                    "seeds": len(members),
+        out.append({**dict(zip(keys, key)), "mean": mean, "std": std, "seeds": len(members),
+                    **{f"{c}_text": summary(m.get(c) for m in members) for c in columns},
                     "trainable_parameters": members[0]["trainable_parameters"],
                     "wall_seconds": statistics.fmean(m["wall_seconds"] for m in members)})
     return out
@@ -221,9 +222,8 @@ def run_fewshot(spec: dict[str, Any]) -> Path:
             for shots in spec["shots"]:
                 for init, init_values in fewshot_inits(spec, method, shots, sources).items():
                     for seed in spec["seeds"]:
-                        values = merged(base, {**spec.get("fewshot", {}), **target_spec,
-                                               **init_values, "method": method,
-                                               "k_shot": shots, "seed": seed})
+                        values = fewshot_values(spec, base, target_spec, init_values, method,
+                                                shots, seed)
                         cell = out / "runs" / target / method / f"k{shots}" / \
                             init.replace(":", "-") / f"seed{seed}"
                         results = run_cell(values, cell, spec["source"])
@@ -234,6 +234,15 @@ def run_fewshot(spec: dict[str, Any]) -> Path:
     save_plot(out / "results.png", lambda plt: fewshot_plot(plt, rows))
     print(f"[experiments] wrote {out / 'results.md'}, results.csv, results.png", flush=True)
     return out
+
+
+def fewshot_values(spec: dict[str, Any], base: dict[str, Any], target: dict[str, Any],
+                   init: dict[str, Any], method: str, shots: int, seed: int) -> dict[str, Any]:
+    """One few-shot cell's config keys. The inits of a seed differ only in `init`'s keys: the
+    seed alone fixes the k-shot draw (taskdata.load_tasks) and the batch order (TaskStream
+    reseeds every epoch), so scratch and transferred are paired on the same data."""
+    return merged(base, {**spec.get("fewshot", {}), **target, **init, "method": method,
+                         "k_shot": shots, "seed": seed})
 
 
 def _fewshot_row(target: str, method: str, shots: int, init: str, seed: int,
@@ -251,21 +260,28 @@ def _fewshot_row(target: str, method: str, shots: int, init: str, seed: int,
 
 
 def fewshot_report(rows: list[dict[str, Any]], spec: dict[str, Any]) -> str:
-    """results.md: the grid (mean ± std over seeds), then the transfer and selection checks."""
+    """results.md: the grid (mean ± std over seeds), then each init against scratch paired on
+    the seed, the claims those pairs support, and the selection check."""
     grid = [r for r in rows if not r["init"].startswith("source:")]
     table = group_rows(grid, ("target", "method", "init", "k"))
+    comparisons = fewshot_comparisons(grid)
     parts = [
         "# Few-shot transfer from source prompts\n",
-        f"Targets {sorted(spec['targets'])} (never seen by the backbone or the sources); "
-        f"sources {sorted(spec['sources']['tasks'])}; seeds {spec['seeds']}. Score: VQA accuracy "
-        "(%) on the full test split of the target's question type; dev: k-shot from val.\n",
+        (f"Targets {sorted(spec['targets'])} (never seen by the backbone or the sources); "
+         f"sources {sorted(spec['sources']['tasks'])}; seeds {spec['seeds']}. Score: VQA "
+         "accuracy (%) on the full test split of the target's question type; dev: k-shot from "
+         "val.\n"),
         markdown_table(table, [("target", "target"), ("method", "method"), ("init", "init"),
-                          ("k", "k"), ("accuracy", "accuracy (mean ± std)"),
+                          ("k", "k"), ("score_text", "accuracy (mean ± std)"),
                           ("trainable_parameters", "trainable params"),
                           ("wall_seconds", "wall s / run")], _FORMATS),
+        "\n## Transfer vs scratch\n",
+        (f"{PAIRING} A seed fixes the k-shot draw (train and dev) and the batch order "
+         "whatever the init, so every init of a seed saw the same examples.\n"),
+        comparison_table(("target", "method", "k", "difference"), comparisons),
+        "\n## Claims\n",
+        claim_lines(comparisons),
     ]
-    parts.append("\n## Transfer vs scratch\n")
-    parts.append(_transfer_lines(table))
     sweep = [r for r in rows if r["init"].startswith("source:")]
     if sweep:
         parts.append("\n## Auto-selection vs every source\n")
@@ -273,19 +289,27 @@ def fewshot_report(rows: list[dict[str, Any]], spec: dict[str, Any]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _transfer_lines(table: list[dict[str, Any]]) -> str:
-    lookup = {(r["target"], r["method"], r["init"], r["k"]): r for r in table}
-    lines = ["| target | method | k | scratch | transferred | gain | larger than seed std? |",
-             "|---|---|---|---|---|---|---|"]
-    for (target, method, init, k), row in sorted(lookup.items()):
-        scratch = lookup.get((target, method, "scratch", k))
-        if init != "transferred" or scratch is None:
-            continue
-        gain = row["mean"] - scratch["mean"]
-        margin = max(row["std"], scratch["std"])
-        lines.append(f"| {target} | {method} | {k} | {scratch['accuracy']} | {row['accuracy']} | "
-                     f"{gain:+.1f} | {'yes' if gain > margin else 'no'} |")
-    return "\n".join(lines)
+# how a verdict names the init that is ahead of scratch
+_AHEAD = {"transferred": "transfer ahead", "auto": "auto ahead", "average": "average ahead"}
+
+
+def fewshot_comparisons(rows: list[dict[str, Any]]) -> list[Comparison]:
+    """Every init − scratch, per target, method and k, paired on the seed."""
+    arms: dict[tuple, dict[int, float]] = {}
+    for row in rows:
+        key = (row["target"], row["method"], row["k"], row["init"])
+        arms.setdefault(key, {})[row["seed"]] = row["score"]
+    found = []
+    order = {init: i for i, init in enumerate(INITS)}  # transferred before auto
+    for (target, method, k, init), scores in sorted(
+            arms.items(), key=lambda item: (*item[0][:3], order.get(item[0][3], len(order)))):
+        scratch = arms.get((target, method, k, "scratch"))
+        pair = paired(scores, scratch) if init != "scratch" and scratch else None
+        if pair:
+            found.append(Comparison((target, method, str(k), f"{init} − scratch"),
+                                    f"{target}, {method}, k = {k}: {init} − scratch", pair,
+                                    (_AHEAD.get(init, f"{init} ahead"), "scratch ahead")))
+    return found
 
 
 def _selection_lines(rows: list[dict[str, Any]], sweep: list[dict[str, Any]]) -> str:
@@ -337,8 +361,44 @@ def fewshot_plot(plt: Any, rows: list[dict[str, Any]]) -> Any:
     return figure
 
 
+# ---------------------------------------------------------------------------- comparisons
+PAIRING = ("Paired on the seed: each seed gives one difference; its mean over seeds gets a 95% "
+           "Student-t interval, and a side is called ahead only where the interval excludes "
+           "zero (otherwise: no difference measured).")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One paired difference as the report shows it: its leading table cells, the subject of
+    its claim sentence, and the verdict words for first / second ahead."""
+
+    cells: tuple[str, ...]
+    label: str
+    pair: Paired
+    ahead: tuple[str, str]
+
+
+def comparison_table(heads: tuple[str, ...], comparisons: list[Comparison]) -> str:
+    """Markdown: `heads`, then per seed, mean, 95% interval and verdict (a note for none)."""
+    if not comparisons:
+        return "(no pair of runs shares a seed)"
+    lines = ["| " + " | ".join([*heads, "per seed", "mean", "95% interval", "verdict"]) + " |",
+             "|" + "---|" * (len(heads) + 4)]
+    for c in comparisons:
+        per_seed = ", ".join(f"{d:+.2f}" for d in c.pair.diffs)
+        lines.append("| " + " | ".join([*c.cells, per_seed, f"{c.pair.mean:+.2f}",
+                                        c.pair.interval_text(), c.pair.verdict(*c.ahead)]) + " |")
+    return "\n".join(lines)
+
+
+def claim_lines(comparisons: list[Comparison]) -> str:
+    """The sentences a README quotes, one per comparison, generated here (never typed)."""
+    return "\n".join(f"- {c.pair.claim(c.label, *c.ahead)}" for c in comparisons) or "(none)"
+
+
 # ---------------------------------------------------------------------------- compare
 def run_compare(spec: dict[str, Any]) -> Path:
+    check_pairs(spec)  # before hours of training
     out = Path(spec["output_dir"])
     base = merged(base_values(spec, ensure_backbone(spec)), spec.get("data", {}))
     rows: list[dict[str, Any]] = []
@@ -348,13 +408,7 @@ def run_compare(spec: dict[str, Any]) -> Path:
         for seed in entry.pop("seeds", spec["seeds"]):
             results = run_cell(merged(base, {**entry, "seed": seed}), out / "runs" / name /
                                f"seed{seed}", spec["source"])
-            rows.append({"name": name, "method": results["method"], "seed": seed,
-                         "score": score_of(results),
-                         "reserved_types": results.get("vqa_accuracy_reserved_types"),
-                         "trainable_parameters": results["trainable_parameters"],
-                         "train_seconds": results["train_seconds"],
-                         "wall_seconds": results.get("wall_seconds", results["train_seconds"]),
-                         **{f"{k}": v for k, v in entry.items() if k != "method"}})
+            rows.append(compare_row(name, seed, results, entry))
     write_csv(out / "results.csv", rows)
     atomic_write_text(out / "results.md", compare_report(rows, spec))
     save_plot(out / "results.png", lambda plt: compare_plot(plt, rows))
@@ -362,69 +416,104 @@ def run_compare(spec: dict[str, Any]) -> Path:
     return out
 
 
+def compare_row(name: str, seed: int, results: dict[str, Any], entry: dict[str, Any]
+                ) -> dict[str, Any]:
+    """One run of the comparison: its score, its accuracy on the reserved question types and
+    on each question type (`type:<name>`), as eval_results.json holds them."""
+    by_type = results.get("vqa_accuracy_by_type") or {}
+    return {"name": name, "method": results["method"], "seed": seed,
+            "score": score_of(results),
+            "reserved_types": results.get("vqa_accuracy_reserved_types"),
+            "reserved_question_types": ",".join(results.get("reserved_question_types", [])),
+            **{f"type:{t}": v for t, v in sorted(by_type.items())},
+            "trainable_parameters": results["trainable_parameters"],
+            "train_seconds": results["train_seconds"],
+            "wall_seconds": results.get("wall_seconds", results["train_seconds"]),
+            **{k: v for k, v in entry.items() if k != "method"}}
+
+
+def check_pairs(spec: dict[str, Any]) -> None:
+    """`pairs:` (optional) lists [first, second] run names whose paired differences the report
+    gives; a name that is not a run is an error naming the file."""
+    names = [run.get("name") for run in spec.get("runs", [])]
+    for i, pair in enumerate(spec.get("pairs") or []):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(p in names for p in pair)):
+            raise ConfigError(f"{spec['source']}: pairs[{i}] = {pair!r}: expected [first, "
+                              f"second], two names of `runs` ({names})")
+
+
 def compare_report(rows: list[dict[str, Any]], spec: dict[str, Any]) -> str:
-    table = group_rows(rows, ("name", "method"))
-    for row in table:
-        reserved = [r["reserved_types"] for r in rows if r["name"] == row["name"]
-                    and r["reserved_types"] is not None]
-        row["reserved"] = f"{statistics.fmean(reserved):.1f}" if reserved else "–"
+    """results.md: per run, the score, the reserved types and every question type (mean ± std
+    over seeds); then paired differences on the score and on the reserved types, and the claims
+    they support."""
     metric = get_task(spec.get("data", {}).get("task", "vqa")).metric
-    body = markdown_table(table, [("name", "run"), ("method", "method"),
-                             ("trainable_parameters", "trainable params"),
-                             ("accuracy", f"{metric} (mean ± std)"), ("seeds", "seeds"),
-                             ("reserved", "reserved types"), ("wall_seconds", "wall s / run")],
-                     _FORMATS)
-    return ("# Full-data comparison at the reported trainable-parameter counts\n\n"
-            f"Test split, all question types; seeds {spec['seeds']} unless a run lists its "
-            "own.\n\n" + body + "\n" + paired_report(rows))
+    reserved = sorted({t for r in rows for t in (r.get("reserved_question_types") or "").split(",")
+                       if t})
+    heading = (f"Test split; seeds {spec['seeds']} unless a run lists its own. Mean ± std over "
+               f"seeds of {metric} (%): overall, on the reserved types (the question types the "
+               f"backbone never saw in pretraining: {', '.join(reserved) or 'none'}) and per "
+               "question type.\n")
+    chosen = ("those the experiment's `pairs:` lists" if spec.get("pairs") else
+              "runs at one budget (within 1%) sharing two seeds or more")
+    parts = ["# Full-data comparison at the reported trainable-parameter counts\n", heading,
+             compare_table(rows, metric, reserved), "\n## Paired differences\n",
+             f"{PAIRING} Pairs: {chosen}.\n"]
+    claims = []
+    for column, heading, scope in (("score", f"Overall ({metric})", "overall"),
+                                   ("reserved_types", "Reserved types", "on reserved types")):
+        comparisons = compare_comparisons(rows, spec, column, scope)
+        if comparisons or column == "score":
+            parts += [f"### {heading}\n", comparison_table(("pair",), comparisons) + "\n"]
+            claims += comparisons
+    parts += ["## Claims\n", claim_lines(claims)]
+    return "\n".join(parts) + "\n"
 
 
-# two-sided 95% quantiles of Student's t by degrees of freedom (2 seeds: 1 df, ...)
-T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
-        9: 2.262}
+def compare_table(rows: list[dict[str, Any]], metric: str, reserved: list[str]) -> str:
+    types = sorted({k.removeprefix("type:") for r in rows for k in r if k.startswith("type:")})
+    with_reserved = any(r.get("reserved_types") is not None for r in rows)
+    columns = ("score", *(("reserved_types",) if with_reserved else ()),
+               *(f"type:{t}" for t in types))
+    titles = [("name", "run"), ("method", "method"), ("trainable_parameters", "trainable params"),
+              ("score_text", f"{metric} (mean ± std)")]
+    if with_reserved:
+        titles.append(("reserved_types_text", "reserved types"))
+    titles += [(f"type:{t}_text", f"{t} (reserved)" if t in reserved else t) for t in types]
+    titles += [("seeds", "seeds"), ("wall_seconds", "wall s / run")]
+    return markdown_table(group_rows(rows, ("name", "method"), columns), titles, _FORMATS)
 
 
-def paired_differences(rows: list[dict[str, Any]], budget_tolerance: float = 0.01
-                       ) -> list[dict[str, Any]]:
-    """Per pair of runs at one budget (trainable counts within `budget_tolerance`) sharing at
-    least two seeds: score differences seed by seed (same seed, same data order), their mean
-    and a 95% t interval. A win is claimed only where the interval excludes zero."""
-    scores: dict[str, dict[int, float]] = {}
+def compare_pairs(rows: list[dict[str, Any]], spec: dict[str, Any],
+                  budget_tolerance: float = 0.01) -> list[tuple[str, str]]:
+    """The experiment's `pairs:`, or else every two runs at one budget (trainable counts within
+    `budget_tolerance`) sharing at least two seeds."""
+    if spec.get("pairs"):
+        return [tuple(pair) for pair in spec["pairs"]]
+    seeds: dict[str, set[int]] = {}
     params: dict[str, int] = {}
     for row in rows:
-        scores.setdefault(row["name"], {})[row["seed"]] = row["score"]
+        seeds.setdefault(row["name"], set()).add(row["seed"])
         params[row["name"]] = row["trainable_parameters"]
-    pairs = []
-    names = list(scores)
-    for i, first in enumerate(names):
-        for second in names[i + 1:]:
-            seeds = sorted(set(scores[first]) & set(scores[second]))
-            if len(seeds) < 2 or len(seeds) - 1 not in T_95 or \
-                    abs(params[first] - params[second]) > budget_tolerance * params[second]:
-                continue
-            diffs = [scores[first][s] - scores[second][s] for s in seeds]
-            half = T_95[len(seeds) - 1] * statistics.stdev(diffs) / len(seeds) ** 0.5
-            mean = statistics.fmean(diffs)
-            pairs.append({"pair": f"{first} − {second}", "seeds": seeds, "diffs": diffs,
-                          "mean": mean, "low": mean - half, "high": mean + half})
-    return pairs
+    names = list(seeds)
+    return [(first, second) for i, first in enumerate(names) for second in names[i + 1:]
+            if len(seeds[first] & seeds[second]) >= 2
+            and abs(params[first] - params[second]) <= budget_tolerance * params[second]]
 
 
-def paired_report(rows: list[dict[str, Any]]) -> str:
-    """The paired differences as a markdown table ("" when no pair qualifies)."""
-    pairs = paired_differences(rows)
-    if not pairs:
-        return ""
-    lines = ["", "Paired differences at one budget (same seed, same data order; 95% t "
-             "interval; a difference is claimed only where the interval excludes zero):", "",
-             "| pair | per seed | mean | 95% interval | verdict |", "|---|---|---|---|---|"]
-    for p in pairs:
-        verdict = ("first ahead" if p["low"] > 0 else "second ahead" if p["high"] < 0
-                   else "no difference measured")
-        per_seed = ", ".join(f"{d:+.2f}" for d in p["diffs"])
-        lines.append(f"| {p['pair']} | {per_seed} | {p['mean']:+.2f} | {p['low']:+.2f} to "
-                     f"{p['high']:+.2f} | {verdict} |")
-    return "\n".join(lines) + "\n"
+def compare_comparisons(rows: list[dict[str, Any]], spec: dict[str, Any], column: str,
+                        scope: str) -> list[Comparison]:
+    """first − second on `column` (score, reserved_types) for each pair, paired on the seed;
+    `scope` ends the claim's subject ("dept − pt on reserved types")."""
+    arms: dict[str, dict[int, Any]] = {}
+    for row in rows:
+        arms.setdefault(row["name"], {})[row["seed"]] = row.get(column)
+    found = []
+    for first, second in compare_pairs(rows, spec):
+        pair = paired(arms.get(first, {}), arms.get(second, {}))
+        if pair:
+            found.append(Comparison((f"{first} − {second}",), f"{first} − {second} {scope}",
+                                    pair, (f"{first} ahead", f"{second} ahead")))
+    return found
 
 
 def compare_plot(plt: Any, rows: list[dict[str, Any]]) -> Any:

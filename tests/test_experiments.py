@@ -1,10 +1,12 @@
 """The experiment grids' --quick versions run end to end and write their tables and plots."""
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
 
+from dept_vl import experiments
 from dept_vl.config import ConfigError
 from dept_vl.experiments import load_experiment, main, merged
 
@@ -33,6 +35,7 @@ def test_fewshot_quick_grid_end_to_end(tmp_path, monkeypatch):
                for r in auto)
     report = (out / "results.md").read_text()
     assert "## Transfer vs scratch" in report and "## Auto-selection vs every source" in report
+    assert "## Claims" in report and " − scratch: " in report  # two seeds: intervals given
     assert (out / "results.png").stat().st_size > 10_000
     # a second call reads the finished runs back instead of training again
     before = (out / "results.csv").read_text()
@@ -51,7 +54,9 @@ def test_compare_quick_grid_end_to_end(tmp_path, monkeypatch):
     params = {r["name"]: int(r["trainable_parameters"]) for r in rows}
     assert params["dept"] == params["pt"] < params["full"]
     assert abs(params["adept"] - params["dept"]) < 32  # within one prompt token (d = 32)
-    assert "| dept | dept |" in (out / "results.md").read_text()
+    report = (out / "results.md").read_text()
+    assert "| dept | dept |" in report and "dept − pt overall: " in report
+    assert "## Claims" in report
     assert (out / "results.png").stat().st_size > 10_000
 
 
@@ -79,23 +84,133 @@ def test_set_changes_keys_of_the_experiment_file_and_refuses_typos(tmp_path):
         load_experiment(config, False, None, ["seeds.x=1"])
 
 
-def test_paired_differences_claim_a_difference_only_when_the_interval_excludes_zero():
-    from dept_vl.experiments import paired_differences, paired_report
+def compare_row(name, seed, score, reserved=None, types=None, params=100):
+    """A comparison row as run_compare makes it from a run's eval_results.json."""
+    results = {"method": name.split("-")[0], "task": "vqa", "vqa_accuracy": score,
+               "trainable_parameters": params, "train_seconds": 1.0, "wall_seconds": 2.0}
+    if reserved is not None:
+        results.update(vqa_accuracy_reserved_types=reserved,
+                       reserved_question_types=["count", "relation"])
+    if types is not None:
+        results["vqa_accuracy_by_type"] = types
+    return experiments.compare_row(name, seed, results, {})
 
-    def rows(name, scores, params=100):
-        return [{"name": name, "seed": s, "score": v, "trainable_parameters": params}
-                for s, v in enumerate(scores)]
 
-    grid = (rows("a", [86.0, 86.1, 85.9]) + rows("b", [85.0, 85.0, 85.0])
-            + rows("c", [85.0, 87.0, 84.0]) + rows("big", [99.0, 99.0, 99.0], params=200)
-            + rows("once", [90.0]))
-    pairs = {p["pair"]: p for p in paired_differences(grid)}
-    assert set(pairs) == {"a − b", "a − c", "b − c"}  # other budgets and single seeds left out
-    ab = pairs["a − b"]
-    assert ab["diffs"] == pytest.approx([1.0, 1.1, 0.9]) and ab["mean"] == pytest.approx(1.0)
-    # sd 0.1, t(2 df) = 4.303: half-width 4.303 * 0.1 / sqrt(3) = 0.248
-    assert (ab["low"], ab["high"]) == pytest.approx((0.7516, 1.2484), abs=1e-3)
-    report = paired_report(grid)
-    assert "| a − b | +1.00, +1.10, +0.90 | +1.00 | +0.75 to +1.25 | first ahead |" in report
-    assert "| b − c |" in report and "no difference measured" in report
-    assert paired_report(rows("x", [1.0, 2.0]) + rows("y", [1.0])) == ""
+def test_compare_report_has_a_column_per_question_type_and_one_for_reserved_types():
+    rows = [compare_row("dept", s, 80.0 + s, 60.0 + s,
+                        {"color": 90.0 + s, "count": 60.0, "spatial": 70.0}) for s in range(5)]
+    rows += [compare_row("pt", s, 79.0, 50.0, {"color": 88.0, "count": 50.0, "spatial": 71.0})
+             for s in range(5)]
+    report = experiments.compare_report(rows, {"seeds": list(range(5))})
+    header = next(line for line in report.splitlines() if line.startswith("| run |"))
+    assert header == ("| run | method | trainable params | vqa_accuracy (mean ± std) | "
+                      "reserved types | color | count (reserved) | spatial | seeds | "
+                      "wall s / run |")
+    # dept's color over seeds 90..94: mean 92.0, sample std 1.58
+    assert ("| dept | dept | 100 | 82.0 ± 1.6 | 62.0 ± 1.6 | 92.0 ± 1.6 | 60.0 ± 0.0 | "
+            "70.0 ± 0.0 | 5 |") in report
+    assert "reserved types (the question types the backbone never saw in pretraining: count, " \
+           "relation)" in report
+
+
+def test_compare_pairs_on_overall_and_reserved_scores_and_writes_the_claims():
+    # overall: +1 every seed (dept ahead); reserved: +3, -2, +2 (interval straddles zero)
+    rows = [compare_row("dept", s, 80.0 + s, r) for s, r in enumerate([63.0, 58.0, 62.0])]
+    rows += [compare_row("pt", s, 79.0 + s, 60.0) for s in range(3)]
+    rows += [compare_row("full", s, 95.0, 90.0, params=10_000) for s in range(3)]
+    rows += [compare_row("dept-m5", 0, 70.0, 40.0)]  # one seed: no automatic pair
+    report = experiments.compare_report(rows, {"seeds": [0, 1, 2]})
+    overall, reserved = report.split("### Overall (vqa_accuracy)")[1].split("### Reserved types")
+    assert "| dept − pt | +1.00, +1.00, +1.00 | +1.00 | +1.00 to +1.00 | dept ahead |" in overall
+    assert "full" not in overall and "dept-m5" not in overall  # other budget, single seed
+    assert "| dept − pt | +3.00, -2.00, +2.00 | +1.00 |" in reserved
+    assert reserved.split("## Claims")[0].rstrip().endswith("no difference measured |")
+    claims = report.split("## Claims")[1]
+    assert "- dept − pt overall: +1.0 (95% CI +1.0 to +1.0, 3 seeds): dept ahead" in claims
+    # sd of (3, -2, 2) is sqrt(7): half-width 4.303 * 2.646 / sqrt(3) = 6.57
+    assert "- dept − pt on reserved types: +1.0 (95% CI -5.6 to +7.6, 3 seeds): no difference " \
+           "measured" in claims
+    # `pairs:` picks pairs across budgets (full fine-tuning vs PT), and any order
+    spec = {"seeds": [0, 1, 2], "pairs": [["pt", "full"]], "runs": [], "source": "x.yaml"}
+    report = experiments.compare_report(rows, spec)
+    assert "- pt − full on reserved types: -30.0 (95% CI -30.0 to -30.0, 3 seeds): full ahead" \
+        in report and "dept − pt" not in report
+
+
+def test_compare_pairs_must_name_runs():
+    spec = {"source": "configs/c.yaml", "runs": [{"name": "dept"}, {"name": "pt"}]}
+    experiments.check_pairs({**spec, "pairs": [["dept", "pt"]]})
+    for bad in (["dept", "ptt"], ["dept"], "dept-pt"):
+        with pytest.raises(ConfigError, match=r"configs/c.yaml: pairs\[0\]"):
+            experiments.check_pairs({**spec, "pairs": [bad]})
+
+
+def fewshot_rows(target, init, scores, method="dept", k=16):
+    return [{"target": target, "method": method, "k": k, "init": init, "seed": seed,
+             "score": score, "selected_source": "", "trainable_parameters": 10,
+             "train_seconds": 1.0, "wall_seconds": 1.0} for seed, score in scores.items()]
+
+
+def test_fewshot_report_pairs_each_init_with_scratch_on_the_seed():
+    # seeds spread scratch widely (50..70), but transfer gains +2 on every seed: paired, that is
+    # a clear win although the means differ by less than a seed std; rows come in any order
+    rows = (fewshot_rows("count", "transferred", {2: 72.0, 0: 52.0, 1: 62.0})
+            + fewshot_rows("count", "scratch", {0: 50.0, 1: 60.0, 2: 70.0})
+            + fewshot_rows("count", "auto", {0: 47.0, 1: 58.0, 2: 68.0})
+            + fewshot_rows("count", "source:shared", {0: 99.0})
+            + fewshot_rows("size", "scratch", {0: 50.0}) + fewshot_rows("size", "transferred",
+                                                                        {0: 55.0}))
+    spec = {"targets": {"count": {}, "size": {}}, "sources": {"tasks": {"color": {}}},
+            "seeds": [0, 1, 2]}
+    report = experiments.fewshot_report(rows, spec)
+    table = report.split("## Transfer vs scratch")[1].split("## Claims")[0]
+    assert "| count | dept | 16 | transferred − scratch | +2.00, +2.00, +2.00 | +2.00 | " \
+           "+2.00 to +2.00 | transfer ahead |" in table
+    # auto: -3, -2, -2: mean -2.33, sd 0.577, half-width 4.303 * 0.577 / sqrt(3) = 1.43
+    assert ("| count | dept | 16 | auto − scratch | -3.00, -2.00, -2.00 | -2.33 | "
+            "-3.77 to -0.90 | scratch ahead |") in table
+    assert table.index("transferred − scratch") < table.index("auto − scratch")
+    assert "source:" not in table
+    claims = report.split("## Claims")[1]
+    assert "- size, dept, k = 16: transferred − scratch: +5.0 (1 seed): needs >= 2 seeds" \
+        in claims
+    spread = fewshot_rows("count", "scratch", {0: 50.0, 1: 60.0}) + fewshot_rows(
+        "count", "transferred", {0: 55.0, 1: 58.0})
+    assert "no difference measured" in experiments.fewshot_report(spread, spec)
+
+
+def test_fewshot_inits_of_a_seed_draw_the_same_k_shot_examples(tmp_path):
+    """scratch, transferred and auto differ only in their init keys, so one seed gives them one
+    k-shot draw (train and dev); another seed draws other examples."""
+    from PIL import Image
+
+    from dept_vl.config import load_config
+    from dept_vl.taskdata import load_tasks
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    for split in ("train", "val", "test"):
+        (tmp_path / f"{split}.jsonl").write_text("".join(
+            json.dumps({"id": f"{split}{i}", "image": "x.png", "question": f"q{i}?",
+                        "answers": [str(i % 3)], "question_type": "count"}) + "\n"
+            for i in range(30)))
+    spec = load_experiment(REPO / "configs/fewshot_shapes.yaml", True, str(tmp_path / "out"))
+    base = {**experiments.base_values(spec, "runs/backbone"), "corpus": None}
+    target = {"task": "vqa", "question_types": ["count"],
+              **{f"{key}_file": str(tmp_path / f"{split}.jsonl")
+                 for key, split in (("train", "train"), ("eval", "val"), ("test", "test"))}}
+    inits = experiments.fewshot_inits(spec, "dept", 2, {"shared": "a", "color": "b"})
+
+    def draw(init, seed):
+        values = experiments.fewshot_values(spec, base, target, inits[init], "dept", 2, seed)
+        cfg = load_config(None, values)
+        task = load_tasks(cfg)[0][0]
+        return [r.id for r in task.train], [r.id for r in task.eval], cfg.to_dict()
+
+    scratch = draw("scratch", 1)
+    assert len(scratch[0]) == 6 and len(scratch[1]) == 6  # k = 2 of each of 3 answers
+    for init in ("transferred", "auto"):
+        other = draw(init, 1)
+        assert other[:2] == scratch[:2]
+        changed = {key for key in other[2] if other[2][key] != scratch[2][key]}
+        assert changed and changed <= {"init_from", "init_select"}
+    assert draw("scratch", 2)[:2] != scratch[:2]
