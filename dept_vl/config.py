@@ -30,7 +30,7 @@ from typing import Any, Callable
 import yaml
 
 from dept_vl.data.records import LOADERS
-from dept_vl.data.shapes import GRID
+from dept_vl.data.shapes import GRID, PALETTES, SHAPE_SETS
 from dept_vl.errors import UserError, one_line
 from dept_vl.tasks import TASKS
 
@@ -388,6 +388,8 @@ CORPUS: Spec = {
     "n_images": (int, AT_LEAST_1),
     "seed": (int, SEED),
     "image_size": (int, Bound(2 * GRID)),
+    "palette": (str, Choice(PALETTES)),
+    "shapes": (str, Choice(tuple(SHAPE_SETS))),
 }
 TASK: Spec = {
     "task": (str, _task),

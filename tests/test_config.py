@@ -135,7 +135,7 @@ def test_on_bad_data_is_error_by_default_or_skip(tmp_path):
      "check_images, column_map, format, image_dir, path, split, task"),
     ("corpus: {dir: runs/shapes, n_image: 40}",
      "corpus.n_image: unknown key (did you mean 'n_images'?); allowed: dir, image_size, "
-     "n_images, seed"),
+     "n_images, palette, seed, shapes"),
     ("tasks: {color: {train_file: {path: a.jsonl, image_dri: img}}}",
      "tasks.color.train_file.image_dri: unknown key (did you mean 'image_dir'?); allowed: "),
     ("jobs: {vqa: {eval_step: 5}}",

@@ -1,6 +1,7 @@
 """The synthetic shapes corpus: determinism, splits, formats, and answers true to the image."""
 
 import json
+import math
 import os
 import random
 import re
@@ -18,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "val", "test")
 
 
-def _scenes(n: int, seed: int = 0, image_size: int = 64) -> list[Scene]:
+def _scenes(n: int, seed: int = 0, image_size: int = 48) -> list[Scene]:
     rng = random.Random(seed)
     return [shapes.generate_scene(rng, image_size) for _ in range(n)]
 
@@ -77,15 +78,15 @@ def test_rows_have_the_design_formats_and_images_exist(corpus):
         for row in _rows(corpus / f"{split}_vqa.jsonl"):
             assert list(row) == ["id", "image", "question", "answers", "question_type"]
             assert isinstance(row["answers"], list) and len(row["answers"]) == 1
-            assert len(row["answers"][0].split()) == 1
+            assert 1 <= len(row["answers"][0].split()) <= 2
             assert row["question_type"] in shapes.QUESTION_TYPES
             assert row["question"].endswith(" ?") and row["question"] == row["question"].lower()
             assert (corpus / row["image"]).is_file()
         for row in _rows(corpus / f"{split}_caption.jsonl"):
             assert list(row) == ["id", "image", "captions"]
-            assert len(row["captions"]) == 1 and isinstance(row["captions"][0], str)
+            assert len(row["captions"]) == 2 and all(isinstance(c, str) for c in row["captions"])
             with Image.open(corpus / row["image"]) as image:
-                assert image.size == (64, 64) and image.mode == "RGB"
+                assert image.size == (48, 48) and image.mode == "RGB"
 
 
 def test_every_question_type_is_present(corpus):
@@ -97,7 +98,8 @@ def test_every_question_type_is_present(corpus):
 
 def test_scenes_have_unique_pairs_and_cells():
     for scene in _scenes(300):
-        assert 1 <= len(scene.objects) <= 4
+        assert 1 <= len(scene.objects) <= 9
+        assert scene.background in shapes.BACKGROUNDS
         pairs = [(o.color, o.shape) for o in scene.objects]
         cells = [(o.row, o.col) for o in scene.objects]
         assert len(set(pairs)) == len(pairs)
@@ -116,44 +118,90 @@ def test_objects_stay_inside_their_cells(image_size):
 
 def test_render_colours_object_centres_and_leaves_background():
     scene = Scene((SceneObject("circle", "red", "large", 0, 0),
-                   SceneObject("triangle", "blue", "small", 1, 2, dx=2, dy=-2),
-                   SceneObject("square", "yellow", "small", 2, 1)))
-    image = shapes.render(scene, 64)
+                   SceneObject("hexagon", "blue", "small", 1, 2, dx=2, dy=-2),
+                   SceneObject("square", "yellow", "small", 2, 1),
+                   SceneObject("cross", "white", "large", 1, 1),
+                   SceneObject("star", "lime", "large", 2, 2)), background="midnightblue")
+    image = shapes.render(scene, 48)
     for obj in scene.objects:
-        left, top, right, bottom = shapes.object_box(obj, 64)
+        left, top, right, bottom = shapes.object_box(obj, 48)
         centre = ((left + right) // 2, (top + bottom) // 2)
-        assert image.getpixel(centre) == shapes.COLORS[obj.color], obj
-    assert image.getpixel((53, 10)) == shapes.BACKGROUND  # empty cell (0, 2)
-    assert image.getpixel((10, 53)) == shapes.BACKGROUND  # empty cell (2, 0)
+        assert image.getpixel(centre) == shapes.CSS_COLORS[obj.color], obj
+    background = shapes.CSS_COLORS["midnightblue"]
+    assert image.getpixel((40, 8)) == background  # empty cell (0, 2)
+    assert image.getpixel((8, 40)) == background  # empty cell (2, 0)
+
+
+def test_a_ring_is_hollow_and_every_shape_draws_a_different_bitmap():
+    def mask(shape: str) -> frozenset:
+        image = shapes.render(Scene((SceneObject(shape, "red", "large", 1, 1),)), 48)
+        return frozenset(xy for xy in ((x, y) for x in range(48) for y in range(48))
+                         if image.getpixel(xy) == shapes.CSS_COLORS["red"])
+
+    masks = {shape: mask(shape) for shape in shapes.SHAPES}
+    assert len(set(masks.values())) == len(shapes.SHAPES)
+    assert (24, 24) not in masks["ring"] and (24, 24) in masks["circle"]
+
+
+def test_palettes_are_css_named_distinct_and_visible():
+    css = shapes.palette("css")
+    assert len(css) >= 30 and len(shapes.SHAPES) >= 8
+    assert set(shapes.palette("basic")) == set(shapes.BASIC_COLORS) < set(css)
+    for name, rgb in css.items():
+        assert shapes.CSS_COLORS[name] == rgb
+    names = list(css)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            assert math.dist(css[first], css[second]) >= 70, (first, second)
+    rng = random.Random(0)
+    for name in shapes.PALETTES:
+        for scene in (shapes.generate_scene(rng, 48, name) for _ in range(200)):
+            assert all(o.color in shapes.visible_colors(scene.background, name)
+                       for o in scene.objects)
+    with pytest.raises(ValueError, match="palette"):
+        shapes.palette("html")
+
+
+def test_css_corpus_uses_its_palette_and_is_its_own_corpus(tmp_path):
+    shapes.write_corpus(tmp_path, 40, seed=1, palette="css", shapes="all")
+    assert shapes.corpus_matches(tmp_path, 40, 1, palette="css", shapes="all")
+    assert not shapes.corpus_matches(tmp_path, 40, 1, palette="css")
+    assert not shapes.corpus_matches(tmp_path, 40, 1)
+    colors = {row["answers"][0] for row in _rows(tmp_path / "train_vqa.jsonl")
+              if row["question_type"] == "color"}
+    assert colors - set(shapes.BASIC_COLORS) - set(shapes.BACKGROUNDS)
 
 
 def test_large_objects_cover_more_pixels_than_small():
     def covered(size: str) -> int:
-        image = shapes.render(Scene((SceneObject("square", "green", size, 1, 1),)), 64)
-        return sum(n for n, colour in image.getcolors() if colour != shapes.BACKGROUND)
+        image = shapes.render(Scene((SceneObject("square", "green", size, 1, 1),)), 48)
+        return sum(n for n, colour in image.getcolors() if colour != shapes.CSS_COLORS["black"])
 
     assert covered("large") > 2 * covered("small")
 
 
-def test_caption_of_known_scene():
+def test_captions_of_known_scene():
     scene = Scene((SceneObject("square", "blue", "small", 0, 2),
                    SceneObject("circle", "red", "large", 0, 0),
-                   SceneObject("triangle", "green", "large", 2, 0)))
-    assert shapes.caption(scene) == ("three objects : large red circle above large green "
-                                     "triangle left of small blue square")
+                   SceneObject("triangle", "orange", "large", 2, 0)), background="white")
+    assert shapes.captions(scene) == [
+        "three objects : large red circle top left , small blue square top right , "
+        "large orange triangle bottom left",
+        "a large red circle at the top left and two objects more on a white background"]
+    assert shapes.caption(scene) == shapes.captions(scene)[0]
 
 
-def test_captions_are_short_complete_and_use_every_relation():
+def test_captions_name_every_object_and_position_but_no_relation():
     words_seen: set[str] = set()
     for scene in _scenes(300):
-        text = shapes.caption(scene)
-        words = text.split()
-        words_seen.update(words)
-        assert len(words) <= 24 and text == text.lower()
-        assert words[0] == shapes.NUMBER_WORDS[len(scene.objects)]
+        listing, sentence = shapes.captions(scene)
+        words_seen.update(listing.split())
+        assert listing.split()[0] == shapes.NUMBER_WORDS[len(scene.objects)]
         for obj in scene.objects:
-            assert f"{obj.size} {obj.color} {obj.shape}" in text
-    assert {"left", "right", "above", "below"} <= words_seen
+            assert f"{obj.size} {obj.color} {obj.shape} {obj.position}" in listing
+        assert sentence.endswith(f"on a {scene.background} background")
+    assert not {"above", "below", "of"} & words_seen  # relations are a reserved question type
+    assert {"top", "bottom", "left", "right", "center", "middle"} <= words_seen
 
 
 def _find(scene: Scene, color: str | None = None, shape: str | None = None,
@@ -162,57 +210,133 @@ def _find(scene: Scene, color: str | None = None, shape: str | None = None,
             and (shape is None or o.shape == shape) and (size is None or o.size == size)]
 
 
-def _true_answer(scene: Scene, question: str, qtype: str) -> str:
-    """Answer ``question`` from the scene independently of the generator's code."""
-    if qtype == "color":
-        *size, shape = re.fullmatch(r"what color is the (.+) \?", question).group(1).split()
-        (obj,) = _find(scene, shape=shape, size=size[0] if size else None)
-        return obj.color
-    if qtype == "shape":
-        color = re.fullmatch(r"what shape is the (\w+) object \?", question).group(1)
-        (obj,) = _find(scene, color=color)
-        return obj.shape
-    if qtype == "exists":
-        color, shape = re.fullmatch(r"is there a (\w+) (\w+) \?", question).groups()
-        return "yes" if _find(scene, color, shape) else "no"
-    if qtype == "count":
-        what = re.fullmatch(r"how many (\w+) are there \?", question).group(1)
-        shape = None if what == "objects" else what[:-1]
-        return shapes.NUMBER_WORDS[len(_find(scene, shape=shape))]
-    if qtype == "size":
-        color, shape = re.fullmatch(r"what size is the (\w+) (\w+) \?", question).groups()
-        (obj,) = _find(scene, color, shape)
-        return obj.size
-    c1, s1, rel, c2, s2 = re.fullmatch(
-        r"is the (\w+) (\w+) (left of|right of|above|below) the (\w+) (\w+) \?", question).groups()
-    (a,), (b,) = _find(scene, c1, s1), _find(scene, c2, s2)
-    holds = {"left of": a.col < b.col, "right of": a.col > b.col,
-             "above": a.row < b.row, "below": a.row > b.row}[rel]
-    axis_differs = a.col != b.col if rel in ("left of", "right of") else a.row != b.row
-    assert axis_differs, f"ill-defined spatial question {question!r}"
+def _one(scene: Scene, name: str) -> SceneObject:
+    """The object a 'colour shape' name refers to (exactly one)."""
+    color, shape = name.split()
+    (obj,) = _find(scene, color, shape)
+    return obj
+
+
+def _yes(holds: bool) -> str:
     return "yes" if holds else "no"
 
 
-def test_answers_are_true_for_the_scene_and_yes_no_balanced():
-    rng = random.Random(11)
+def _plural_to_shape(word: str) -> str:
+    return word[:-2] if word.endswith("sses") else word[:-1]
+
+
+def _answer_attribute(scene: Scene, question: str, qtype: str) -> str:
+    if qtype == "color":
+        if "background" in question:
+            return scene.background
+        ref = re.fullmatch(r"(?:what color is|what is the color of|which color does) the "
+                           r"(.+?)(?: have)? \?", question).group(1).split()
+        (obj,) = _find(scene, shape=ref[-1], size=ref[0] if len(ref) == 2 else None)
+        return obj.color
+    if qtype == "shape":
+        color = re.fullmatch(r"(?:what shape is the|what is the|which shape is) (\w+)"
+                             r"(?: object| shape)? \?", question).group(1)
+        (obj,) = _find(scene, color=color)
+        return obj.shape
+    name = re.fullmatch(r"(?:what size is|how big is|is|where is|in which part of the image "
+                        r"is|what is the position of) the (\w+ \w+)(?: small or large)? \?",
+                        question).group(1)
+    obj = _one(scene, name)
+    if qtype == "size":
+        return obj.size
+    return [["top left", "top middle", "top right"], ["middle left", "center", "middle right"],
+            ["bottom left", "bottom middle", "bottom right"]][obj.row][obj.col]
+
+
+def _answer_count(scene: Scene, question: str) -> str:
+    what = re.fullmatch(r"(?:how many|what is the number of) (.+?)(?: are there| can you see)? \?",
+                        question).group(1).split()
+    if what == ["objects"]:
+        return shapes.NUMBER_WORDS[len(scene.objects)]
+    if len(what) == 1:
+        return shapes.NUMBER_WORDS[len(_find(scene, shape=_plural_to_shape(what[0])))]
+    word = what[0]
+    found = _find(scene, size=word) if word in ("small", "large") else _find(scene, color=word)
+    return shapes.NUMBER_WORDS[len(found)]
+
+
+def _answer_exists(scene: Scene, question: str) -> str:
+    negated, color, shape = re.fullmatch(
+        r"(?:is there|does the image|can you see)( no| not contain)?(?: contain)? an? (\w+) (\w+) \?",
+        question).groups()
+    return _yes(bool(_find(scene, color, shape)) != bool(negated))
+
+
+def _answer_relation(scene: Scene, question: str) -> str:
+    a, negated, rel, b = re.fullmatch(
+        r"is the (\w+ \w+) (not )?(?:to the )?(left of|right of|above|below) the (\w+ \w+) \?",
+        question).groups()
+    a, b = _one(scene, a), _one(scene, b)
+    holds = {"left of": a.col < b.col, "right of": a.col > b.col,
+             "above": a.row < b.row, "below": a.row > b.row}[rel]
+    axis_differs = a.col != b.col if rel in ("left of", "right of") else a.row != b.row
+    assert axis_differs, f"ill-defined relation question {question!r}"
+    return _yes(holds != bool(negated))
+
+
+def _answer_compare(scene: Scene, question: str) -> str:
+    more = re.fullmatch(r"are there (more|fewer) (\w+) than (\w+) \?", question)
+    if more:
+        word, first, second = more.groups()
+        n, m = (len(_find(scene, shape=_plural_to_shape(w))) for w in (first, second))
+        return _yes(n > m if word == "more" else n < m)
+    same = re.fullmatch(r"are the (\w+ \w+) and the (\w+ \w+) the same size \?", question)
+    if same:
+        a, b = (_one(scene, name) for name in same.groups())
+        return _yes(a.size == b.size)
+    a, word, b = re.fullmatch(r"is the (\w+ \w+) (larger|smaller) than the (\w+ \w+) \?",
+                              question).groups()
+    a, b = _one(scene, a), _one(scene, b)
+    bigger = (a.size, b.size) == ("large", "small")
+    smaller = (a.size, b.size) == ("small", "large")
+    return _yes(bigger if word == "larger" else smaller)
+
+
+def _true_answer(scene: Scene, question: str, qtype: str) -> str:
+    """Answer ``question`` from the scene independently of the generator's code."""
+    if qtype in ("color", "shape", "size", "spatial"):
+        return _answer_attribute(scene, question, qtype)
+    return {"count": _answer_count, "exists": _answer_exists, "relation": _answer_relation,
+            "compare": _answer_compare}[qtype](scene, question)
+
+
+@pytest.mark.parametrize("palette,shape_set", [("basic", "basic"), ("css", "all")])
+def test_answers_are_true_for_the_scene_and_yes_no_balanced(palette, shape_set):
+    rng, scene_rng = random.Random(11), random.Random(7)
     answers: dict[str, list[str]] = {t: [] for t in shapes.QUESTION_TYPES}
-    for scene in _scenes(600, seed=7):
+    for scene in (shapes.generate_scene(scene_rng, 48, palette, shape_set) for _ in range(1500)):
         rows = shapes.questions(scene, rng)
         assert len({qtype for _, _, qtype in rows}) == len(rows)
         for question, answer, qtype in rows:
             assert answer == _true_answer(scene, question, qtype), (scene, question)
             answers[qtype].append(answer)
-        if len(scene.objects) >= 2:
-            assert "spatial" in {qtype for _, _, qtype in rows}
-        else:
-            assert "spatial" not in {qtype for _, _, qtype in rows}
-    for qtype in ("exists", "spatial"):
-        assert 0.42 < answers[qtype].count("yes") / len(answers[qtype]) < 0.58
-    # zero is never asked: only present shapes are counted, so every answer appears in captions
+        assert ("relation" in {qtype for _, _, qtype in rows}) == (len(scene.objects) >= 2)
+    for qtype in ("exists", "relation", "compare"):
+        assert 0.42 < answers[qtype].count("yes") / len(answers[qtype]) < 0.58, qtype
+    # zero is never asked: only present groups are counted
     assert set(answers["count"]) == set(shapes.NUMBER_WORDS) - {"zero"}
-    assert set(answers["color"]) == set(shapes.COLORS)
-    assert set(answers["shape"]) == set(shapes.SHAPES)
+    assert set(answers["color"]) == set(shapes.palette(palette)) | set(shapes.BACKGROUNDS)
+    assert set(answers["shape"]) == set(shapes.SHAPE_SETS[shape_set])
+    assert len(set(answers["spatial"])) == 9
     assert 0.4 < answers["size"].count("small") / len(answers["size"]) < 0.6
+
+
+def test_questions_come_in_several_phrasings_including_negations():
+    rng = random.Random(5)
+    rows = [row for scene in _scenes(400, seed=2) for row in shapes.questions(scene, rng)]
+    content = set(shapes.CSS_COLORS) | set(shapes.SHAPES) | set(shapes.SIZES)
+    content |= {_plural for s in shapes.SHAPES for _plural in (s + "s", s + "es")}
+    for qtype in shapes.QUESTION_TYPES:
+        forms = {" ".join(w for w in q.split() if w not in content) for q, _, t in rows if t == qtype}
+        assert len(forms) >= 3, (qtype, forms)
+    negated = [q for q, _, t in rows if t in ("exists", "relation") and " not " in f" {q} "
+               or q.startswith("is there no")]
+    assert len(negated) > 50
 
 
 def test_cli_writes_manifest_and_corpus_matches(tmp_path):
