@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -126,6 +129,26 @@ def run_cell(values: dict[str, Any], out: Path, source: str = "experiment config
     return results
 
 
+Cell = tuple[dict[str, Any], Path]  # one run's config keys and its output directory
+
+
+def run_cells(cells: list[Cell], source: str, workers: int = 1) -> list[dict[str, Any]]:
+    """`run_cell` for each cell, results in the cells' order. With workers > 1 the cells run
+    in that many fresh processes at once (a machine with many cores or a GPU); each cell's
+    result does not depend on which process ran it or when, since it only reads its config."""
+    if workers <= 1 or len(cells) <= 1:
+        return [run_cell(values, out, source) for values, out in cells]
+    workers = min(workers, len(cells))
+    # each process would otherwise take every core, and torch threads oversubscribed this way
+    # run 10-20x slower: the cores are shared out unless a cell sets its own num_threads
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = multiprocessing.get_context("spawn")  # no torch / accelerate state inherited
+    with ProcessPoolExecutor(workers, mp_context=context, max_tasks_per_child=1) as pool:
+        futures = [pool.submit(run_cell, {"num_threads": threads, **values}, out, source)
+                   for values, out in cells]
+        return [future.result() for future in futures]
+
+
 def ensure_backbone(spec: dict[str, Any]) -> str:
     """Pretrain the experiment's backbone when missing; return its directory."""
     boot = spec["backbone"]
@@ -174,19 +197,21 @@ _FORMATS: dict[str, Callable[[Any], str]] = {
 
 
 # ---------------------------------------------------------------------------- fewshot
-def train_sources(spec: dict[str, Any], base: dict[str, Any], method: str, out: Path
-                  ) -> dict[str, str]:
-    """Source adapters for `method`: one shared multi-task adapter and one per source task.
-    Returns {source name: adapter directory}."""
+def train_sources(spec: dict[str, Any], base: dict[str, Any], methods: list[str], out: Path
+                  ) -> dict[str, dict[str, str]]:
+    """Source adapters per method: one shared multi-task adapter and one per source task.
+    Returns {method: {source name: adapter directory}}."""
     sources = dict(spec["sources"])
-    values = merged(base, {**sources, "method": method})
-    shared = run_cell({**values, "adapter_per_task": False}, out / method / "shared",
-                      spec["source"])
-    per_task = run_cell({**values, "adapter_per_task": True}, out / method / "per_task",
-                        spec["source"])
-    found = {"shared": shared["saved_to"]}
-    for name in sorted(sources["tasks"]):
-        found[name] = str(Path(per_task["saved_to"]) / name)
+    cells = [({**merged(base, {**sources, "method": method}), "adapter_per_task": per_task},
+              out / method / ("per_task" if per_task else "shared"))
+             for method in methods for per_task in (False, True)]
+    results = iter(run_cells(cells, spec["source"], spec.get("workers", 1)))
+    found = {}
+    for method in methods:
+        shared, per_task = next(results), next(results)
+        found[method] = {"shared": shared["saved_to"],
+                         **{name: str(Path(per_task["saved_to"]) / name)
+                            for name in sorted(sources["tasks"])}}
     return found
 
 
@@ -215,9 +240,11 @@ def fewshot_inits(spec: dict[str, Any], method: str, shots: int, sources: dict[s
 def run_fewshot(spec: dict[str, Any]) -> Path:
     out = Path(spec["output_dir"])
     base = base_values(spec, ensure_backbone(spec))
-    rows: list[dict[str, Any]] = []
-    for method in spec.get("methods", ["dept", "pt"]):
-        sources = train_sources(spec, base, method, out / "sources")
+    methods = spec.get("methods", ["dept", "pt"])
+    all_sources = train_sources(spec, base, methods, out / "sources")
+    cells, keys = [], []
+    for method in methods:
+        sources = all_sources[method]
         for target, target_spec in spec["targets"].items():
             for shots in spec["shots"]:
                 for init, init_values in fewshot_inits(spec, method, shots, sources).items():
@@ -226,9 +253,10 @@ def run_fewshot(spec: dict[str, Any]) -> Path:
                                                 shots, seed)
                         cell = out / "runs" / target / method / f"k{shots}" / \
                             init.replace(":", "-") / f"seed{seed}"
-                        results = run_cell(values, cell, spec["source"])
-                        rows.append(_fewshot_row(target, method, shots, init, seed, results,
-                                                 cell, sources))
+                        cells.append((values, cell))
+                        keys.append((target, method, shots, init, seed, cell, sources))
+    results = run_cells(cells, spec["source"], spec.get("workers", 1))
+    rows = [_fewshot_row(*key[:5], result, *key[5:]) for key, result in zip(keys, results)]
     write_csv(out / "results.csv", rows)
     atomic_write_text(out / "results.md", fewshot_report(rows, spec))
     save_plot(out / "results.png", lambda plt: fewshot_plot(plt, rows))
@@ -401,14 +429,16 @@ def run_compare(spec: dict[str, Any]) -> Path:
     check_pairs(spec)  # before hours of training
     out = Path(spec["output_dir"])
     base = merged(base_values(spec, ensure_backbone(spec)), spec.get("data", {}))
-    rows: list[dict[str, Any]] = []
+    cells, keys = [], []
     for entry in spec["runs"]:
         entry = dict(entry)
         name = entry.pop("name")
         for seed in entry.pop("seeds", spec["seeds"]):
-            results = run_cell(merged(base, {**entry, "seed": seed}), out / "runs" / name /
-                               f"seed{seed}", spec["source"])
-            rows.append(compare_row(name, seed, results, entry))
+            cells.append((merged(base, {**entry, "seed": seed}),
+                          out / "runs" / name / f"seed{seed}"))
+            keys.append((name, seed, entry))
+    results = run_cells(cells, spec["source"], spec.get("workers", 1))
+    rows = [compare_row(*key[:2], result, key[2]) for key, result in zip(keys, results)]
     write_csv(out / "results.csv", rows)
     atomic_write_text(out / "results.md", compare_report(rows, spec))
     save_plot(out / "results.png", lambda plt: compare_plot(plt, rows))
@@ -543,11 +573,16 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--config", required=True, help="experiment YAML")
     parser.add_argument("--quick", action="store_true", help="the small version (CI)")
     parser.add_argument("--output_dir", help="override the experiment's output_dir")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="run this many cells at once, each in its own process (default: "
+                             "the file's `workers`, else 1)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="change one key of the experiment file, e.g. shots=[16] or "
                              "train.num_threads=1 (repeatable)")
     args = parser.parse_args(argv)
     spec = load_experiment(args.config, args.quick, args.output_dir, args.set)
+    if args.workers is not None:
+        spec["workers"] = args.workers
     return run_fewshot(spec) if args.grid == "fewshot" else run_compare(spec)
 
 

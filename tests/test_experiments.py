@@ -45,9 +45,10 @@ def test_fewshot_quick_grid_end_to_end(tmp_path, monkeypatch):
 
 
 def test_compare_quick_grid_end_to_end(tmp_path, monkeypatch):
+    """With two workers: the cells run in two processes at once and land in grid order."""
     monkeypatch.chdir(REPO)
     out = main(["compare", "--config", "configs/compare_shapes.yaml", "--quick",
-                "--output_dir", str(tmp_path / "compare")])
+                "--output_dir", str(tmp_path / "compare"), "--workers", "2"])
     rows = read_csv(out / "results.csv")
     assert [r["name"] for r in rows] == ["dept", "dept", "pt", "pt", "adept", "adept", "lora",
                                          "full"]
