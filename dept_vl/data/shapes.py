@@ -3,7 +3,8 @@
 Small enough to pretrain a tiny VL-T5 on a laptop CPU in minutes, yet broad: CSS colour names
 rendered from their RGB values (8 in the default "basic" palette, 33 in "css"), 8 shapes, 2
 sizes, 1-9 objects, 4 background colours, 9 named positions, questions in several phrasings
-(negations included, yes/no balanced per type) and captions in two styles. The question types split in two groups:
+(negations included, yes/no balanced per type) and captions in two styles. The question types
+split in two groups:
 
 - pretrained (the backbone learns them with the captions): colour, shape, existence;
 - reserved (adapter targets the backbone was never asked): count (also by colour, shape or
@@ -286,6 +287,10 @@ def _balanced(candidates: list[QA], rng: random.Random) -> QA | None:
     return rng.choice(matching) if matching else None
 
 
+def _yes_no(holds: bool) -> str:
+    return "yes" if holds else "no"
+
+
 def _plural(shape: str) -> str:
     return PLURALS.get(shape, shape + "s")
 
@@ -333,14 +338,15 @@ def _exists_question(scene: Scene, rng: random.Random) -> QA | None:
     else:
         template = rng.choice(("is there {} ?", "does the image contain {} ?",
                                "can you see {} ?"))
-    return template.format(thing), "yes" if (pair in present) != negated else "no"
+    return template.format(thing), _yes_no((pair in present) != negated)
 
 
 def _count_question(scene: Scene, rng: random.Random) -> QA:
     """All objects, or those of one shape, colour or size that is present (so the answer is
     never zero)."""
     groups = [("objects", lambda o: True)]
-    groups += [(_plural(s), lambda o, s=s: o.shape == s) for s in sorted({o.shape for o in scene.objects})]
+    groups += [(_plural(s), lambda o, s=s: o.shape == s)
+               for s in sorted({o.shape for o in scene.objects})]
     groups += [(f"{c} objects", lambda o, c=c: o.color == c)
                for c in sorted({o.color for o in scene.objects})]
     groups += [(f"{z} objects", lambda o, z=z: o.size == z)
@@ -388,8 +394,8 @@ def _relation_question(scene: Scene, rng: random.Random) -> QA | None:
     for word in words:
         axis, sign = _RELATIONS[word]
         holds = (getattr(a, axis) - getattr(b, axis)) * sign > 0
-        candidates += [(f"is the {a.name} {word} the {b.name} ?", "yes" if holds else "no")] * 2
-        candidates.append((f"is the {a.name} not {word} the {b.name} ?", "no" if holds else "yes"))
+        candidates += [(f"is the {a.name} {word} the {b.name} ?", _yes_no(holds))] * 2
+        candidates.append((f"is the {a.name} not {word} the {b.name} ?", _yes_no(not holds)))
     return _balanced(candidates, rng)
 
 
@@ -399,16 +405,16 @@ def _compare_question(scene: Scene, rng: random.Random) -> QA | None:
     candidates = []
     for s, t in ((s, t) for s in counts for t in counts if s != t and counts[s] + counts[t]):
         candidates.append((f"are there more {_plural(s)} than {_plural(t)} ?",
-                           "yes" if counts[s] > counts[t] else "no"))
+                           _yes_no(counts[s] > counts[t])))
         candidates.append((f"are there fewer {_plural(s)} than {_plural(t)} ?",
-                           "yes" if counts[s] < counts[t] else "no"))
+                           _yes_no(counts[s] < counts[t])))
     rank = {"small": 0, "large": 1}
     for a, b in ((a, b) for a in scene.objects for b in scene.objects if a is not b):
         diff = rank[a.size] - rank[b.size]
-        candidates += [(f"is the {a.name} larger than the {b.name} ?", "yes" if diff > 0 else "no"),
-                       (f"is the {a.name} smaller than the {b.name} ?", "yes" if diff < 0 else "no"),
+        candidates += [(f"is the {a.name} larger than the {b.name} ?", _yes_no(diff > 0)),
+                       (f"is the {a.name} smaller than the {b.name} ?", _yes_no(diff < 0)),
                        (f"are the {a.name} and the {b.name} the same size ?",
-                        "yes" if diff == 0 else "no")]
+                        _yes_no(diff == 0))]
     return _balanced(candidates, rng)
 
 
