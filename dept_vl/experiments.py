@@ -5,7 +5,7 @@
 
 Each grid cell is an ordinary training run (`dept_vl.train.run`) in its own folder; a cell whose
 `eval_results.json` exists is read back, not re-run, so an interrupted grid resumes where it
-stopped. Each command writes `results.md` (mean ± std over seeds, trainable parameters, wall
+stopped. `--workers N` runs N cells at once, each in a fresh process. Each command writes `results.md` (mean ± std over seeds, trainable parameters, wall
 time; paired differences over seeds with 95% intervals, and the claim sentences they support,
 see dept_vl/stats.py), `results.csv` (one row per run) and a PNG plot into the experiment's
 output folder.
