@@ -99,11 +99,17 @@ def test_every_question_type_is_present(corpus):
 def test_scenes_have_unique_pairs_and_cells():
     for scene in _scenes(300):
         assert 1 <= len(scene.objects) <= 9
-        assert scene.background in shapes.BACKGROUNDS
+        assert scene.background == "black"  # the basic world's one background
         pairs = [(o.color, o.shape) for o in scene.objects]
         cells = [(o.row, o.col) for o in scene.objects]
         assert len(set(pairs)) == len(pairs)
         assert len(set(cells)) == len(cells)
+
+
+def test_the_css_world_has_every_background():
+    rng = random.Random(3)
+    drawn = {shapes.generate_scene(rng, 48, "css", "all").background for _ in range(200)}
+    assert drawn == set(shapes.BACKGROUNDS)
 
 
 @pytest.mark.parametrize("image_size", [64, 96])
@@ -262,8 +268,8 @@ def _answer_count(scene: Scene, question: str) -> str:
 
 def _answer_exists(scene: Scene, question: str) -> str:
     negated, color, shape = re.fullmatch(
-        r"(?:is there|does the image|can you see)( no| not contain)?(?: contain)? an? (\w+) (\w+) \?",
-        question).groups()
+        r"(?:is there|does the image|can you see|is it true that there is)( no| not contain)?"
+        r"(?: contain)? an? (\w+) (\w+) \?", question).groups()
     return _yes(bool(_find(scene, color, shape)) != bool(negated))
 
 
@@ -301,8 +307,8 @@ def _true_answer(scene: Scene, question: str, qtype: str) -> str:
     """Answer ``question`` from the scene independently of the generator's code."""
     if qtype in ("color", "shape", "size", "spatial"):
         return _answer_attribute(scene, question, qtype)
-    return {"count": _answer_count, "exists": _answer_exists, "relation": _answer_relation,
-            "compare": _answer_compare}[qtype](scene, question)
+    return {"count": _answer_count, "exists": _answer_exists, "negation": _answer_exists,
+            "relation": _answer_relation, "compare": _answer_compare}[qtype](scene, question)
 
 
 @pytest.mark.parametrize("palette,shape_set", [("basic", "basic"), ("css", "all")])
@@ -315,12 +321,17 @@ def test_answers_are_true_for_the_scene_and_yes_no_balanced(palette, shape_set):
         for question, answer, qtype in rows:
             assert answer == _true_answer(scene, question, qtype), (scene, question)
             answers[qtype].append(answer)
+            if qtype == "exists":  # pretrained in the positive form only
+                answers.setdefault("exists_questions", []).append(question)
         assert ("relation" in {qtype for _, _, qtype in rows}) == (len(scene.objects) >= 2)
-    for qtype in ("exists", "relation", "compare"):
+    for qtype in ("exists", "negation", "relation", "compare"):
         assert 0.42 < answers[qtype].count("yes") / len(answers[qtype]) < 0.58, qtype
     # zero is never asked: only present groups are counted
     assert set(answers["count"]) == set(shapes.NUMBER_WORDS) - {"zero"}
-    assert set(answers["color"]) == set(shapes.palette(palette)) | set(shapes.BACKGROUNDS)
+    backgrounds = shapes.PALETTE_BACKGROUNDS[palette]
+    visible = {c for b in backgrounds for c in shapes.visible_colors(b, palette)}
+    assert set(answers["color"]) == visible | (set(backgrounds) if len(backgrounds) > 1 else set())
+    assert all(" no " not in q and " not " not in q for q in answers["exists_questions"])
     assert set(answers["shape"]) == set(shapes.SHAPE_SETS[shape_set])
     assert len(set(answers["spatial"])) == 9
     assert 0.4 < answers["size"].count("small") / len(answers["size"]) < 0.6
@@ -334,7 +345,7 @@ def test_questions_come_in_several_phrasings_including_negations():
     for qtype in shapes.QUESTION_TYPES:
         forms = {" ".join(w for w in q.split() if w not in content) for q, _, t in rows if t == qtype}
         assert len(forms) >= 3, (qtype, forms)
-    negated = [q for q, _, t in rows if t in ("exists", "relation") and " not " in f" {q} "
+    negated = [q for q, _, t in rows if t in ("negation", "relation") and " not " in f" {q} "
                or q.startswith("is there no")]
     assert len(negated) > 50
 
