@@ -2,7 +2,7 @@
 
 A bad config key, data row, adapter file, backbone path or checkpoint is a `UserError`: the
 command-line entry points (`train.py`, `python -m dept_vl.evaluate`, `python -m dept_vl.features`,
-the demo) print its message on one line and exit 2. Anything else is a bug in dept_vl and keeps
+`python -m dept_vl.report`, the demo) print its message on one line and exit 2. Anything else is a bug in dept_vl and keeps
 its traceback. Each subclass also derives from the built-in type callers already catch
 (ValueError, OSError), so `except ValueError` keeps working.
 """
@@ -25,6 +25,10 @@ class BackboneError(UserError, OSError):
 
 class CheckpointError(UserError, OSError):
     """A checkpoint that cannot be resumed from (missing, incomplete, corrupt)."""
+
+
+class ResultsError(UserError, FileNotFoundError):
+    """A run directory without the eval_results.json a report reads (a run not finished)."""
 
 
 class TrainingError(UserError, RuntimeError):

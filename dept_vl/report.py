@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from dept_vl.errors import ResultsError, run_cli
 from dept_vl.tables import markdown_table
 
 
@@ -21,7 +23,7 @@ def _job_results(run: Path) -> list[dict[str, Any]]:
     found = [single] if single.is_file() and "method" in json.loads(single.read_text()) else []
     found += sorted(run.glob("*/eval_results.json"))
     if not found:
-        raise FileNotFoundError(f"{run}: no eval_results.json (did the run finish?)")
+        raise ResultsError(f"{run}: no eval_results.json (did the run finish?)")
     return [json.loads(path.read_text()) for path in found]
 
 
@@ -67,4 +69,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

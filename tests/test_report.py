@@ -30,3 +30,15 @@ def test_report_prints_a_vqa_and_a_caption_table_from_single_and_multi_job_runs(
         "| method | trainable params | BLEU-4 | CIDEr | train s |\n"
         "|---|---|---|---|---|\n"
         "| full | 7 | 0.5 | 3.0 | – |\n\n")
+
+
+def test_report_of_an_unfinished_run_is_a_one_line_error(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "vqa").mkdir()
+    done = subprocess.run([sys.executable, "-m", "dept_vl.report", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == (f"dept_vl: error: {tmp_path}: no eval_results.json "
+                                   "(did the run finish?)")

@@ -191,8 +191,8 @@ def test_captions_of_known_scene():
                    SceneObject("circle", "red", "large", 0, 0),
                    SceneObject("triangle", "orange", "large", 2, 0)), background="white")
     assert shapes.captions(scene) == [
-        "three objects : large red circle top left , small blue square top right , "
-        "large orange triangle bottom left",
+        ("three objects : large red circle top left , small blue square top right , "
+         "large orange triangle bottom left"),
         "a large red circle at the top left and two objects more on a white background"]
     assert shapes.caption(scene) == shapes.captions(scene)[0]
 
