@@ -267,10 +267,15 @@ def _answer_count(scene: Scene, question: str) -> str:
 
 
 def _answer_exists(scene: Scene, question: str) -> str:
-    negated, color, shape = re.fullmatch(
-        r"(?:is there|does the image|can you see|is it true that there is)( no| not contain)?"
-        r"(?: contain)? an? (\w+) (\w+) \?", question).groups()
-    return _yes(bool(_find(scene, color, shape)) != bool(negated))
+    """Also checks the English: "is there no red circle", "does the image not contain an
+    orange square" (the article agrees with the colour, and "no" takes none)."""
+    match = re.fullmatch(
+        r"(?:is there|does the image|can you see|is it true that there is)"
+        r"(?P<no> no| not contain| contain)?(?: (?P<article>an?))? (\w+) (\w+) \?", question)
+    no, article, color, shape = match.groups()
+    assert (article is None) == (no == " no"), question
+    assert article is None or article == ("an" if color[0] in "aeiou" else "a"), question
+    return _yes(bool(_find(scene, color, shape)) != (no in (" no", " not contain")))
 
 
 def _answer_relation(scene: Scene, question: str) -> str:

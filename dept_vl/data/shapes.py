@@ -31,8 +31,9 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 GENERATOR = "dept_vl.shapes"
-VERSION = 4  # 3: the broad world (CSS colours, 8 shapes, 1-9 objects, phrasings, new types)
+VERSION = 5  # 3: the broad world (CSS colours, 8 shapes, 1-9 objects, phrasings, new types)
 # 4: negated existence is its own reserved type; the basic palette has one background
+# 5: "is there no red circle ?" (was "is there no a red circle ?")
 SPLITS = ("train", "val", "test")
 PRETRAIN_TYPES: tuple[str, ...] = ("color", "shape", "exists")
 RESERVED_TYPES: tuple[str, ...] = ("count", "size", "spatial", "relation", "compare",
@@ -362,9 +363,10 @@ def _negation_question(scene: Scene, rng: random.Random) -> QA:
     pretrained on both forms did not learn existence in its budget (43% after 1,200 steps, 82%
     with the positive form alone), so flipping the answer is left to the adapters."""
     pair = _absent_or_present(scene, rng, rng.choice(("yes", "no")) == "no")
-    template = rng.choice(("is there no {} ?", "does the image not contain {} ?",
-                           "is it true that there is no {} ?"))
-    return template.format(_a(pair)), _yes_no(not _is_in(scene, pair))
+    template = rng.choice(("is there no {bare} ?", "does the image not contain {a} ?",
+                           "is it true that there is no {bare} ?"))
+    text = template.format(a=_a(pair), bare=f"{pair[0]} {pair[1]}")
+    return text, _yes_no(not _is_in(scene, pair))
 
 
 def _count_question(scene: Scene, rng: random.Random) -> QA:
