@@ -173,13 +173,22 @@ def find_checkpoint(out: Path, resume: str) -> Path:
         if problem:
             raise CheckpointError(f"resume_from_checkpoint: {problem}")
         return Path(resume)
+    found = latest_complete(out)
+    if found is None:
+        raise CheckpointError(f"resume_from_checkpoint latest: no complete checkpoint under "
+                              f"{out / 'checkpoints'}")
+    return found
+
+
+def latest_complete(out: Path) -> Path | None:
+    """The newest complete `checkpoints/checkpoint_<step>` of the run in `out`, or None;
+    incomplete ones are skipped with a warning naming them."""
     for candidate in reversed(_checkpoints(out)):
         problem = checkpoint_problem(candidate)
         if problem is None:
             return candidate
         logger.warning("skipping checkpoint %s: %s", candidate, problem)
-    raise CheckpointError(f"resume_from_checkpoint latest: no complete checkpoint under "
-                          f"{out / 'checkpoints'}")
+    return None
 
 
 def read_trainer_state(checkpoint: Path) -> dict[str, Any]:

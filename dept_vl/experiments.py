@@ -4,7 +4,8 @@
     python -m dept_vl.experiments compare --config configs/compare_shapes.yaml [--quick]
 
 Each grid cell is an ordinary training run (`dept_vl.train.run`) in its own folder; a cell whose
-`eval_results.json` exists is read back, not re-run, so an interrupted grid resumes where it
+`eval_results.json` exists is read back, not re-run, and a cell cut short after a checkpoint
+(`--set train.save_steps=N`) goes on from it, so an interrupted grid resumes where it
 stopped. `--workers N` runs N cells at once, each in a fresh process. Each command writes `results.md` (mean ± std over seeds, trainable parameters, wall
 time; paired differences over seeds with 95% intervals, and the claim sentences they support,
 see dept_vl/stats.py), `results.csv` (one row per run) and a PNG plot into the experiment's
@@ -116,15 +117,23 @@ def run_cell(values: dict[str, Any], out: Path, source: str = "experiment config
              ) -> dict[str, Any]:
     """One training run writing to `out`, or its saved results when it already ran; a bad key
     in `values` is an error naming `source`, the experiment file."""
+    from dept_vl.checkpoints import latest_complete
     from dept_vl.train import run
 
     done = out / "eval_results.json"
     if done.is_file():
         return json.loads(done.read_text())
+    resumed = values.get("resume_from_checkpoint") is None and latest_complete(out) is not None
+    if resumed:
+        # a cell cut short (killed, or a device call's time limit) goes on from its last
+        # checkpoint; resume is exact (tests/test_resume.py), so its result is the same
+        print(f"[experiments] {out}: resuming from its last checkpoint", flush=True)
+        values = {**values, "resume_from_checkpoint": "latest"}
     cfg = load_config(None, {**values, "output_dir": str(out)}, source=source)
     start = time.perf_counter()
     results = run(cfg, f"python -m dept_vl.experiments ({out})")
-    results["wall_seconds"] = round(time.perf_counter() - start, 1)
+    results["wall_seconds"] = round(time.perf_counter() - start, 1)  # of this process alone
+    results["resumed"] = resumed
     atomic_write_json(done, results)
     return results
 

@@ -88,3 +88,47 @@ def test_scale_data_is_vqav2_and_karpathy_as_the_loaders_read_them(tmp_path):
                             image_dir=str(tmp_path / "coco"), split="train")
     assert len(captions) == made["karpathy"]["train"] > 0  # restval counted in train
     assert all(len(c.captions) == 5 for c in captions)
+
+
+def test_by_objects_pools_seeds_per_object_count(tmp_path):
+    from benchmarks.by_objects import counts_by_question, table
+
+    corpus, grid = tmp_path / "shapes", tmp_path / "grid"
+    corpus.mkdir()
+    captions = [("a.png", "one object : small red circle center"),
+                ("b.png", "six objects : ...")]
+    (corpus / "test_caption.jsonl").write_text("".join(
+        json.dumps({"image": image, "captions": [text, "x"]}) + "\n" for image, text in captions))
+    (corpus / "test_vqa.jsonl").write_text("".join(
+        json.dumps({"id": qid, "image": image}) + "\n"
+        for qid, image in [("a_5", "a.png"), ("b_5", "b.png"), ("b_0", "b.png")]))
+    rows = {0: ["center", "top left"], 1: ["center", "center"]}  # seed: predictions of a_5, b_5
+    for seed, (pred_a, pred_b) in rows.items():
+        cell = grid / "runs" / "full" / f"seed{seed}"
+        cell.mkdir(parents=True)
+        (cell / "test_predictions.json").write_text(json.dumps([
+            {"id": "a_5", "question_type": "spatial", "prediction": pred_a, "answers": ["center"]},
+            {"id": "b_5", "question_type": "spatial", "prediction": pred_b, "answers": ["center"]},
+            {"id": "b_0", "question_type": "color", "prediction": "red", "answers": ["blue"]}]))
+    objects = counts_by_question(corpus)
+    assert objects == {"a_5": 1, "b_5": 6, "b_0": 6}
+    row = table(grid, objects, "spatial").splitlines()[-1]
+    assert row == "| full | 2 | 100.0 (1) | - | - | - | 50.0 (1) | 75.0 |"
+
+
+def test_val_curves_average_seeds_per_step_and_pair_on_the_seed(tmp_path):
+    from benchmarks.val_curves import curves, paired, table
+
+    logs = {("dept", "seed0"): {10: 60.0, 20: 70.0}, ("dept", "seed1"): {10: 50.0},
+            ("pt", "seed0"): {10: 55.0, 20: 65.5}, ("pt", "seed1"): {10: 52.0}}
+    for (run, seed), points in logs.items():
+        folder = tmp_path / "runs" / run / seed / "logs"
+        folder.mkdir(parents=True)
+        rows = ["step,name,value", "10,train/loss,1.5"]
+        rows += [f"{step},eval/vqa_accuracy,{value}" for step, value in points.items()]
+        (folder / "metrics.csv").write_text("\n".join(rows) + "\n")
+    runs = curves(tmp_path)
+    assert table(runs).splitlines()[2:] == ["| dept | 2 | 55.0 | 70.0 (1) |",
+                                            "| pt | 2 | 53.5 | 65.5 (1) |"]
+    assert paired(runs, "dept", "pt", 10).endswith("seed0 +5.0, seed1 -2.0; mean +1.5")
+    assert "no seed reached it" in paired(runs, "dept", "pt", 30)

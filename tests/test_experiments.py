@@ -61,6 +61,44 @@ def test_compare_quick_grid_end_to_end(tmp_path, monkeypatch):
     assert (out / "results.png").stat().st_size > 10_000
 
 
+def test_compare_cell_cut_short_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    """A cell stopped right after a checkpoint goes on from it at the next call (a grid split
+    over several device calls), and ends with the metrics of the cell never cut short."""
+    import dept_vl.train as train_module
+
+    monkeypatch.chdir(REPO)
+    one_cell = ["--set", "runs=[{name: dept, method: dept}]", "--set", "seeds=[0]",
+                "--set", "pairs=[]", "--set", "train.save_steps=2"]
+
+    def grid(out):
+        return ["compare", "--config", "configs/compare_shapes.yaml", "--quick",
+                "--output_dir", str(out), *one_cell]
+
+    main(grid(tmp_path / "straight"))
+    save = train_module.save_checkpoint
+
+    def save_then_stop(accelerator, out, progress, keep):
+        saved = save(accelerator, out, progress, keep)
+        raise KeyboardInterrupt(saved)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        main(grid(tmp_path / "cut"))
+    cell = tmp_path / "cut" / "runs" / "dept" / "seed0"
+    assert not (cell / "eval_results.json").exists()
+    monkeypatch.setattr(train_module, "save_checkpoint", save)
+    main(grid(tmp_path / "cut"))
+    resumed = json.loads((cell / "eval_results.json").read_text())
+    straight = json.loads((tmp_path / "straight" / "runs" / "dept" / "seed0" /
+                           "eval_results.json").read_text())
+    assert resumed["resumed"] and not straight["resumed"]
+    for key in ("vqa_accuracy", "vqa_accuracy_by_type", "steps"):
+        assert resumed[key] == straight[key], key
+    timing = {"eval_seconds"}
+    assert ({k: v for k, v in resumed["best_eval"].items() if k not in timing}
+            == {k: v for k, v in straight["best_eval"].items() if k not in timing})
+
+
 def test_experiment_config_errors_and_quick_merge(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_experiment(tmp_path / "missing.yaml", False, None)

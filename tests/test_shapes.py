@@ -203,11 +203,17 @@ def test_captions_name_every_object_and_position_but_no_relation():
         listing, sentence = shapes.captions(scene)
         words_seen.update(listing.split())
         assert listing.split()[0] == shapes.NUMBER_WORDS[len(scene.objects)]
+        assert shapes.object_count(listing) == len(scene.objects)
         for obj in scene.objects:
             assert f"{obj.size} {obj.color} {obj.shape} {obj.position}" in listing
         assert sentence.endswith(f"on a {scene.background} background")
     assert not {"above", "below", "of"} & words_seen  # relations are a reserved question type
     assert {"top", "bottom", "left", "right", "center", "middle"} <= words_seen
+
+
+def test_object_count_refuses_a_caption_that_is_not_a_listing():
+    with pytest.raises(ValueError, match="not a listing caption"):
+        shapes.object_count("a large red circle at the top left on a black background")
 
 
 def _find(scene: Scene, color: str | None = None, shape: str | None = None,

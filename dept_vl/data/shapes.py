@@ -261,6 +261,14 @@ def _objects_word(n: int) -> str:
     return f"{NUMBER_WORDS[n]} {'object' if n == 1 else 'objects'}"
 
 
+def object_count(listing: str) -> int:
+    """The number of objects a listing caption (``captions(scene)[0]``) names: its first word."""
+    word = listing.split(" ", 1)[0]
+    if word not in NUMBER_WORDS[1:]:
+        raise ValueError(f"not a listing caption of the shapes corpus: {listing[:60]!r}")
+    return NUMBER_WORDS.index(word)
+
+
 def captions(scene: Scene) -> list[str]:
     """Two reference captions in two styles: every object with its position in reading order,
     and one sentence about the first object and the background. They name each object's size,
