@@ -45,6 +45,9 @@ def tally(predictions: list[Path], objects: dict[str, int], qtype: str) -> dict[
         for row in json.loads(path.read_text(encoding="utf-8")):
             if row.get("question_type") != qtype:
                 continue
+            if row["id"] not in objects:
+                raise SystemExit(f"{path}: question {row['id']!r} is not in the corpus' test "
+                                 "split (--corpus: the grid's corpus)")
             cell = cells[bucket(objects[row["id"]])]
             cell[0] += row["prediction"] in row["answers"]
             cell[1] += 1
@@ -73,6 +76,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--type", default="spatial", help="question type (default: spatial)")
     parser.add_argument("--corpus", type=Path, default=Path("runs/shapes"))
     args = parser.parse_args(argv)
+    if not (args.grid / "runs").is_dir():
+        parser.error(f"{args.grid}: no runs/ folder (not an `experiments compare` output)")
+    for split_file in ("test_caption.jsonl", "test_vqa.jsonl"):
+        if not (args.corpus / split_file).is_file():
+            parser.error(f"{args.corpus / split_file}: missing (--corpus: the shapes corpus)")
     print(f"{args.type} test accuracy % by the number of objects in the scene (columns), "
           "pooled over seeds; questions per seed in brackets\n")
     print(table(args.grid, counts_by_question(args.corpus), args.type))

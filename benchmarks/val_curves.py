@@ -66,7 +66,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pair", nargs=2, metavar=("FIRST", "SECOND"))
     parser.add_argument("--step", type=int, help="the step of --pair")
     args = parser.parse_args(argv)
+    if not (args.grid / "runs").is_dir():
+        parser.error(f"{args.grid}: no runs/ folder (not an `experiments compare` output)")
     runs = curves(args.grid)
+    unknown = [name for name in args.pair or [] if name not in runs]
+    if unknown:
+        parser.error(f"--pair {' '.join(unknown)}: no such run in {args.grid} ({sorted(runs)})")
     print("val accuracy % by step, mean over the seeds (how many reached it, where not all)\n")
     print(table(runs))
     if args.pair:
