@@ -112,10 +112,12 @@ class Progress:
             self.best_state = trainable_state(model)
 
 
-def save_checkpoint(accelerator: Any, out: Path, progress: Progress, keep: int) -> Path:
+def save_checkpoint(accelerator: Any, out: Path, progress: Progress, keep: int,
+                    settings: dict[str, Any]) -> Path:
     """`checkpoints/checkpoint_<step>`: accelerate's state, the best weights and the trainer
     state, written into `checkpoint_<step>.partial` and renamed only once complete. The trainer
-    state, written last, lists every file with its size, so a checkpoint cut short is known."""
+    state, written last, lists every file with its size, so a checkpoint cut short is known,
+    and the run's outcome settings, so a resume with other settings is refused."""
     final = out / "checkpoints" / f"checkpoint_{progress.step}"
     partial = final.with_name(final.name + ".partial")
     if accelerator.is_main_process and partial.exists():
@@ -130,7 +132,7 @@ def save_checkpoint(accelerator: Any, out: Path, progress: Progress, keep: int) 
         files = {p.name: p.stat().st_size for p in sorted(partial.iterdir()) if p.is_file()}
         atomic_write_json(partial / TRAINER_STATE, {
             "step": progress.step, "best": progress.best, "best_metrics": progress.best_metrics,
-            "files": files})
+            "files": files, "settings": settings})
         replace_dir(partial, final)
         prune_checkpoints(out, keep)
     accelerator.wait_for_everyone()
@@ -202,6 +204,23 @@ def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
         raise CheckpointError(f"{file}: corrupt trainer state (needs an integer 'step' and a "
                               "'best_metrics' mapping)")
     return state
+
+
+def check_settings(checkpoint: Path, settings: dict[str, Any]) -> None:
+    """Refuse to resume from a checkpoint made with other outcome settings: the run would end
+    neither where the checkpoint's run nor where a fresh run with today's settings ends."""
+    from dept_vl.config import settings_differences
+
+    saved = read_trainer_state(checkpoint).get("settings")
+    if saved is None:
+        logger.warning("%s: written by an older dept_vl, which did not record the run's "
+                       "settings; resuming without checking them", checkpoint)
+        return
+    changed = settings_differences(saved, settings)
+    if changed:
+        raise CheckpointError(
+            f"{checkpoint}: made with other settings than this run's ({'; '.join(changed)}); "
+            "resume with the settings it was made with, or train into another output_dir")
 
 
 def load_progress(checkpoint: Path) -> Progress:

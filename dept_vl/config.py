@@ -20,6 +20,7 @@ import dataclasses
 import difflib
 import functools
 import inspect
+import json
 import math
 import types
 import typing
@@ -423,6 +424,9 @@ class TrainConfig:
     on_unknown_tokens: str = "warn"
     question_types: list[str] | None = None  # keep only these VQA question types (None: all)
     max_eval_examples: int | None = 500  # periodic evaluation subset (final test: whole split)
+    # which max_eval_examples: a sample drawn with this seed (the same for every run), or the
+    # file's first ones (null; a file sorted by image has few images in its head)
+    eval_sample_seed: int | None = 0
     output_dir: str = "runs/dept"
     # optimisation
     max_steps: int = 1000
@@ -526,6 +530,30 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def outcome_settings(self) -> dict[str, Any]:
+        """The keys a run's result depends on (all but BOOKKEEPING), as JSON holds them: saved
+        in its checkpoints and eval_results.json, so that a resume or a grid reading a cell
+        back can tell a run made with other settings (see settings_differences)."""
+        kept = {k: v for k, v in self.to_dict().items() if k not in BOOKKEEPING}
+        return json.loads(json.dumps(kept, default=str))
+
+
+# keys that change how a run is carried out, not what it computes: a run may be resumed, or a
+# grid cell read back, with other values (elsewhere, on another machine, more workers)
+BOOKKEEPING = frozenset({
+    "output_dir", "resume_from_checkpoint", "dry_run", "save_steps", "logging_steps",
+    "checkpoints_total_limit", "num_workers", "num_threads", "eval_batch_size",
+    "gradient_checkpointing", "feature_cache_dir", "feature_cache_shard_mb", "jobs"})
+
+
+def settings_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """`key: saved → now` for each outcome setting that differs (a key only one side has: a
+    version of dept_vl with other keys, shown as missing)."""
+    missing = "(not set)"
+    return [f"{key}: {saved.get(key, missing)!r} → {now.get(key, missing)!r}"
+            for key in sorted(set(saved) | set(now))
+            if key not in BOOKKEEPING and saved.get(key, missing) != now.get(key, missing)]
+
 
 # what each field may hold beyond its type (fields not named here: any value of the type)
 RULES: dict[str, Rule] = {
@@ -541,6 +569,7 @@ RULES: dict[str, Rule] = {
     "on_unknown_tokens": Choice(ON_UNKNOWN_TOKENS),
     "question_types": _nonempty,
     "max_eval_examples": AT_LEAST_1,
+    "eval_sample_seed": SEED,
     "output_dir": _nonempty,
     "max_steps": AT_LEAST_0,
     "batch_size": AT_LEAST_1,

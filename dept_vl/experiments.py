@@ -28,7 +28,7 @@ import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -121,20 +121,41 @@ def run_cell(values: dict[str, Any], out: Path, source: str = "experiment config
     from dept_vl.train import run
 
     done = out / "eval_results.json"
+    cfg = load_config(None, {**values, "output_dir": str(out)}, source=source)
     if done.is_file():
-        return json.loads(done.read_text())
+        return read_back(done, cfg)
     resumed = values.get("resume_from_checkpoint") is None and latest_complete(out) is not None
     if resumed:
         # a cell cut short (killed, or a device call's time limit) goes on from its last
-        # checkpoint; resume is exact (tests/test_resume.py), so its result is the same
+        # checkpoint; resume is exact (tests/test_resume.py), so its result is the same. The
+        # checkpoint's settings are checked against the cell's (TrainLoop.resume)
         print(f"[experiments] {out}: resuming from its last checkpoint", flush=True)
-        values = {**values, "resume_from_checkpoint": "latest"}
-    cfg = load_config(None, {**values, "output_dir": str(out)}, source=source)
+        cfg = replace(cfg, resume_from_checkpoint="latest")
     start = time.perf_counter()
     results = run(cfg, f"python -m dept_vl.experiments ({out})")
     results["wall_seconds"] = round(time.perf_counter() - start, 1)  # of this process alone
     results["resumed"] = resumed
     atomic_write_json(done, results)
+    return results
+
+
+def read_back(done: Path, cfg: Any) -> dict[str, Any]:
+    """A finished cell's results, once its recorded settings are the cell's settings now (a
+    grid re-run into the same output_dir with, say, another max_steps must not report the old
+    runs as the new ones). Results written before settings were recorded are read unchecked."""
+    from dept_vl.config import settings_differences
+
+    results = json.loads(done.read_text())
+    saved = results.get("settings")
+    if saved is None:
+        print(f"[experiments] {done}: written before runs recorded their settings; read back "
+              "unchecked", flush=True)
+        return results
+    changed = settings_differences(saved, cfg.outcome_settings())
+    if changed:
+        raise ConfigError(f"{done}: this cell ran with other settings than the grid gives it "
+                          f"now ({'; '.join(changed)}); use another --output_dir, or remove "
+                          f"{done.parent} to run it again")
     return results
 
 

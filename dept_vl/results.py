@@ -97,14 +97,14 @@ def evaluate_tasks(model: Any, tasks: list[TaskData], split: str, cfg: TrainConf
                    features: FeatureCache | None = None, processes: Any = None,
                    ) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
     """{task name: metrics} and {task name: prediction rows} on each task's `split` ("eval": at
-    most max_eval_examples) with its own adapter; the VQA tasks of a multi-task run share
-    mixed-adapter batches. With `processes` every process calls and takes a share of the
-    batches (see evaluate_many)."""
+    most max_eval_examples, drawn with eval_sample_seed) with its own adapter; the VQA tasks of
+    a multi-task run share mixed-adapter batches. With `processes` every process calls and
+    takes a share of the batches (see evaluate_many)."""
     groups = {task.name: (task.eval if split == "eval" else task.test, task.adapter)
               for task in tasks if (task.eval if split == "eval" else task.test)}
     limit = cfg.max_eval_examples if split == "eval" else None
     evaluated = evaluate_many(model, groups, cfg.eval_batch_size, cfg.max_length, limit,
-                              features, processes) if groups else {}
+                              features, processes, cfg.eval_sample_seed) if groups else {}
     metrics = {name: result[0] for name, result in evaluated.items()}
     rows = {name: result[1] for name, result in evaluated.items()}
     return metrics, rows

@@ -31,7 +31,8 @@ from transformers import get_linear_schedule_with_warmup
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from dept_vl.checkpoints import (
-    Progress, find_checkpoint, keep_only_trainables, load_progress, restore_state, save_checkpoint,
+    Progress, check_settings, find_checkpoint, keep_only_trainables, load_progress, restore_state,
+    save_checkpoint,
 )
 from dept_vl.config import ConfigError, TrainConfig, load_config, parse_overrides
 from dept_vl.coverage import CoverageError, coverage_lines, coverage_report
@@ -273,6 +274,7 @@ class TrainLoop:
 
     def resume(self, where: str) -> None:
         checkpoint = find_checkpoint(self.out, where)
+        check_settings(checkpoint, self.cfg.outcome_settings())
         try:
             self.accelerator.load_state(str(checkpoint))
         except (OSError, RuntimeError, KeyError, ValueError, SafetensorError) as error:
@@ -378,7 +380,8 @@ class TrainLoop:
             # named by step, not by accelerate's automatic naming: with several processes
             # its existence check races the main process creating the folder
             self.last_checkpoint = save_checkpoint(self.accelerator, self.out, self.progress,
-                                                   cfg.checkpoints_total_limit)
+                                                   cfg.checkpoints_total_limit,
+                                                   cfg.outcome_settings())
 
     def evaluate(self, bar: Any) -> None:
         """Periodic evaluation, sharded over the processes; each ends with the same metrics,
@@ -458,6 +461,7 @@ def test_and_report(loop: TrainLoop, saved_to: Path, command: str, trainable_lin
         save_result_model(model, cfg, out, tested if cfg.adapter_per_task else test_metrics,
                           command)
     results["saved_to"] = str(saved_to)
+    results["settings"] = cfg.outcome_settings()  # what a grid checks before reading it back
     atomic_write_json(out / "test_predictions.json", predictions)
     atomic_write_json(out / "eval_results.json", results)
     loop.log_metrics("test", tested)

@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from dept_vl.config import ConfigError, TrainConfig, load_config, parse_overrides
+from dept_vl.config import (
+    ConfigError, TrainConfig, load_config, parse_overrides, settings_differences,
+)
 from dept_vl.train import main
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -216,3 +218,19 @@ def test_a_caller_names_the_source_of_its_overrides():
     line."""
     with pytest.raises(ConfigError, match=r"^exp\.yaml: train: lr: must be > 0, got -1\.0$"):
         load_config(None, {"lr": -1}, source="exp.yaml: train")
+
+
+def test_outcome_settings_leave_out_bookkeeping_and_differences_name_keys():
+    base = TrainConfig(output_dir="runs/a", max_steps=10)
+    elsewhere = TrainConfig(output_dir="runs/b", max_steps=10, logging_steps=1, num_workers=2,
+                            eval_batch_size=7, save_steps=3, resume_from_checkpoint="latest")
+    assert base.outcome_settings() == elsewhere.outcome_settings()
+    assert "output_dir" not in base.outcome_settings()
+    assert settings_differences(base.outcome_settings(), elsewhere.outcome_settings()) == []
+    other = TrainConfig(max_steps=20, lr_prompt=0.4, question_types=["color"])
+    assert settings_differences(base.outcome_settings(), other.outcome_settings()) == [
+        "lr_prompt: 0.3 → 0.4", "max_steps: 10 → 20", "question_types: None → ['color']"]
+    # a key one side lacks (another version of dept_vl) is a difference too
+    older = {k: v for k, v in base.outcome_settings().items() if k != "eval_sample_seed"}
+    assert settings_differences(older, base.outcome_settings()) == [
+        "eval_sample_seed: '(not set)' → 0"]

@@ -8,6 +8,7 @@ import pytest
 
 from dept_vl import experiments
 from dept_vl.config import ConfigError
+from dept_vl.errors import CheckpointError
 from dept_vl.experiments import load_experiment, main, merged
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,8 +78,8 @@ def test_compare_cell_cut_short_resumes_from_its_checkpoint(tmp_path, monkeypatc
     main(grid(tmp_path / "straight"))
     save = train_module.save_checkpoint
 
-    def save_then_stop(accelerator, out, progress, keep):
-        saved = save(accelerator, out, progress, keep)
+    def save_then_stop(accelerator, out, progress, *rest):
+        saved = save(accelerator, out, progress, *rest)
         raise KeyboardInterrupt(saved)
 
     monkeypatch.setattr(train_module, "save_checkpoint", save_then_stop)
@@ -87,6 +88,8 @@ def test_compare_cell_cut_short_resumes_from_its_checkpoint(tmp_path, monkeypatc
     cell = tmp_path / "cut" / "runs" / "dept" / "seed0"
     assert not (cell / "eval_results.json").exists()
     monkeypatch.setattr(train_module, "save_checkpoint", save)
+    with pytest.raises(CheckpointError, match="lr_prompt: 0.3 → 0.2"):  # not this cell's run
+        main([*grid(tmp_path / "cut"), "--set", "train.lr_prompt=0.2"])
     main(grid(tmp_path / "cut"))
     resumed = json.loads((cell / "eval_results.json").read_text())
     straight = json.loads((tmp_path / "straight" / "runs" / "dept" / "seed0" /
@@ -97,6 +100,32 @@ def test_compare_cell_cut_short_resumes_from_its_checkpoint(tmp_path, monkeypatc
     timing = {"eval_seconds"}
     assert ({k: v for k, v in resumed["best_eval"].items() if k not in timing}
             == {k: v for k, v in straight["best_eval"].items() if k not in timing})
+
+
+def test_a_finished_cell_is_read_back_only_with_the_settings_it_ran_with(tmp_path, monkeypatch,
+                                                                         capsys):
+    """A grid re-run into the same output_dir with another setting must not report the old
+    runs as the new ones; results written before settings were recorded are read unchecked."""
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "grid"
+    grid = ["compare", "--config", "configs/compare_shapes.yaml", "--quick", "--output_dir",
+            str(out), "--set", "runs=[{name: dept, method: dept}]", "--set", "seeds=[0]",
+            "--set", "pairs=[]"]
+    main(grid)
+    done = out / "runs" / "dept" / "seed0" / "eval_results.json"
+    first = json.loads(done.read_text())
+    assert first["settings"]["lr_prompt"] == 0.3 and "output_dir" not in first["settings"]
+    with pytest.raises(ConfigError, match=r"seed0/eval_results.json: this cell ran with other "
+                       r"settings.*\(lr_prompt: 0.3 → 0.2\); use another --output_dir"):
+        main([*grid, "--set", "train.lr_prompt=0.2"])
+    main([*grid, "--set", "train.logging_steps=7"])  # bookkeeping: read back
+    assert json.loads(done.read_text()) == first
+    legacy = {k: v for k, v in first.items() if k != "settings"}
+    done.write_text(json.dumps(legacy))
+    capsys.readouterr()
+    main([*grid, "--set", "train.lr_prompt=0.2"])
+    assert "read back unchecked" in capsys.readouterr().out
+    assert json.loads(done.read_text()) == legacy
 
 
 def test_experiment_config_errors_and_quick_merge(tmp_path):

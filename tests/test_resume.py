@@ -31,8 +31,8 @@ class Interrupted(Exception):
 def interrupt_after_checkpoint(monkeypatch, at_step):
     original = train_module.save_checkpoint
 
-    def save_then_stop(accelerator, out, progress, keep):
-        saved = original(accelerator, out, progress, keep)
+    def save_then_stop(accelerator, out, progress, *rest):
+        saved = original(accelerator, out, progress, *rest)
         if progress.step == at_step:
             raise Interrupted(saved)
         return saved
@@ -133,7 +133,7 @@ KILLER = textwrap.dedent("""
     original = train.save_checkpoint
     save_state = None
 
-    def save(accelerator, out, progress, keep):
+    def save(accelerator, out, progress, *rest):
         # at the second checkpoint, die inside the save: accelerate's files are written, the
         # trainer state is not
         if progress.step == 2 * kill_at:
@@ -142,7 +142,7 @@ KILLER = textwrap.dedent("""
                 real(*args, **kwargs)
                 os.kill(os.getpid(), signal.SIGKILL)
             accelerator.save_state = die_after
-        return original(accelerator, out, progress, keep)
+        return original(accelerator, out, progress, *rest)
 
     train.save_checkpoint = save
     train.main(sys.argv[1:])
@@ -223,3 +223,33 @@ def test_resuming_a_finished_runs_checkpoint_restores_the_best_weights(tmp_path,
     main(["--config", config, "--output_dir", str(run), "--resume_from_checkpoint",
           str(run / "checkpoints" / "checkpoint_6")])
     assert_same_result(tmp_path / "straight", run)
+
+
+def test_resume_with_other_settings_is_refused_naming_them(tmp_path, corpus_dir, backbone,
+                                                            caplog):
+    """A resume with another learning rate or schedule would end neither where the
+    checkpoint's run ends nor where a fresh run would: refused before any step. Bookkeeping
+    (logging, evaluation batch, checkpoint keys) may differ."""
+    values = base_values(corpus_dir, backbone, eval_steps=100, eval_file=None, max_steps=4,
+                         save_steps=2)
+    config = write_config(tmp_path / "c.yaml", **values)
+    main(["--config", config, "--output_dir", str(tmp_path / "straight")])
+    run = tmp_path / "run"
+    main(["--config", config, "--output_dir", str(run)])
+    checkpoint = run / "checkpoints" / "checkpoint_2"
+    resume = ["--config", config, "--output_dir", str(run), "--resume_from_checkpoint", "latest"]
+    before = (run / "eval_results.json").read_bytes()
+    with pytest.raises(CheckpointError, match=r"checkpoint_2: made with other settings.*"
+                       r"lr_prompt: 0.3 → 0.2; max_steps: 4 → 6"):
+        main([*resume, "--lr_prompt", "0.2", "--max_steps", "6"])
+    assert (run / "eval_results.json").read_bytes() == before  # nothing trained or written
+    main([*resume, "--logging_steps", "2", "--eval_batch_size", "16",
+          "--checkpoints_total_limit", "3"])
+    assert_same_result(tmp_path / "straight", run)
+    # a checkpoint of an older dept_vl (no settings recorded) resumes with a warning
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    del state["settings"]
+    (checkpoint / "trainer_state.json").write_text(json.dumps(state))
+    caplog.set_level("WARNING")
+    main([*resume, "--lr_prompt", "0.2"])
+    assert "did not record the run's settings" in caplog.text

@@ -15,7 +15,7 @@ from conftest import WORDS, tiny_t5_config
 
 from dept_vl.data.collate import VLCollator
 from dept_vl.data.records import VQARecord, load_image, load_records
-from dept_vl.evaluate import evaluate_many
+from dept_vl.evaluate import evaluate_many, subset
 from dept_vl.methods.pt import PTConfig
 from dept_vl.model import VLT5
 from dept_vl.tasks import TASKS, TaskSpec, UnknownTaskError, corpus_texts, spec_of, task_of_prefix
@@ -140,3 +140,21 @@ def test_a_registered_task_evaluates_and_generates_with_its_own_decoding(
     generated = short_model.generate(images, [r.question for r in short], adapter="s")
     assert calls == [(2, 2)]  # the adapter's task sets the decoding
     assert generated == [row["prediction"] for row in rows]
+
+
+def test_the_periodic_eval_subset_is_a_seeded_sample_across_the_split(short_model, corpus_dir):
+    """The head of a file sorted by image is a few images (the quickstart's first 300 val
+    questions: 36 scenes with fewer objects than the split's); the subset is drawn across the
+    split instead, the same for every run, in file order."""
+    records = list(range(100))
+    drawn = subset(records, 10, 0)
+    assert drawn == sorted(drawn) and len(set(drawn)) == 10 and drawn != records[:10]
+    assert drawn == subset(records, 10, 0) and drawn != subset(records, 10, 1)
+    assert max(drawn) - min(drawn) > 50  # spread over the split, not a block
+    assert subset(records, 10, None) == records[:10]  # null: the first ones
+    assert subset(records, None, 0) == records and subset(records, 500, 0) == records
+    vqa = load_records(f"{corpus_dir}/test_vqa.jsonl", "vqa")
+    metrics, rows = evaluate_many(short_model, {"": (vqa, None)}, batch_size=8, max_length=24,
+                                  max_examples=6, sample_seed=5)[""]
+    assert [row["id"] for row in rows] == [r.id for r in subset(vqa, 6, 5)]
+    assert len({str(r.image) for r in subset(vqa, 6, 5)}) > len({str(r.image) for r in vqa[:6]})
