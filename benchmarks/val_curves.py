@@ -5,8 +5,9 @@ cell's `logs/metrics.csv` (no model is run):
     python -m benchmarks.val_curves runs/compare-gpu --pair dept-m12-r12 pt-l26 --step 5000
 
 For a grid cut short before its test evaluation (a device call's time limit), this is what is
-left to read. Val is the first `max_eval_examples` questions of the val split, a fixed subset:
-compare runs with each other on it, not with test accuracy.
+left to read. Val is the runs' periodic subset of the val split, the same for every cell (in
+the README's grids the first `max_eval_examples` questions, see `eval_sample_seed`): compare
+runs with each other on it, not with test accuracy.
 """
 
 from __future__ import annotations

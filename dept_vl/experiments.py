@@ -140,7 +140,8 @@ def run_cell(values: dict[str, Any], out: Path, source: str = "experiment config
 
 
 def read_back(done: Path, cfg: Any) -> dict[str, Any]:
-    """A finished cell's results, once its recorded settings are the cell's settings now (a
+    """A finished run's results (a cell, the backbone), once its recorded settings are its
+    settings now (a
     grid re-run into the same output_dir with, say, another max_steps must not report the old
     runs as the new ones). Results written before settings were recorded are read unchecked."""
     from dept_vl.config import settings_differences
@@ -153,9 +154,9 @@ def read_back(done: Path, cfg: Any) -> dict[str, Any]:
         return results
     changed = settings_differences(saved, cfg.outcome_settings())
     if changed:
-        raise ConfigError(f"{done}: this cell ran with other settings than the grid gives it "
-                          f"now ({'; '.join(changed)}); use another --output_dir, or remove "
-                          f"{done.parent} to run it again")
+        raise ConfigError(f"{done}: this run was made with other settings than the grid "
+                          f"gives it now ({'; '.join(changed)}); use another --output_dir, or "
+                          f"remove {done.parent} to run it again")
     return results
 
 
@@ -184,6 +185,9 @@ def ensure_backbone(spec: dict[str, Any]) -> str:
     boot = spec["backbone"]
     cfg = load_config(boot["config"], boot.get("overrides", {}))
     model_dir = Path(cfg.output_dir) / "model"
+    done = Path(cfg.output_dir) / "eval_results.json"
+    if (model_dir / BACKBONE_MANIFEST).is_file() and done.is_file():
+        read_back(done, cfg)  # a backbone pretrained with other settings is not the grid's
     if not (model_dir / BACKBONE_MANIFEST).is_file():
         from dept_vl.train import run
 

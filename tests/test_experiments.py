@@ -115,11 +115,16 @@ def test_a_finished_cell_is_read_back_only_with_the_settings_it_ran_with(tmp_pat
     done = out / "runs" / "dept" / "seed0" / "eval_results.json"
     first = json.loads(done.read_text())
     assert first["settings"]["lr_prompt"] == 0.3 and "output_dir" not in first["settings"]
-    with pytest.raises(ConfigError, match=r"seed0/eval_results.json: this cell ran with other "
-                       r"settings.*\(lr_prompt: 0.3 → 0.2\); use another --output_dir"):
+    with pytest.raises(ConfigError, match=r"seed0/eval_results.json: this run was made with "
+                       r"other settings.*\(lr_prompt: 0.3 → 0.2\); use another --output_dir"):
         main([*grid, "--set", "train.lr_prompt=0.2"])
     main([*grid, "--set", "train.logging_steps=7"])  # bookkeeping: read back
     assert json.loads(done.read_text()) == first
+    # the grid's backbone, pretrained with other settings than the experiment file's now
+    spec = load_experiment("configs/compare_shapes.yaml", True, str(out),
+                           ["backbone.overrides.lr=0.001"])
+    with pytest.raises(ConfigError, match=r"backbone/eval_results.json: .*lr: 0.0003 → 0.001"):
+        experiments.ensure_backbone(spec)
     legacy = {k: v for k, v in first.items() if k != "settings"}
     done.write_text(json.dumps(legacy))
     capsys.readouterr()
