@@ -543,7 +543,8 @@ class TrainConfig:
 BOOKKEEPING = frozenset({
     "output_dir", "resume_from_checkpoint", "dry_run", "save_steps", "logging_steps",
     "checkpoints_total_limit", "num_workers", "num_threads", "eval_batch_size",
-    "gradient_checkpointing", "feature_cache_dir", "feature_cache_shard_mb", "jobs"})
+    "gradient_checkpointing", "feature_cache_dir", "feature_cache_shard_mb", "jobs",
+    "on_unknown_tokens"})  # warn or stop before training: the same result either way
 
 
 def settings_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:

@@ -223,7 +223,8 @@ def test_a_caller_names_the_source_of_its_overrides():
 def test_outcome_settings_leave_out_bookkeeping_and_differences_name_keys():
     base = TrainConfig(output_dir="runs/a", max_steps=10)
     elsewhere = TrainConfig(output_dir="runs/b", max_steps=10, logging_steps=1, num_workers=2,
-                            eval_batch_size=7, save_steps=3, resume_from_checkpoint="latest")
+                            eval_batch_size=7, save_steps=3, resume_from_checkpoint="latest",
+                            on_unknown_tokens="error")
     assert base.outcome_settings() == elsewhere.outcome_settings()
     assert "output_dir" not in base.outcome_settings()
     assert settings_differences(base.outcome_settings(), elsewhere.outcome_settings()) == []
