@@ -212,6 +212,9 @@ def check_settings(checkpoint: Path, settings: dict[str, Any]) -> None:
     from dept_vl.config import settings_differences
 
     saved = read_trainer_state(checkpoint).get("settings")
+    if saved is not None and not isinstance(saved, dict):
+        raise CheckpointError(f"{checkpoint / TRAINER_STATE}: corrupt trainer state ('settings' "
+                              "must be a mapping)")
     if saved is None:
         logger.warning("%s: written by an older dept_vl, which did not record the run's "
                        "settings; resuming without checking them", checkpoint)

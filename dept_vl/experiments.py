@@ -141,13 +141,17 @@ def run_cell(values: dict[str, Any], out: Path, source: str = "experiment config
 
 def read_back(done: Path, cfg: Any) -> dict[str, Any]:
     """A finished run's results (a cell, the backbone), once its recorded settings are its
-    settings now (a
-    grid re-run into the same output_dir with, say, another max_steps must not report the old
-    runs as the new ones). Results written before settings were recorded are read unchecked."""
+    settings now (a grid re-run into the same output_dir with, say, another max_steps must not
+    report the old runs as the new ones). Results written before settings were recorded are
+    read unchecked; a damaged file is an error naming it."""
     from dept_vl.config import settings_differences
+    from dept_vl.files import read_json_object
 
-    results = json.loads(done.read_text())
+    results = read_json_object(done, ConfigError)
     saved = results.get("settings")
+    if saved is not None and not isinstance(saved, dict):
+        raise ConfigError(f"{done}: 'settings' must be a mapping; remove {done.parent} to run "
+                          "it again")
     if saved is None:
         print(f"[experiments] {done}: written before runs recorded their settings; read back "
               "unchecked", flush=True)
@@ -186,9 +190,10 @@ def ensure_backbone(spec: dict[str, Any]) -> str:
     cfg = load_config(boot["config"], boot.get("overrides", {}))
     model_dir = Path(cfg.output_dir) / "model"
     done = Path(cfg.output_dir) / "eval_results.json"
-    if (model_dir / BACKBONE_MANIFEST).is_file() and done.is_file():
-        read_back(done, cfg)  # a backbone pretrained with other settings is not the grid's
-    if not (model_dir / BACKBONE_MANIFEST).is_file():
+    if (model_dir / BACKBONE_MANIFEST).is_file():
+        if done.is_file():
+            read_back(done, cfg)  # a backbone pretrained with other settings is not the grid's
+    else:
         from dept_vl.train import run
 
         print(f"[experiments] pretraining the backbone into {model_dir}", flush=True)

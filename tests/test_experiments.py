@@ -131,6 +131,9 @@ def test_a_finished_cell_is_read_back_only_with_the_settings_it_ran_with(tmp_pat
     main([*grid, "--set", "train.lr_prompt=0.2"])
     assert "read back unchecked" in capsys.readouterr().out
     assert json.loads(done.read_text()) == legacy
+    done.write_text("{not json")  # a damaged results file: one error naming it
+    with pytest.raises(ConfigError, match=r"seed0/eval_results.json: .*JSON"):
+        main(grid)
 
 
 def test_experiment_config_errors_and_quick_merge(tmp_path):
