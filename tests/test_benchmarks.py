@@ -4,6 +4,8 @@ asserted here: speed targets live in the benchmark tables, never in tests)."""
 import json
 from pathlib import Path
 
+import pytest
+
 from benchmarks.run import SUITES, main
 
 
@@ -132,3 +134,28 @@ def test_val_curves_average_seeds_per_step_and_pair_on_the_seed(tmp_path):
                                             "| pt | 2 | 53.5 | 65.5 (1) |"]
     assert paired(runs, "dept", "pt", 10).endswith("seed0 +5.0, seed1 -2.0; mean +1.5")
     assert "no seed reached it" in paired(runs, "dept", "pt", 30)
+
+
+def test_backbone_axis_pairs_on_the_seed_per_grid_and_takes_a_backbone_as_the_unit(tmp_path):
+    from benchmarks.backbone_axis import report
+
+    grids = []
+    for index, (backbone, rows) in enumerate({"aaa": {0: (70, 60), 1: (68, 62)},
+                                              "bbb": {0: (64, 63), 1: (66, 64)}}.items()):
+        grid = tmp_path / f"grid{index}"
+        lines = ["name,method,seed,score,reserved_types"]
+        for seed, (dept, pt) in rows.items():
+            lines += [f"dept,dept,{seed},{dept},{dept - 5}", f"pt,pt,{seed},{pt},{pt - 5}"]
+        (grid / "runs" / "dept" / "seed0" / "adapter").mkdir(parents=True)
+        (grid / "runs" / "dept" / "seed0" / "adapter" / "adapter_config.json").write_text(
+            json.dumps({"backbone_fingerprint": backbone}))
+        (grid / "results.csv").write_text("\n".join(lines) + "\n")
+        grids.append(grid)
+    text = report(grids, "dept", "pt")
+    assert f"| {grids[0]} | aaa | 69.0 | 61.0 | +8.0 (-17.4 to +33.4) | 2 |" in text
+    assert f"| {grids[1]} | bbb | 65.0 | 63.5 | +1.5 (-4.9 to +7.9) | 2 |" in text
+    # the backbone means +8.0 and +1.5: t(1) = 12.71, half-width 12.71 · 4.596 / √2 = 41.3
+    assert "across 2 backbones (one mean a backbone): +4.8 (95% CI -36.5 to +46.0): " \
+           "no difference measured" in text
+    with pytest.raises(SystemExit, match="share the backbone aaa"):
+        report([grids[0], grids[0]], "dept", "pt")
