@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from pathlib import Path
 
+from dept_vl.errors import UserError
+from dept_vl.files import read_json_object
 from dept_vl.stats import Paired, paired
 
 COLUMNS = {"overall": "score", "reserved types": "reserved_types"}
@@ -25,15 +26,22 @@ COLUMNS = {"overall": "score", "reserved types": "reserved_types"}
 
 def scores(grid: Path, run: str, column: str) -> dict[int, float]:
     """{seed: value of `column`} of one run of a grid (empty when the grid lacks the run)."""
-    with (grid / "results.csv").open(newline="", encoding="utf-8") as handle:
-        return {int(row["seed"]): float(row[column]) for row in csv.DictReader(handle)
-                if row["name"] == run and row[column] != ""}
+    path = grid / "results.csv"
+    with path.open(newline="", encoding="utf-8") as handle:
+        try:
+            return {int(row["seed"]): float(row[column]) for row in csv.DictReader(handle)
+                    if row["name"] == run and row[column] != ""}
+        except (KeyError, TypeError, ValueError) as problem:  # a missing column, a bad number
+            raise SystemExit(f"{path}: not a compare grid's results ({problem!r})") from None
 
 
 def fingerprint(grid: Path, run: str) -> str:
     """The backbone fingerprint the run's first adapter was trained on ("?" if none saved)."""
     for config in sorted((grid / "runs" / run).glob("seed*/adapter/adapter_config.json")):
-        return json.loads(config.read_text(encoding="utf-8")).get("backbone_fingerprint", "?")
+        try:
+            return str(read_json_object(config, UserError).get("backbone_fingerprint", "?"))
+        except UserError as problem:
+            raise SystemExit(str(problem)) from None
     return "?"
 
 

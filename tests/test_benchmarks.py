@@ -159,3 +159,16 @@ def test_backbone_axis_pairs_on_the_seed_per_grid_and_takes_a_backbone_as_the_un
            "no difference measured" in text
     with pytest.raises(SystemExit, match="share the backbone aaa"):
         report([grids[0], grids[0]], "dept", "pt")
+
+
+def test_backbone_axis_names_the_file_it_cannot_read(tmp_path):
+    from benchmarks.backbone_axis import report
+
+    (tmp_path / "results.csv").write_text(  # no score column
+        "name,method,seed,accuracy\ndept,dept,0,70\npt,pt,0,60\n")
+    with pytest.raises(SystemExit, match="results.csv: not a compare grid's results"):
+        report([tmp_path], "dept", "pt")
+    (tmp_path / "runs" / "dept" / "seed0" / "adapter").mkdir(parents=True)
+    (tmp_path / "runs" / "dept" / "seed0" / "adapter" / "adapter_config.json").write_text("{")
+    with pytest.raises(SystemExit, match="adapter_config.json"):
+        report([tmp_path], "dept", "pt")
