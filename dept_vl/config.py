@@ -547,13 +547,24 @@ BOOKKEEPING = frozenset({
     "on_unknown_tokens"})  # warn or stop before training: the same result either way
 
 
+# outcome keys that change nothing while another key holds a value, on both sides: the sample
+# seed of a periodic evaluation that reads the whole split draws no sample
+MOOT_UNLESS = {"eval_sample_seed": ("max_eval_examples", None)}
+
+
 def settings_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """`key: saved → now` for each outcome setting that differs (a key only one side has: a
     version of dept_vl with other keys, shown as missing)."""
     missing = "(not set)"
+
+    def moot(key: str) -> bool:
+        other, value = MOOT_UNLESS.get(key, (None, missing))
+        return other is not None and saved.get(other, missing) == now.get(other, missing) == value
+
     return [f"{key}: {saved.get(key, missing)!r} → {now.get(key, missing)!r}"
             for key in sorted(set(saved) | set(now))
-            if key not in BOOKKEEPING and saved.get(key, missing) != now.get(key, missing)]
+            if key not in BOOKKEEPING and saved.get(key, missing) != now.get(key, missing)
+            and not moot(key)]
 
 
 # what each field may hold beyond its type (fields not named here: any value of the type)

@@ -235,3 +235,14 @@ def test_outcome_settings_leave_out_bookkeeping_and_differences_name_keys():
     older = {k: v for k, v in base.outcome_settings().items() if k != "eval_sample_seed"}
     assert settings_differences(older, base.outcome_settings()) == [
         "eval_sample_seed: '(not set)' → 0"]
+
+
+def test_the_eval_sample_seed_matters_only_when_periodic_evaluation_draws_a_sample():
+    whole = [TrainConfig(max_eval_examples=None, eval_sample_seed=s).outcome_settings()
+             for s in (None, 0)]
+    assert settings_differences(*whole) == []
+    sampled = [TrainConfig(max_eval_examples=300, eval_sample_seed=s).outcome_settings()
+               for s in (None, 0)]
+    assert settings_differences(*sampled) == ["eval_sample_seed: None → 0"]
+    assert settings_differences(sampled[0], whole[1]) == [
+        "eval_sample_seed: None → 0", "max_eval_examples: 300 → None"]
