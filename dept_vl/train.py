@@ -448,8 +448,11 @@ def test_and_report(loop: TrainLoop, saved_to: Path, command: str, trainable_lin
         metrics.update(reserved_type_report(metrics, rows[name], pretrained))
     task, test_metrics, predictions = loop.layout.shape(tested, rows)
     trainable, total = model.trainable_parameters()
+    # a backbone built from `model:` starts from no backbone directory (cfg.backbone is then the
+    # unused default): saved_to names the backbone this run wrote
+    started_from = cfg.backbone if cfg.model is None else None
     results = {
-        "task": task, "method": cfg.method, "backbone": cfg.backbone, "split": "test",
+        "task": task, "method": cfg.method, "backbone": started_from, "split": "test",
         **test_metrics, "best_eval": loop.progress.best_metrics, "steps": loop.progress.step,
         "train_seconds": round(loop.train_seconds, 1), "trainable_parameters": trainable,
         "total_parameters": total, "trainable_summary": trainable_line,

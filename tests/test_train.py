@@ -22,6 +22,8 @@ def test_pretraining_writes_a_loadable_backbone_with_its_question_types(backbone
     assert model.base_model == "tiny-test-backbone"
     results = json.loads((Path(backbone).parent / "eval_results.json").read_text())
     assert results["method"] == "full" and results["steps"] == 4
+    # built from `model:`, it started from no backbone directory; saved_to names the one it wrote
+    assert results["backbone"] is None and results["saved_to"] == str(backbone)
 
 
 def dept_config(tmp_path, corpus_dir, backbone, **overrides):
@@ -46,6 +48,7 @@ def test_dept_training_leaves_adapter_results_logs_and_an_untouched_backbone(
     assert set(results["vqa_accuracy_by_type"]) == set(shapes.QUESTION_TYPES)
     assert results["reserved_question_types"] == sorted(shapes.RESERVED_TYPES)
     assert "vqa_accuracy_reserved_types" in results and results["steps"] == 6
+    assert results["backbone"] == backbone
     meta = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert meta["method"] == "dept" and meta["prompt_length"] == 4 and meta["rank"] == 2
     assert set(load_file(run / "adapter" / "adapter_model.safetensors")) >= {
