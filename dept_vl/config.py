@@ -549,7 +549,7 @@ BOOKKEEPING = frozenset({
 
 # outcome keys that change nothing while another key holds a value, on both sides: the sample
 # seed of a periodic evaluation that reads the whole split draws no sample
-MOOT_UNLESS = {"eval_sample_seed": ("max_eval_examples", None)}
+MOOT_WHILE = {"eval_sample_seed": ("max_eval_examples", None)}
 
 
 def settings_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -558,8 +558,10 @@ def settings_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str
     missing = "(not set)"
 
     def moot(key: str) -> bool:
-        other, value = MOOT_UNLESS.get(key, (None, missing))
-        return other is not None and saved.get(other, missing) == now.get(other, missing) == value
+        if key not in MOOT_WHILE:
+            return False
+        other, value = MOOT_WHILE[key]
+        return saved.get(other, missing) == now.get(other, missing) == value
 
     return [f"{key}: {saved.get(key, missing)!r} → {now.get(key, missing)!r}"
             for key in sorted(set(saved) | set(now))
