@@ -13,15 +13,24 @@ import pytest
 from PIL import Image
 
 from dept_vl.data import shapes
-from dept_vl.data.shapes import Scene, SceneObject
+from dept_vl.data.shapes import Scene, SceneObject, Style
 
 REPO = Path(__file__).resolve().parents[1]
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "heldout_train", "heldout_test")
 
 
-def _scenes(n: int, seed: int = 0, image_size: int = 48) -> list[Scene]:
+def _scenes(n: int, seed: int = 0, image_size: int = 64) -> list[Scene]:
     rng = random.Random(seed)
     return [shapes.generate_scene(rng, image_size) for _ in range(n)]
+
+
+FLAT = Style("dark", ((0, 0, 0),), resolution=48)  # filled, aliased, PNG: exact pixels
+
+
+def _obj(shape: str, color: str, size: str, x: float, y: float, extent: float | None = None,
+         angle: float = 0.0) -> SceneObject:
+    extent = extent or sum(shapes.EXTENTS[size]) / 2
+    return SceneObject(shape, color, size, x, y, extent, angle)
 
 
 def _rows(path: Path) -> list[dict]:
@@ -47,8 +56,9 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path):
     files_a, files_c = _files(a), _files(c)
     assert files_a == _files(b)
     assert any(name.endswith(".png") for name in files_a)
+    assert any(name.endswith(".jpg") for name in files_a)
     assert files_a["train_vqa.jsonl"] != files_c["train_vqa.jsonl"]
-    common_pngs = [n for n in files_a if n.endswith(".png") and n in files_c]
+    common_pngs = [n for n in files_a if n.endswith((".png", ".jpg")) and n in files_c]
     assert any(files_a[n] != files_c[n] for n in common_pngs)
 
 
@@ -64,13 +74,13 @@ def test_splits_are_disjoint_and_sized(corpus):
             seen[image_id] = split
         vqa_images = {row["image"] for row in _rows(corpus / f"{split}_vqa.jsonl")}
         assert all(image.startswith(f"images/{split}/") for image in vqa_images)
-    assert len(seen) == 60
-    assert [manifest["splits"][s]["images"] for s in SPLITS] == [48, 6, 6]
+    assert len(seen) == 72
+    assert [manifest["splits"][s]["images"] for s in SPLITS] == [48, 6, 6, 6, 6]
 
 
 def test_tiny_corpus_has_every_split(tmp_path):
     manifest = shapes.write_corpus(tmp_path, 3, seed=0)
-    assert [manifest["splits"][s]["images"] for s in SPLITS] == [1, 1, 1]
+    assert [manifest["splits"][s]["images"] for s in SPLITS] == [1, 1, 1, 1, 1]
 
 
 def test_rows_have_the_design_formats_and_images_exist(corpus):
@@ -84,63 +94,91 @@ def test_rows_have_the_design_formats_and_images_exist(corpus):
             assert (corpus / row["image"]).is_file()
         for row in _rows(corpus / f"{split}_caption.jsonl"):
             assert list(row) == ["id", "image", "captions"]
-            assert len(row["captions"]) == 2 and all(isinstance(c, str) for c in row["captions"])
+            assert len(row["captions"]) == 3 and all(isinstance(c, str) for c in row["captions"])
             with Image.open(corpus / row["image"]) as image:
-                assert image.size == (48, 48) and image.mode == "RGB"
+                assert image.size[0] == image.size[1] and image.mode == "RGB"
+                assert image.size[0] in {round(64 * f) for f in shapes.RESOLUTION_SCALES}
 
 
 def test_every_question_type_is_present(corpus):
     manifest = json.loads((corpus / "manifest.json").read_text())
-    assert manifest["question_types"] == list(shapes.QUESTION_TYPES)
+    assert manifest["question_types"] == list(shapes.TYPE_SETS["default"])
     types = {row["question_type"] for row in _rows(corpus / "train_vqa.jsonl")}
-    assert types == set(shapes.QUESTION_TYPES)
+    assert types == set(shapes.PRETRAIN_TYPES + shapes.RESERVED_TYPES)
+    assert not types & set(shapes.EXTRA_TYPES)  # behind types="all"
 
 
-def test_scenes_have_unique_pairs_and_cells():
-    for scene in _scenes(300):
-        assert 1 <= len(scene.objects) <= 9
-        assert scene.background == "black"  # the basic world's one background
+def _reach(obj: SceneObject) -> float:
+    return (0.5 if obj.shape == "circle" else 0.71) * obj.extent
+
+
+def test_scenes_have_unique_pairs_apart_inside_and_off_the_third_lines():
+    counts = set()
+    for scene in _scenes(600):
+        counts.add(len(scene.objects))
         pairs = [(o.color, o.shape) for o in scene.objects]
-        cells = [(o.row, o.col) for o in scene.objects]
         assert len(set(pairs)) == len(pairs)
-        assert len(set(cells)) == len(cells)
+        for i, obj in enumerate(scene.objects):
+            assert _reach(obj) <= obj.x <= 1 - _reach(obj) and _reach(obj) <= obj.y <= 1 - _reach(obj)
+            for v in (obj.x * 3, obj.y * 3):  # a position name that is never a coin flip
+                assert min(abs(v - 1), abs(v - 2)) >= shapes.THIRD_MARGIN
+            for other in scene.objects[i + 1:]:
+                assert math.dist((obj.x, obj.y), (other.x, other.y)) > _reach(obj) + _reach(other)
+            low, high = shapes.EXTENTS[obj.size]
+            if len(scene.objects) == 1 and obj.size == "large":
+                low, high = shapes.LONE_LARGE
+            assert low <= obj.extent <= high
+            assert all(abs(c - n) <= shapes.COLOR_JITTER
+                       for c, n in zip(obj.rgb, shapes.CSS_COLORS[obj.color]))
+    assert counts == {1, 2, 3, 4, 5}
 
 
-def test_the_css_world_has_every_background():
+def test_styles_vary_and_the_held_out_style_is_never_drawn_in_the_ordinary_ones():
     rng = random.Random(3)
-    drawn = {shapes.generate_scene(rng, 48, "css", "all").background for _ in range(200)}
-    assert drawn == set(shapes.BACKGROUNDS)
-
-
-@pytest.mark.parametrize("image_size", [64, 96])
-def test_objects_stay_inside_their_cells(image_size):
-    for scene in _scenes(200, image_size=image_size):
-        for obj in scene.objects:
-            left, top, right, bottom = shapes.object_box(obj, image_size)
-            cell = image_size / 3
-            assert obj.col * cell <= left and right < (obj.col + 1) * cell
-            assert obj.row * cell <= top and bottom < (obj.row + 1) * cell
+    ordinary = [shapes.draw_style(rng, 64) for _ in range(2000)]
+    assert {s.background for s in ordinary} == set(shapes.BACKGROUND_KINDS)
+    assert {s.outline for s in ordinary} == {True, False}
+    assert {s.antialias for s in ordinary} == {True, False}
+    assert {s.resolution for s in ordinary} == {round(64 * f) for f in shapes.RESOLUTION_SCALES}
+    assert len({s.jpeg_quality for s in ordinary}) >= 3
+    assert not any(s.heldout for s in ordinary)
+    assert {s.background for s in ordinary if s.outline} == set(shapes.BACKGROUND_KINDS) - {"gradient"}
+    held = [shapes.draw_style(rng, 64, heldout=True) for _ in range(200)]
+    assert all(s.heldout and s.outline and s.background == "gradient" for s in held)
+    assert {s.antialias for s in held} == {True, False}
 
 
 def test_render_colours_object_centres_and_leaves_background():
-    scene = Scene((SceneObject("circle", "red", "large", 0, 0),
-                   SceneObject("hexagon", "blue", "small", 1, 2, dx=2, dy=-2),
-                   SceneObject("square", "yellow", "small", 2, 1),
-                   SceneObject("cross", "white", "large", 1, 1),
-                   SceneObject("star", "lime", "large", 2, 2)), background="midnightblue")
-    image = shapes.render(scene, 48)
+    scene = Scene((_obj("circle", "red", "large", 0.15 + 0.02, 0.17),
+                   _obj("square", "blue", "small", 0.83, 0.5, angle=30),
+                   _obj("triangle", "yellow", "large", 0.5, 0.8)), FLAT)
+    image = shapes.render(scene)
+    assert image.size == (48, 48)
     for obj in scene.objects:
-        left, top, right, bottom = shapes.object_box(obj, 48)
-        centre = ((left + right) // 2, (top + bottom) // 2)
+        centre = (int(obj.x * 48), int(obj.y * 48))
         assert image.getpixel(centre) == shapes.CSS_COLORS[obj.color], obj
-    background = shapes.CSS_COLORS["midnightblue"]
-    assert image.getpixel((40, 8)) == background  # empty cell (0, 2)
-    assert image.getpixel((8, 40)) == background  # empty cell (2, 0)
+    assert image.getpixel((2, 46)) == (0, 0, 0)  # bottom left corner: empty
+    outlined = shapes.render(Scene(scene.objects, Style("dark", ((0, 0, 0),), outline=True,
+                                                        resolution=48)))
+    assert outlined.getpixel((int(0.17 * 48), int(0.17 * 48))) == (0, 0, 0)  # hollow
 
 
-def test_a_ring_is_hollow_and_every_shape_draws_a_different_bitmap():
+def test_every_background_and_resolution_renders_deterministically():
+    rng = random.Random(5)
+    for kind in shapes.BACKGROUND_KINDS:
+        while (style := shapes.draw_style(rng, 64)).background != kind:
+            pass
+        scene = Scene((_obj("circle", shapes.visible_colors(style)[0], "large", 0.5, 0.5),), style)
+        first = shapes.render(scene, rng=random.Random(1))
+        assert first.size == (style.resolution, style.resolution)
+        assert first.tobytes() == shapes.render(scene, rng=random.Random(1)).tobytes()
+        assert shapes.render(scene, 40).size == (40, 40)
+        assert len(first.getcolors(1 << 16)) >= 2
+
+
+def test_every_shape_draws_a_different_bitmap():
     def mask(shape: str) -> frozenset:
-        image = shapes.render(Scene((SceneObject(shape, "red", "large", 1, 1),)), 48)
+        image = shapes.render(Scene((_obj(shape, "red", "large", 0.5, 0.5),), FLAT))
         return frozenset(xy for xy in ((x, y) for x in range(48) for y in range(48))
                          if image.getpixel(xy) == shapes.CSS_COLORS["red"])
 
@@ -161,8 +199,8 @@ def test_palettes_are_css_named_distinct_and_visible():
             assert math.dist(css[first], css[second]) >= 70, (first, second)
     rng = random.Random(0)
     for name in shapes.PALETTES:
-        for scene in (shapes.generate_scene(rng, 48, name) for _ in range(200)):
-            assert all(o.color in shapes.visible_colors(scene.background, name)
+        for scene in (shapes.generate_scene(rng, 64, name) for _ in range(200)):
+            assert all(o.color in shapes.visible_colors(scene.style, name)
                        for o in scene.objects)
     with pytest.raises(ValueError, match="palette"):
         shapes.palette("html")
@@ -175,39 +213,42 @@ def test_css_corpus_uses_its_palette_and_is_its_own_corpus(tmp_path):
     assert not shapes.corpus_matches(tmp_path, 40, 1)
     colors = {row["answers"][0] for row in _rows(tmp_path / "train_vqa.jsonl")
               if row["question_type"] == "color"}
-    assert colors - set(shapes.BASIC_COLORS) - set(shapes.BACKGROUNDS)
+    assert colors - set(shapes.BASIC_COLORS)
 
 
 def test_large_objects_cover_more_pixels_than_small():
     def covered(size: str) -> int:
-        image = shapes.render(Scene((SceneObject("square", "green", size, 1, 1),)), 48)
-        return sum(n for n, colour in image.getcolors() if colour != shapes.CSS_COLORS["black"])
+        image = shapes.render(Scene((_obj("square", "green", size, 0.5, 0.5),), FLAT))
+        return sum(n for n, colour in image.getcolors() if colour != (0, 0, 0))
 
     assert covered("large") > 2 * covered("small")
 
 
 def test_captions_of_known_scene():
-    scene = Scene((SceneObject("square", "blue", "small", 0, 2),
-                   SceneObject("circle", "red", "large", 0, 0),
-                   SceneObject("triangle", "orange", "large", 2, 0)), background="white")
+    scene = Scene((_obj("square", "blue", "small", 0.85, 0.15),
+                   _obj("circle", "red", "large", 0.2, 0.2),
+                   _obj("triangle", "orange", "large", 0.2, 0.8)), FLAT)
     assert shapes.captions(scene) == [
         ("three objects : large red circle top left , small blue square top right , "
          "large orange triangle bottom left"),
-        "a large red circle at the top left and two objects more on a white background"]
+        "a large red circle at the top left and two more objects",
+        ("a picture of a large red circle , a small blue square and a large orange "
+         "triangle")]
     assert shapes.caption(scene) == shapes.captions(scene)[0]
 
 
-def test_captions_name_every_object_and_position_but_no_relation():
+def test_captions_name_every_object_and_position_but_no_relation_or_style():
     words_seen: set[str] = set()
     for scene in _scenes(300):
-        listing, sentence = shapes.captions(scene)
-        words_seen.update(listing.split())
+        listing, sentence, inventory = shapes.captions(scene)
+        words_seen.update(f"{listing} {sentence} {inventory}".split())
         assert listing.split()[0] == shapes.NUMBER_WORDS[len(scene.objects)]
         assert shapes.object_count(listing) == len(scene.objects)
         for obj in scene.objects:
             assert f"{obj.size} {obj.color} {obj.shape} {obj.position}" in listing
-        assert sentence.endswith(f"on a {scene.background} background")
-    assert not {"above", "below", "of"} & words_seen  # relations are a reserved question type
+            assert f"{obj.size} {obj.color} {obj.shape}" in inventory
+    # relations and counts of a kind are question types; how a picture is drawn is never named
+    assert not {"above", "below", "outlined", "gradient", "background"} & words_seen
     assert {"top", "bottom", "left", "right", "center", "middle"} <= words_seen
 
 
@@ -229,6 +270,11 @@ def _one(scene: Scene, name: str) -> SceneObject:
     return obj
 
 
+def _cell(obj: SceneObject) -> tuple[int, int]:
+    """(row, col): the third of the picture the centre lies in."""
+    return min(2, int(obj.y * 3)), min(2, int(obj.x * 3))
+
+
 def _yes(holds: bool) -> str:
     return "yes" if holds else "no"
 
@@ -239,8 +285,6 @@ def _plural_to_shape(word: str) -> str:
 
 def _answer_attribute(scene: Scene, question: str, qtype: str) -> str:
     if qtype == "color":
-        if "background" in question:
-            return scene.background
         ref = re.fullmatch(r"(?:what color is|what is the color of|which color does) the "
                            r"(.+?)(?: have)? \?", question).group(1).split()
         (obj,) = _find(scene, shape=ref[-1], size=ref[0] if len(ref) == 2 else None)
@@ -256,8 +300,9 @@ def _answer_attribute(scene: Scene, question: str, qtype: str) -> str:
     obj = _one(scene, name)
     if qtype == "size":
         return obj.size
+    row, col = _cell(obj)
     return [["top left", "top middle", "top right"], ["middle left", "center", "middle right"],
-            ["bottom left", "bottom middle", "bottom right"]][obj.row][obj.col]
+            ["bottom left", "bottom middle", "bottom right"]][row][col]
 
 
 def _answer_count(scene: Scene, question: str) -> str:
@@ -288,10 +333,10 @@ def _answer_relation(scene: Scene, question: str) -> str:
     a, negated, rel, b = re.fullmatch(
         r"is the (\w+ \w+) (not )?(?:to the )?(left of|right of|above|below) the (\w+ \w+) \?",
         question).groups()
-    a, b = _one(scene, a), _one(scene, b)
-    holds = {"left of": a.col < b.col, "right of": a.col > b.col,
-             "above": a.row < b.row, "below": a.row > b.row}[rel]
-    axis_differs = a.col != b.col if rel in ("left of", "right of") else a.row != b.row
+    (a_row, a_col), (b_row, b_col) = _cell(_one(scene, a)), _cell(_one(scene, b))
+    holds = {"left of": a_col < b_col, "right of": a_col > b_col,
+             "above": a_row < b_row, "below": a_row > b_row}[rel]
+    axis_differs = a_col != b_col if rel in ("left of", "right of") else a_row != b_row
     assert axis_differs, f"ill-defined relation question {question!r}"
     return _yes(holds != bool(negated))
 
@@ -326,22 +371,21 @@ def _true_answer(scene: Scene, question: str, qtype: str) -> str:
 def test_answers_are_true_for_the_scene_and_yes_no_balanced(palette, shape_set):
     rng, scene_rng = random.Random(11), random.Random(7)
     answers: dict[str, list[str]] = {t: [] for t in shapes.QUESTION_TYPES}
-    for scene in (shapes.generate_scene(scene_rng, 48, palette, shape_set) for _ in range(1500)):
-        rows = shapes.questions(scene, rng)
+    for scene in (shapes.generate_scene(scene_rng, 64, palette, shape_set) for _ in range(1500)):
+        rows = shapes.questions(scene, rng, shapes.TYPE_SETS["all"])
         assert len({qtype for _, _, qtype in rows}) == len(rows)
         for question, answer, qtype in rows:
             assert answer == _true_answer(scene, question, qtype), (scene, question)
             answers[qtype].append(answer)
             if qtype == "exists":  # pretrained in the positive form only
                 answers.setdefault("exists_questions", []).append(question)
-        assert ("relation" in {qtype for _, _, qtype in rows}) == (len(scene.objects) >= 2)
+        cells = {_cell(o) for o in scene.objects}
+        assert ("relation" in {qtype for _, _, qtype in rows}) == (len(cells) >= 2)
     for qtype in ("exists", "negation", "relation", "compare"):
         assert 0.42 < answers[qtype].count("yes") / len(answers[qtype]) < 0.58, qtype
     # zero is never asked: only present groups are counted
-    assert set(answers["count"]) == set(shapes.NUMBER_WORDS) - {"zero"}
-    backgrounds = shapes.PALETTE_BACKGROUNDS[palette]
-    visible = {c for b in backgrounds for c in shapes.visible_colors(b, palette)}
-    assert set(answers["color"]) == visible | (set(backgrounds) if len(backgrounds) > 1 else set())
+    assert set(answers["count"]) == set(shapes.NUMBER_WORDS[1:shapes.MAX_OBJECTS + 1])
+    assert set(answers["color"]) == set(shapes.palette(palette))
     assert all(" no " not in q and " not " not in q for q in answers["exists_questions"])
     assert set(answers["shape"]) == set(shapes.SHAPE_SETS[shape_set])
     assert len(set(answers["spatial"])) == 9
@@ -350,7 +394,8 @@ def test_answers_are_true_for_the_scene_and_yes_no_balanced(palette, shape_set):
 
 def test_questions_come_in_several_phrasings_including_negations():
     rng = random.Random(5)
-    rows = [row for scene in _scenes(400, seed=2) for row in shapes.questions(scene, rng)]
+    rows = [row for scene in _scenes(400, seed=2)
+            for row in shapes.questions(scene, rng, shapes.TYPE_SETS["all"])]
     content = set(shapes.CSS_COLORS) | set(shapes.SHAPES) | set(shapes.SIZES)
     content |= {_plural for s in shapes.SHAPES for _plural in (s + "s", s + "es")}
     for qtype in shapes.QUESTION_TYPES:
@@ -377,7 +422,7 @@ def test_cli_writes_manifest_and_corpus_matches(tmp_path):
     assert (manifest["seed"], manifest["n_images"], manifest["image_size"]) == (4, 20, 48)
     for split in SPLITS:
         assert (out / f"{split}_vqa.jsonl").is_file() and (out / f"{split}_caption.jsonl").is_file()
-    assert len(list((out / "images" / "train").glob("*.png"))) == 16
+    assert len(list((out / "images" / "train").glob("*.*"))) == 16
 
     assert shapes.corpus_matches(out, 20, 4, 48)
     assert not shapes.corpus_matches(out, 20, 5, 48)
@@ -391,3 +436,5 @@ def test_cli_writes_manifest_and_corpus_matches(tmp_path):
 def test_write_corpus_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="n_images"):
         shapes.write_corpus(tmp_path, 0, seed=0)
+    with pytest.raises(ValueError, match="types"):
+        shapes.write_corpus(tmp_path, 10, seed=0, types="some")
