@@ -46,7 +46,7 @@ from starlette.responses import JSONResponse  # noqa: E402
 from dept_vl.batching import MixedBatcher  # noqa: E402
 from dept_vl.errors import UserError, run_cli  # noqa: E402
 from dept_vl.images import to_rgb  # noqa: E402
-from dept_vl.model import VLT5  # noqa: E402
+from dept_vl.model import BACKBONE_MANIFEST, VLT5, resolve_backbone  # noqa: E402
 from dept_vl.tasks import get_task, task_input  # noqa: E402
 
 DEFAULT_BACKBONE = "runs/backbone-shapes/model"
@@ -153,7 +153,7 @@ class DemoService:
 
     def __init__(self, backbone: str | Path, adapters: dict[str, str | Path],
                  max_batch_size: int = 16):
-        if not (Path(backbone) / "dept_vl_backbone.json").is_file():
+        if not (resolve_backbone(backbone) / BACKBONE_MANIFEST).is_file():
             raise DemoError(f"backbone {backbone} not found; {QUICKSTART_HINT}")
         missing = {n: d for n, d in adapters.items() if not (Path(d) / "adapter_config.json").is_file()}
         if missing:
@@ -330,7 +330,8 @@ def launch(demo: gr.Blocks, host: str, port: int, **options: Any) -> None:
 def main(argv: list[str] | None = None) -> None:
     """The demo's command line; a startup error is raised (a UserError), see `cli`."""
     parser = argparse.ArgumentParser(prog="dept-vl-demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    parser.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                        help="backbone directory, or `builtin` (the one shipped in the package)")
     parser.add_argument("--adapter", action="append", metavar="NAME=DIR",
                         help="an adapter to serve (repeatable); default: the quickstart's")
     parser.add_argument("--examples", default=DEFAULT_EXAMPLES,

@@ -232,7 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     """The evaluation command line; user errors are raised (UserError), see `run_cli`."""
     parser = argparse.ArgumentParser(prog="python -m dept_vl.evaluate",
                                      description="Evaluate a dept_vl adapter on a dataset.")
-    parser.add_argument("--backbone", required=True, help="backbone directory")
+    parser.add_argument("--backbone", required=True,
+                        help="backbone directory, or `builtin` (the one shipped in the package)")
     parser.add_argument("--adapter", help="adapter directory (omit: the bare backbone)")
     parser.add_argument("--data", required=True, help="dataset file (JSONL or another format)")
     parser.add_argument("--task", choices=list(TASKS), help="default: the adapter's task")

@@ -44,7 +44,8 @@ def positive_mb(text: str) -> float:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m dept_vl.features",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", required=True, help="backbone directory")
+    parser.add_argument("--backbone", required=True,
+                        help="backbone directory, or `builtin` (the one shipped in the package)")
     parser.add_argument("--data", action="append", required=True, help="data file (repeatable)")
     parser.add_argument("--task", default="vqa", choices=list(TASKS),
                         help="how to read the data files")

@@ -33,11 +33,12 @@ from dept_vl.files import atomic_dir
 from dept_vl.methods import get_method
 from dept_vl.methods.base import MethodConfig, MethodModule
 from dept_vl.model_files import (  # the file names and errors stay importable from here
-    _ADAPTER_KEYS, ADAPTER_CONFIG, ADAPTER_WEIGHTS, BACKBONE_MANIFEST, FORMAT_VERSION,
-    PROJECTION_WEIGHTS, VISION_CONFIG, VISION_WEIGHTS, AdapterError, AdapterMismatchError,
-    AdapterNotFoundError, _check_keys, _check_replaceable, _first_non_finite, _load_encoder,
-    _load_weights, _quiet_progress, _read_manifest, load_t5, load_tokenizer, method_config_of,
-    read_adapter_config, read_adapter_weights,
+    _ADAPTER_KEYS, ADAPTER_CONFIG, ADAPTER_WEIGHTS, BACKBONE_MANIFEST, BUILTIN, FORMAT_VERSION,
+    PACKED_FP16, PACKED_WEIGHTS, PROJECTION_WEIGHTS, VISION_CONFIG, VISION_WEIGHTS, AdapterError,
+    AdapterMismatchError, AdapterNotFoundError, _check_keys, _check_replaceable,
+    _first_non_finite, _quiet_progress, _read_manifest, load_backbone_parts, load_t5,
+    load_tokenizer, method_config_of, packed_weights, read_adapter_config, read_adapter_weights,
+    resolve_backbone,
 )
 from dept_vl.tasks import get_task, task_input
 from dept_vl.vision import ImageEncoder, VisionConfig, VisualProjection
@@ -573,49 +574,51 @@ class VLT5(nn.Module):
         return line
 
     def backbone_fingerprint(self) -> str:
-        """A short hash of every weight's name, shape and a strided sample of its values, so an
-        adapter trained on other weights is recognised without hashing gigabytes. (Configs are
-        left out: their bookkeeping fields change on a save / load round trip.)"""
-        digest = hashlib.sha256()
-        digest.update(self.vision.config.model_name.encode())
-        modules = {"t5": self.t5, "vision": self.vision, "projection": self.projection}
-        for prefix, module in modules.items():
-            for name, tensor in sorted(module.state_dict().items()):
-                if "lora_" in name:  # an adapter's weights, not the backbone's
-                    continue
-                name = name.replace(".base_layer.", ".")  # a layer peft wrapped for LoRA
-                flat = tensor.detach().float().flatten()
-                step = max(1, flat.numel() // 4096)
-                digest.update(f"{prefix}.{name}{tuple(tensor.shape)}".encode())
-                digest.update(flat[::step].cpu().numpy().tobytes())
-        return digest.hexdigest()[:16]
+        """A short hash of every backbone weight (`fingerprint_of`)."""
+        return fingerprint_of(self.vision.config.model_name, self._backbone_states())
+
+    def _backbone_states(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {"t5": self.t5.state_dict(), "vision": self.vision.state_dict(),
+                "projection": self.projection.state_dict()}
 
     # ------------------------------------------------------------------ save / load: backbone
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """T5 + tokenizer files, `vision/`, the projection and a manifest, built
-        in a folder beside `directory` and swapped in whole; non-finite weights are refused."""
+    def save_pretrained(self, directory: str | os.PathLike, packed: bool = False,
+                        card: str | None = None) -> None:
+        """T5 + tokenizer files, `vision/`, the projection and a manifest, built in a folder
+        beside `directory` and swapped in whole; non-finite weights are refused. `packed`: all
+        weights in one float16 file instead (PACKED_WEIGHTS, the shipped backbone's format; a
+        weight beyond float16's range is refused). `card`: a model card, written as README.md."""
         out = Path(directory)
         _check_replaceable(out, BACKBONE_MANIFEST, BackboneError)
-        vision_weights = _contiguous(self.vision.model.state_dict())
-        projection_weights = _contiguous(self.projection.state_dict())
-        bad = _first_non_finite({**{f"t5.{k}": v for k, v in self.t5.state_dict().items()},
-                                 **{f"vision.{k}": v for k, v in vision_weights.items()},
-                                 **{f"projection.{k}": v for k, v in projection_weights.items()}})
+        states = self._backbone_states()
+        bad = _first_non_finite({f"{part}.{k}": v for part, state in states.items()
+                                 for k, v in state.items()})
         if bad is not None:
             raise BackboneError(f"backbone weight {bad} holds NaN or inf values; "
                                 f"not saving it to {out}")
+        weights = packed_weights(states, out) if packed else None
+        # a packed folder's fingerprint is that of the float16 weights it loads back
+        manifest = self._manifest(out, fingerprint_of(self.vision.config.model_name, states,
+                                                      half=packed))
         vision_config = {**self.vision.config.to_dict(), "pretrained": False, "weights_file": None}
-        manifest = self._manifest(out)
         with atomic_dir(out) as tmp, _quiet_progress():
-            self.t5.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
             (tmp / "vision").mkdir()
+            if weights is None:
+                self.t5.save_pretrained(tmp)
+                save_file(_contiguous(self.vision.model.state_dict()), tmp / VISION_WEIGHTS)
+                save_file(_contiguous(self.projection.state_dict()), tmp / PROJECTION_WEIGHTS)
+            else:  # T5's json files only: its weights are in the packed file
+                self.t5.config.save_pretrained(tmp)
+                self.t5.generation_config.save_pretrained(tmp)
+                save_file(weights, tmp / PACKED_WEIGHTS)
+                manifest["weights"] = PACKED_FP16
+            self.tokenizer.save_pretrained(tmp)
             (tmp / VISION_CONFIG).write_text(json.dumps(vision_config, indent=2))
-            save_file(vision_weights, tmp / VISION_WEIGHTS)
-            save_file(projection_weights, tmp / PROJECTION_WEIGHTS)
             (tmp / BACKBONE_MANIFEST).write_text(json.dumps(manifest, indent=2))
+            if card is not None:
+                (tmp / "README.md").write_text(card, encoding="utf-8")
 
-    def _manifest(self, out: Path) -> dict[str, Any]:
+    def _manifest(self, out: Path, fingerprint: str) -> dict[str, Any]:
         """What dept_vl_backbone.json holds (its schema: _MANIFEST_KEYS)."""
         return {
             "format_version": FORMAT_VERSION,
@@ -624,31 +627,34 @@ class VLT5(nn.Module):
             "num_visual_tokens": self.projection.num_tokens,
             "visual_positions": self.projection.positions,
             "max_text_length": self.max_text_length,
-            "backbone_fingerprint": self.backbone_fingerprint(),
+            "backbone_fingerprint": fingerprint,
             "metadata": self.metadata,
             "dept_vl_version": _version(),
         }
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "VLT5":
-        """Load a backbone directory written by `save_pretrained`; a missing or damaged file is
-        a BackboneError naming it, and weights that are not the manifest's are refused."""
-        path = Path(directory)
+        """Load a backbone directory written by `save_pretrained` (separate files or packed), or
+        `builtin`, the one shipped in the package; a missing or damaged file is a BackboneError
+        naming it, and weights that are not the manifest's are refused."""
+        path = resolve_backbone(directory)
         manifest = _read_manifest(path)
-        encoder = _load_encoder(path)
-        model = cls(load_t5(str(path)), load_tokenizer(str(path)), encoder,
-                    manifest.get("num_visual_tokens"),
+        t5, encoder, load_projection = load_backbone_parts(path, manifest)
+        model = cls(t5, load_tokenizer(str(path)), encoder, manifest.get("num_visual_tokens"),
                     base_model=manifest.get("base_model") or str(path),
                     max_text_length=manifest.get("max_text_length", 64),
                     visual_positions=manifest.get("visual_positions", "none"))
-        _load_weights(model.projection, path / PROJECTION_WEIGHTS)
+        load_projection(model.projection)
+        if directory == BUILTIN:  # what an adapter trained on it records as its base model
+            model.base_model = BUILTIN
         model.metadata = manifest.get("metadata", {})
         model.freeze_backbone()
         expected, actual = manifest.get("backbone_fingerprint"), model.backbone_fingerprint()
         if expected is not None and expected != actual:
+            weights = path / PACKED_WEIGHTS if manifest.get("weights") else path
             raise BackboneError(
                 f"{path / BACKBONE_MANIFEST}: backbone_fingerprint {expected} does not match the "
-                f"weights in {path} (fingerprint {actual}): files were changed or mixed after "
+                f"weights in {weights} (fingerprint {actual}): files were changed or mixed after "
                 "the backbone was saved; save it again")
         return model
 
@@ -780,6 +786,30 @@ def pack_tokens(
     order = torch.argsort(groups, dim=1, stable=True)
     tokens = tokens.gather(1, order.unsqueeze(-1).expand(-1, -1, dim))
     return tokens, mask.gather(1, order)
+
+
+def fingerprint_of(model_name: str, states: dict[str, dict[str, torch.Tensor]],
+                   half: bool = False) -> str:
+    """A short hash of every backbone weight's name, shape and a strided sample of its values
+    (`states`: each part's state dict), so an adapter trained on other weights is recognised
+    without hashing gigabytes; `half`: of the weights rounded to float16, as a packed backbone
+    loads them. (Configs are left out: their bookkeeping fields change on a save / load round
+    trip.)"""
+    digest = hashlib.sha256()
+    digest.update(model_name.encode())
+    for prefix, state in states.items():
+        for name, tensor in sorted(state.items()):
+            if "lora_" in name:  # an adapter's weights, not the backbone's
+                continue
+            name = name.replace(".base_layer.", ".")  # a layer peft wrapped for LoRA
+            flat = tensor.detach()
+            if half and flat.is_floating_point():
+                flat = flat.to(torch.float16)
+            flat = flat.float().flatten()
+            step = max(1, flat.numel() // 4096)
+            digest.update(f"{prefix}.{name}{tuple(tensor.shape)}".encode())
+            digest.update(flat[::step].cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

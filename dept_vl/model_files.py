@@ -1,14 +1,17 @@
 """The files VLT5 saves (`dept_vl/model.py`), read back and checked: adapter folders
 (adapter_config.json against the host's keys and its method's config, weights finite) and
 backbone folders (the manifest, the vision config and weights, T5 and its tokenizer, from a
-local folder or the hub). A damaged, hand-edited or unreachable file is an AdapterError /
-BackboneError naming the file and the key or tensor, never a bare library traceback."""
+local folder or the hub; or a packed folder with every weight in one float16 file, the format
+of the backbone shipped in the package and named `builtin`). A damaged, hand-edited or
+unreachable file is an AdapterError / BackboneError naming the file and the key or tensor,
+never a bare library traceback."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple, TypeVar
 
@@ -16,7 +19,9 @@ import torch
 from huggingface_hub import constants as hub_constants
 from safetensors import SafetensorError
 from torch import nn
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5ForConditionalGeneration
+from transformers import (
+    AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase, T5Config, T5ForConditionalGeneration,
+)
 from transformers.utils import logging as hf_logging
 
 from dept_vl.errors import BackboneError, UserError, one_line
@@ -32,6 +37,17 @@ VISION_CONFIG = "vision/config.json"
 VISION_WEIGHTS = "vision/model.safetensors"
 PROJECTION_WEIGHTS = "projection.safetensors"
 FORMAT_VERSION = 1
+# A packed backbone keeps every weight in one file, tensors named `t5.`, `vision.`,
+# `projection.` + the part's own name, floating ones in half precision (the shipped backbone's
+# format: one small file). Its manifest says so in the key "weights".
+PACKED_WEIGHTS = "model.safetensors"
+PACKED_FP16 = "packed-fp16"
+BACKBONE_PARTS = ("t5", "vision", "projection")
+FP16_MAX = float(torch.finfo(torch.float16).max)
+# `builtin` as a backbone names the folder shipped inside the package
+BUILTIN = "builtin"
+BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
+BUILD_BUILTIN = "python -m dept_vl.builtin SOURCE_BACKBONE_DIR"
 
 
 class AdapterError(UserError, ValueError):
@@ -93,6 +109,10 @@ _MANIFEST_KEYS = {
     "backbone_fingerprint": _Key((str,), required=False),
     "metadata": _Key((dict,), required=False),
     "dept_vl_version": _Key((str,), required=False),
+    # absent: the weights in T5's own files, vision/model.safetensors and projection.safetensors
+    # as saved; "packed-fp16": all of them in PACKED_WEIGHTS
+    "weights": _Key((str,), required=False, check=lambda v: None if v == PACKED_FP16
+                    else f"is not {PACKED_FP16!r} (or absent)"),
 }
 
 # vision/config.json: exactly VisionConfig's fields, since they are passed to it
@@ -194,6 +214,7 @@ def read_adapter_weights(file: Path) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------------------- backbone files
 T5_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 TOKENIZER_CONFIG = "tokenizer_config.json"
+GENERATION_CONFIG = "generation_config.json"
 TOKENIZER_VOCABULARY = ("tokenizer.json", "spiece.model")  # fast tokenizer or sentencepiece
 
 # What transformers raises for a T5 or tokenizer folder it cannot use: missing or unparsable
@@ -285,33 +306,167 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def _load_encoder(path: Path) -> ImageEncoder:
-    """The timm encoder of a backbone folder: vision/config.json, then its saved weights (the
-    hub and any weights_file are never consulted)."""
+def _build_encoder(path: Path) -> ImageEncoder:
+    """The timm encoder of a backbone folder built from vision/config.json, its weights still
+    to load (the hub and any weights_file are never consulted)."""
     file = path / VISION_CONFIG
     values = read_json_object(file, BackboneError)
     _check_keys(values, _VISION_KEYS, file, BackboneError, closed=True)
     try:
-        encoder = ImageEncoder(VisionConfig(**{**values, "pretrained": False,
-                                               "weights_file": None}))
+        return ImageEncoder(VisionConfig(**{**values, "pretrained": False, "weights_file": None}))
     except BackboneError as error:  # e.g. a model name this timm does not know
         raise BackboneError(f"{file}: {error}") from error
+
+
+def _load_encoder(path: Path) -> ImageEncoder:
+    """The timm encoder of a backbone folder: vision/config.json, then its saved weights."""
+    encoder = _build_encoder(path)
     _load_weights(encoder.model, path / VISION_WEIGHTS)
     return encoder
 
 
 def _load_weights(module: nn.Module, file: Path) -> None:
-    """A backbone part's safetensors file into `module`: every tensor present, none extra, each
-    of the right shape, or a BackboneError naming the file and tensor."""
-    tensors = read_safetensors(file, BackboneError)
+    """A backbone part's safetensors file into `module` (checked as `_assign` says)."""
+    _assign(module, read_safetensors(file, BackboneError), file)
+
+
+def _assign(module: nn.Module, tensors: dict[str, torch.Tensor], file: Path,
+            prefix: str = "") -> None:
+    """Tensors read from `file` into `module`: every distinct tensor of the module present (a
+    tied weight under its first name, see `distinct_tensors`), none extra, each of the right
+    shape and kind, or a BackboneError naming the file and the tensor (`prefix`: what the
+    tensors' names start with in the file). Values are cast to the module's dtype."""
     expected = module.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
+    missing = sorted(prefix + k for k in distinct_tensors(expected) if k not in tensors)
+    unexpected = sorted(prefix + k for k in tensors if k not in expected)
     if missing or unexpected:
         raise BackboneError(f"{file}: missing tensors {missing[:5]}, unexpected "
                             f"{unexpected[:5]}")
     for key, value in tensors.items():
-        if value.shape != expected[key].shape:
-            raise BackboneError(f"{file}: tensor {key} has shape {tuple(value.shape)}, "
-                                f"expected {tuple(expected[key].shape)}")
-    module.load_state_dict(tensors)
+        want = expected[key]
+        if value.shape != want.shape:
+            raise BackboneError(f"{file}: tensor {prefix}{key} has shape {tuple(value.shape)}, "
+                                f"expected {tuple(want.shape)}")
+        if value.is_floating_point() != want.is_floating_point():  # a cast would truncate
+            raise BackboneError(f"{file}: tensor {prefix}{key} has dtype {value.dtype}, "
+                                f"expected {want.dtype}")
+    module.load_state_dict(tensors, strict=False)  # a tied weight's other names share its storage
+
+
+# ---------------------------------------------------------------------------- packed backbones
+def resolve_backbone(name: str | os.PathLike) -> Path:
+    """The folder a backbone name stands for: the string `builtin` is the one shipped inside the
+    package (BUILTIN_DIR), anything else a backbone directory (read and checked later). A
+    `builtin` whose weights this installation lacks is a one-line BackboneError."""
+    if not (isinstance(name, str) and name == BUILTIN):
+        return Path(name)
+    if not (BUILTIN_DIR / PACKED_WEIGHTS).is_file():
+        raise BackboneError(
+            f"the built-in backbone is not in this installation ({BUILTIN_DIR / PACKED_WEIGHTS} "
+            f"is missing); pack a trained backbone directory into it with `{BUILD_BUILTIN}` (see "
+            "`python -m dept_vl.builtin --help`), or name a backbone directory instead")
+    return BUILTIN_DIR
+
+
+def distinct_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` with each tensor once, under its first name. Tied weights are one tensor under
+    several names (T5's `shared.weight` is also encoder/decoder `embed_tokens.weight` and, with
+    tie_word_embeddings, `lm_head.weight`); a model built from its config ties them again."""
+    seen: set[tuple[Any, ...]] = set()
+    distinct = {}
+    for name, tensor in state.items():
+        key = (tensor.data_ptr(), tuple(tensor.shape), tensor.stride(), tensor.dtype)
+        if tensor.numel() and key in seen:  # empty tensors share data_ptr 0 without being tied
+            continue
+        seen.add(key)
+        distinct[name] = tensor
+    return distinct
+
+
+def packed_weights(states: dict[str, dict[str, torch.Tensor]], out: Path
+                   ) -> dict[str, torch.Tensor]:
+    """The one weights file of a packed backbone from each part's state dict (`t5`, `vision`,
+    `projection`, finite: the caller checks): every distinct tensor as `part.name`, floating
+    ones in float16. A weight beyond float16's range is refused, naming it (it would be inf)."""
+    packed = {}
+    for part, state in states.items():
+        for name, tensor in distinct_tensors(state).items():
+            tensor = tensor.detach()
+            packed[f"{part}.{name}"] = (tensor.to(torch.float16) if tensor.is_floating_point()
+                                        else tensor).contiguous()
+    bad = _first_non_finite(packed)
+    if bad is not None:
+        part, _, name = bad.partition(".")
+        peak = float(states[part][name].abs().max())
+        raise BackboneError(f"backbone weight {bad} reaches {peak:.6g}, beyond float16's range "
+                            f"(largest {FP16_MAX:g}); not packing it into {out}")
+    return packed
+
+
+def load_backbone_parts(path: Path, manifest: dict[str, Any]
+                        ) -> tuple[T5ForConditionalGeneration, ImageEncoder,
+                                   Callable[[nn.Module], None]]:
+    """T5 and the image encoder of a backbone folder, weights loaded, and what loads the
+    projection's weights once VLT5 has built it: from the separate files save_pretrained
+    writes, or from a packed folder's one file (float16 values up-cast to float32 modules)."""
+    if manifest.get("weights") != PACKED_FP16:
+        encoder = _load_encoder(path)  # first: a broken vision/ is named before T5 is read
+        return (load_t5(str(path)), encoder,
+                lambda projection: _load_weights(projection, path / PROJECTION_WEIGHTS))
+    file = path / PACKED_WEIGHTS
+    parts = _packed_parts(file)
+    encoder = _build_encoder(path)
+    _assign(encoder, parts["vision"], file, "vision.")
+    return _t5_from_packed(path, parts["t5"], file), encoder, lambda projection: _assign(
+        projection, parts["projection"], file, "projection.")
+
+
+def _packed_parts(file: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """A packed weights file's tensors by part, the part's prefix taken off; a tensor of no part
+    or one holding NaN or inf is a BackboneError naming the file and the tensor."""
+    tensors = read_safetensors(file, BackboneError)
+    bad = _first_non_finite(tensors)
+    if bad is not None:
+        raise BackboneError(f"{file}: tensor {bad} holds NaN or inf values")
+    parts: dict[str, dict[str, torch.Tensor]] = {part: {} for part in BACKBONE_PARTS}
+    for name, tensor in tensors.items():
+        part, _, rest = name.partition(".")
+        if part not in parts or not rest:
+            raise BackboneError(f"{file}: tensor {name} is of no backbone part (names start "
+                                f"with {', '.join(p + '.' for p in BACKBONE_PARTS)})")
+        parts[part][rest] = tensor
+    return parts
+
+
+def _t5_from_packed(path: Path, tensors: dict[str, torch.Tensor], file: Path
+                    ) -> T5ForConditionalGeneration:
+    """A packed backbone's T5: config.json and generation_config.json with the packed file's
+    `t5.` tensors, loaded by transformers as from T5's own files (float16 values up-cast; a
+    tied weight stored once is tied again, one stored apart stays apart), or a BackboneError
+    naming the file and the tensors that do not fit."""
+    read_json_object(path / "config.json", BackboneError)
+
+    def load(source: str) -> tuple[T5ForConditionalGeneration, dict[str, Any]]:
+        return T5ForConditionalGeneration.from_pretrained(
+            None, config=T5Config.from_pretrained(source), state_dict=tensors,
+            dtype=torch.float32, ignore_mismatched_sizes=True, output_loading_info=True)
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report: what is wrong is raised below instead
+    try:
+        t5, info = _load_from(str(path), load, "T5 model")
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing, unexpected = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
+    if missing or unexpected:
+        raise BackboneError(f"{file}: missing tensors {['t5.' + k for k in missing[:5]]}, "
+                            f"unexpected {['t5.' + k for k in unexpected[:5]]}")
+    if info["mismatched_keys"]:
+        key, stored, expected = sorted(info["mismatched_keys"])[0]
+        raise BackboneError(f"{file}: tensor t5.{key} has shape {tuple(stored)}, expected "
+                            f"{tuple(expected)}")
+    if (path / GENERATION_CONFIG).is_file():
+        read_json_object(path / GENERATION_CONFIG, BackboneError)
+        t5.generation_config = _load_from(str(path), GenerationConfig.from_pretrained,
+                                          "T5 generation config")
+    return t5
