@@ -407,7 +407,7 @@ class TrainConfig:
     # what to train
     method: str = "dept"  # dept | pt (vanilla prompt tuning, equal budget) | lora (peft) | full
     task: str = "vqa"  # vqa | caption (the adapter's task; records of both may be mixed)
-    backbone: str = "runs/backbone-shapes"  # backbone directory (VLT5.save_pretrained)
+    backbone: str = "runs/backbone-shapes"  # backbone directory (VLT5.save_pretrained), or builtin
     bootstrap: str | None = None  # backbone YAML that builds `backbone` when it is missing
     model: dict[str, Any] | None = None  # build a fresh backbone instead (pretraining): t5/vision
     # data: a path, a {path, format, task, image_dir, annotations, split, column_map,
@@ -491,6 +491,9 @@ class TrainConfig:
     init_select: str = "best"  # several sources: best (lowest zero-step loss) | average
     init_temperature: float = 1.0  # average: weights softmax(-loss / temperature)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # also test the frozen backbone with no adapter, on the same test split: eval_results.json's
+    # `frozen_backbone`, a row of its own in `python -m dept_vl.report`
+    evaluate_frozen: bool = False
 
     def __post_init__(self) -> None:
         # the same checks as a config file's (a config built in Python, a job's), no file named
@@ -542,7 +545,7 @@ class TrainConfig:
 # grid cell read back, with other values (elsewhere, on another machine, more workers)
 BOOKKEEPING = frozenset({
     "output_dir", "resume_from_checkpoint", "dry_run", "save_steps", "logging_steps",
-    "checkpoints_total_limit", "num_workers", "num_threads", "eval_batch_size",
+    "checkpoints_total_limit", "num_workers", "num_threads", "eval_batch_size", "evaluate_frozen",
     "gradient_checkpointing", "feature_cache_dir", "feature_cache_shard_mb", "jobs",
     "on_unknown_tokens"})  # warn or stop before training: the same result either way
 

@@ -27,6 +27,22 @@ def _job_results(run: Path) -> list[dict[str, Any]]:
     return [json.loads(path.read_text()) for path in found]
 
 
+FROZEN = "frozen backbone, no adapter"
+
+
+def with_frozen(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each result preceded by its frozen-backbone row when the run measured one
+    (`evaluate_frozen`), so a table shows what the adapter added."""
+    rows = []
+    for result in results:
+        frozen = result.get("frozen_backbone")
+        if frozen and "tasks" not in frozen:
+            rows.append({**frozen, "task": result["task"], "method": FROZEN,
+                         "trainable_parameters": 0})
+        rows.append(result)
+    return rows
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.1f}" if isinstance(value, (int, float)) else "–"
 
@@ -59,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     args = parser.parse_args(argv)
-    results = [r for run in args.runs for r in _job_results(run)]
+    results = with_frozen([r for run in args.runs for r in _job_results(run)])
     vqa = [r for r in results if r["task"] == "vqa"]
     captions = [r for r in results if r["task"] == "caption"]
     if vqa:

@@ -110,6 +110,19 @@ def evaluate_tasks(model: Any, tasks: list[TaskData], split: str, cfg: TrainConf
     return metrics, rows
 
 
+def evaluate_frozen(model: Any, tasks: list[TaskData], cfg: TrainConfig,
+                    features: FeatureCache | None = None, processes: Any = None
+                    ) -> dict[str, dict[str, Any]]:
+    """{task name: metrics} of the frozen backbone with no adapter on each task's test split:
+    what the backbone answers before any adapter is trained (the baseline beside a run's own)."""
+    groups = {task.name: (task.test, None) for task in tasks if task.test}
+    evaluated = evaluate_many(model, groups, cfg.eval_batch_size, cfg.max_length, None,
+                              features, processes) if groups else {}
+    pretrained = model.metadata.get("pretrain_question_types")
+    return {name: {**metrics, **reserved_type_report(metrics, rows, pretrained)}
+            for name, (metrics, rows) in evaluated.items()}
+
+
 def reserved_type_report(metrics: dict[str, Any], rows: list[dict], pretrained: list[str] | None
                          ) -> dict[str, Any]:
     """Accuracy on question types the backbone never saw, apart from the types it did see.

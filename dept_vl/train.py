@@ -43,8 +43,10 @@ from dept_vl.errors import BackboneError, CheckpointError, TrainingError, UserEr
 from dept_vl.evaluate import mean_loss
 from dept_vl.files import atomic_write_json
 from dept_vl.methods import get_method
-from dept_vl.model import BACKBONE_MANIFEST
-from dept_vl.results import RunLayout, evaluate_tasks, reserved_type_report, save_result_model
+from dept_vl.model import BACKBONE_MANIFEST, resolve_backbone
+from dept_vl.results import (
+    RunLayout, evaluate_frozen, evaluate_tasks, reserved_type_report, save_result_model,
+)
 from dept_vl.taskdata import (
     TaskData, TaskStream, ensure_corpus, load_tasks, plan_tasks, task_schedule, write_skipped,
 )
@@ -84,8 +86,9 @@ def run(cfg: TrainConfig, command: str) -> dict[str, Any]:
 
 
 def backbone_missing(cfg: TrainConfig) -> bool:
-    """The run loads a backbone directory (no `model:` to build one) that is not there."""
-    return cfg.model is None and not (Path(cfg.backbone) / BACKBONE_MANIFEST).is_file()
+    """The run loads a backbone directory (no `model:` to build one) that is not there (a
+    `builtin` this installation lacks is a BackboneError: no bootstrap config can build it)."""
+    return cfg.model is None and not (resolve_backbone(cfg.backbone) / BACKBONE_MANIFEST).is_file()
 
 
 def setup_model(cfg: TrainConfig, accelerator: Accelerator, tasks: list[TaskData],
@@ -437,6 +440,8 @@ def test_and_report(loop: TrainLoop, saved_to: Path, command: str, trainable_lin
     try:
         tested, rows = evaluate_tasks(model, loop.tasks, "test", cfg, loop.features,
                                       loop.accelerator.state)
+        frozen = (evaluate_frozen(model, loop.tasks, cfg, loop.features, loop.accelerator.state)
+                  if cfg.evaluate_frozen and get_method(cfg.method).kind != "backbone" else {})
     except UserError as error:
         raise TrainingError(f"test evaluation failed after training: {error}. The trained "
                             f"model is saved in {saved_to}; evaluate it again with "
@@ -459,6 +464,8 @@ def test_and_report(loop: TrainLoop, saved_to: Path, command: str, trainable_lin
     }
     if cfg.k_shot is not None:
         results["k_shot"] = cfg.k_shot
+    if frozen:  # shaped like the run's own metrics: flat for one task, by task for several
+        results["frozen_backbone"] = loop.layout.shape(frozen, {})[1]
     results.update({name: report for name, report in reports.items() if report})
     if get_method(cfg.method).kind != "backbone":  # the model card now carries the test metrics
         save_result_model(model, cfg, out, tested if cfg.adapter_per_task else test_metrics,

@@ -42,3 +42,15 @@ def test_report_of_an_unfinished_run_is_a_one_line_error(tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip() == (f"dept_vl: error: {tmp_path}: no eval_results.json "
                                    "(did the run finish?)")
+
+
+def test_a_run_that_measured_the_frozen_backbone_gets_its_row_first(tmp_path, capsys):
+    (tmp_path / "eval_results.json").write_text(json.dumps({
+        "task": "vqa", "method": "dept", "trainable_parameters": 10, "vqa_accuracy": 90.0,
+        "vqa_accuracy_by_type": {"color": 99.0, "count": 80.0},
+        "frozen_backbone": {"vqa_accuracy": 70.0,
+                            "vqa_accuracy_by_type": {"color": 98.0, "count": 1.0}}}))
+    main([str(tmp_path)])
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[4] == "| frozen backbone, no adapter | 0 | 70.0 | – | – | 98.0 | 1.0 | – |"
+    assert rows[5] == "| dept | 10 | 90.0 | – | – | 99.0 | 80.0 | – |"

@@ -45,8 +45,10 @@ def test_dept_training_leaves_adapter_results_logs_and_an_untouched_backbone(
     run = tmp_path / "run"
     results = json.loads((run / "eval_results.json").read_text())
     assert 0 <= results["vqa_accuracy"] <= 100
-    assert set(results["vqa_accuracy_by_type"]) == set(shapes.QUESTION_TYPES)
-    assert results["reserved_question_types"] == sorted(shapes.RESERVED_TYPES)
+    assert set(results["vqa_accuracy_by_type"]) == set(shapes.TYPE_SETS["default"])
+    assert results["reserved_question_types"] == sorted(
+        set(shapes.TYPE_SETS["default"]) - {"color", "shape", "exists"})
+    assert "frozen_backbone" not in results  # evaluate_frozen is off by default
     assert "vqa_accuracy_reserved_types" in results and results["steps"] == 6
     assert results["backbone"] == backbone
     meta = json.loads((run / "adapter" / "adapter_config.json").read_text())
@@ -68,6 +70,20 @@ def test_dept_training_leaves_adapter_results_logs_and_an_untouched_backbone(
     metrics, _ = evaluate(model, load_records(f"{corpus_dir}/test_vqa.jsonl", "vqa"), "vqa",
                           max_length=24)
     assert metrics["vqa_accuracy"] == pytest.approx(results["vqa_accuracy"])
+
+
+def test_evaluate_frozen_tests_the_backbone_without_its_adapter_beside_the_run(
+        tmp_path, corpus_dir, backbone):
+    main(["--config", dept_config(tmp_path, corpus_dir, backbone, evaluate_frozen=True)])
+    frozen = json.loads((tmp_path / "run" / "eval_results.json").read_text())["frozen_backbone"]
+    model = VLT5.from_pretrained(backbone)  # no adapter at all
+    from dept_vl.data.records import load_records
+    from dept_vl.evaluate import evaluate
+    metrics, _ = evaluate(model, load_records(f"{corpus_dir}/test_vqa.jsonl", "vqa"), None,
+                          max_length=24)
+    assert frozen["vqa_accuracy"] == pytest.approx(metrics["vqa_accuracy"])
+    assert frozen["vqa_accuracy_by_type"] == pytest.approx(metrics["vqa_accuracy_by_type"])
+    assert "vqa_accuracy_reserved_types" in frozen
 
 
 def test_resume_from_checkpoint_continues_to_the_same_weights(tmp_path, corpus_dir, backbone):
