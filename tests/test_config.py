@@ -43,8 +43,10 @@ def test_quickstart_has_a_vqa_and_a_caption_job_and_overrides_reach_both():
     assert (vqa.task, caption.task) == ("vqa", "caption")
     assert vqa.method == caption.method == "pt"
     assert vqa.output_dir == str(Path("runs/x/vqa"))
-    assert load_config(CONFIGS / "backbone_shapes.yaml").question_types == [
-        "color", "shape", "exists"]
+    assert vqa.evaluate_frozen and caption.evaluate_frozen
+    from dept_vl.data import shapes
+    assert load_config(CONFIGS / "backbone_shapes.yaml").question_types == list(
+        shapes.PRETRAIN_TYPES)
 
 
 def test_gpu_config_builds_with_dry_run_from_local_checkpoints(tmp_path):

@@ -123,7 +123,7 @@ def test_a_finished_cell_is_read_back_only_with_the_settings_it_ran_with(tmp_pat
     # the grid's backbone, pretrained with other settings than the experiment file's now
     spec = load_experiment("configs/compare_shapes.yaml", True, str(out),
                            ["backbone.overrides.lr=0.001"])
-    with pytest.raises(ConfigError, match=r"backbone/eval_results.json: .*lr: 0.0003 → 0.001"):
+    with pytest.raises(ConfigError, match=r"backbone/eval_results.json: .*lr: 0.0005 → 0.001"):
         experiments.ensure_backbone(spec)
     legacy = {k: v for k, v in first.items() if k != "settings"}
     done.write_text(json.dumps(legacy))
