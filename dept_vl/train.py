@@ -403,10 +403,18 @@ class TrainLoop:
             self.progress.improve(*selected, self.unwrapped)
 
     def log_metrics(self, split: str, by_task: dict[str, dict[str, Any]]) -> None:
+        """Each metric under its split (and task) prefix; a metric by question type as one
+        scalar per type (`eval/vqa_accuracy_by_type/color`), so a long run's curves show which
+        types it has learnt."""
         for name, metrics in by_task.items():
             prefix = self.layout.prefix(split, name)
-            self.accelerator.log({prefix + k: v for k, v in metrics.items()},
-                                 step=self.progress.step)
+            flat = {}
+            for key, value in metrics.items():
+                if isinstance(value, dict):
+                    flat.update({f"{prefix}{key}/{k}": v for k, v in value.items()})
+                else:
+                    flat[prefix + key] = value
+            self.accelerator.log(flat, step=self.progress.step)
 
     def restore_best(self) -> None:
         if self.progress.best_state is not None:

@@ -58,6 +58,8 @@ def test_dept_training_leaves_adapter_results_logs_and_an_untouched_backbone(
     rows = (run / "logs" / "metrics.csv").read_text().splitlines()
     assert rows[0] == "step,name,value" and any(",train/loss," in r for r in rows)
     assert any(",eval/vqa_accuracy," in r for r in rows)
+    # a metric by question type is one scalar per type
+    assert any(",eval/vqa_accuracy_by_type/count," in r for r in rows)
     assert list((run / "logs").rglob("events.out.tfevents*")), "no TensorBoard log"
     assert (run / "checkpoints" / "checkpoint_3").is_dir()
     after = VLT5.from_pretrained(backbone).state_dict()
