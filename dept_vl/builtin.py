@@ -104,7 +104,7 @@ stored in float16 (`model.safetensors`).
 {settings.get("batch_size", "?")}, lr {settings.get("lr", "?")} (warmup \
 {settings.get("warmup_steps", "?")}, linear decay), seed {settings.get("seed", "?")}, on the \
 captions and the question types {", ".join(pretrained)}.
-- **Fingerprint**: `{model.backbone_fingerprint()}` (adapters trained on it record this).
+- **Fingerprint** (every weight, `VLT5.backbone_fingerprint()`): `{model.backbone_fingerprint()}`.
 - **Rebuild** (from scratch, offline):
 
 ```bash

@@ -20,8 +20,10 @@ import dataclasses
 import difflib
 import functools
 import inspect
+import io
 import json
 import math
+import tokenize
 import types
 import typing
 from dataclasses import dataclass, field
@@ -44,6 +46,9 @@ JOB_FORBIDDEN = ("output_dir", "jobs")  # a job writes to <output_dir>/<job name
 # build_model sets these T5Config fields from the tokenizer; given twice, T5Config would fail
 T5_FROM_TOKENIZER = ("vocab_size", "pad_token_id", "eos_token_id", "decoder_start_token_id")
 T5_META = ("self", "transformers_version", "architectures")  # bookkeeping, not model shape
+# the configs shipped inside the package (the repository's configs/ folder), found by file name
+# wherever dept_vl is installed
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 class ConfigError(UserError, ValueError):
@@ -404,18 +409,25 @@ TASK: Spec = {
 # ---------------------------------------------------------------------------- the config
 @dataclass
 class TrainConfig:
-    # what to train
-    method: str = "dept"  # dept | pt (vanilla prompt tuning, equal budget) | lora (peft) | full
+    # ---- what to train
+    # dept | pt (vanilla prompt tuning, equal budget) | adept | lora (peft) | full
+    method: str = "dept"
     task: str = "vqa"  # vqa | caption (the adapter's task; records of both may be mixed)
-    backbone: str = "runs/backbone-shapes"  # backbone directory (VLT5.save_pretrained), or builtin
-    bootstrap: str | None = None  # backbone YAML that builds `backbone` when it is missing
-    model: dict[str, Any] | None = None  # build a fresh backbone instead (pretraining): t5/vision
-    # data: a path, a {path, format, task, image_dir, annotations, split, column_map,
+    # backbone directory (VLT5.save_pretrained), or builtin (the one shipped in the package)
+    backbone: str = "runs/backbone-shapes/model"
+    # backbone YAML (a file, or a shipped config's name) that builds `backbone` when missing
+    bootstrap: str | None = None
+    # build the backbone from a T5 and a timm encoder instead: {t5, vision, num_visual_tokens,
+    # visual_positions, tokenizer, name}
+    model: dict[str, Any] | None = None
+    # ---- data
+    # the built-in corpus to write if missing: {dir, n_images, seed, image_size, palette, shapes}
+    corpus: dict[str, Any] | None = None
+    # training data: a path, a {path, format, task, image_dir, annotations, split, column_map,
     # check_images} mapping, or a list of those
-    corpus: dict[str, Any] | None = None  # built-in corpus to create if missing: dir, n_images, seed
     train_file: Any = None
-    eval_file: Any = None
-    test_file: Any = None
+    eval_file: Any = None  # periodic evaluation data (same forms as train_file)
+    test_file: Any = None  # final test data (same forms as train_file); none: no test
     # a bad row or undecodable image: "error" stops before training naming file and line;
     # "skip" drops it before training and counts it by reason
     on_bad_data: str = "error"
@@ -427,42 +439,47 @@ class TrainConfig:
     # which max_eval_examples: a sample drawn with this seed (the same for every run), or the
     # file's first ones (null; a file sorted by image has few images in its head)
     eval_sample_seed: int | None = 0
-    output_dir: str = "runs/dept"
-    # optimisation
-    max_steps: int = 1000
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    gradient_accumulation_steps: int = 1
+    output_dir: str = "runs/dept"  # where the run writes its model, checkpoints, logs, results
+    # ---- optimisation
+    max_steps: int = 1000  # optimizer steps
+    batch_size: int = 32  # examples per step and process (before gradient accumulation)
+    eval_batch_size: int = 64  # examples per generation batch in evaluation
+    # beams of the run's evaluation and test (and of evaluate_frozen), every task alike;
+    # None: each task's own (greedy VQA, 5-beam captions, dept_vl/tasks.py)
+    num_beams: int | None = None
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
     lr_prompt: float = 3e-1  # DePT prompt P (official range 3e-1..4e-1)
     lr_lowrank: float = 1e-4  # DePT pair A, B (official range 1e-4..5e-3)
     lr_projection: float = 1e-3  # trainable visual projection
     lr: float = 1e-4  # lora and full fine-tuning
     weight_decay: float = 0.01  # projection / full / lora; always 0 on P, A, B
-    warmup_steps: int = 100
+    warmup_steps: int = 100  # linear warmup, then linear decay to 0 at max_steps
     max_grad_norm: float = 1.0  # 0: no clipping
-    seed: int = 42
-    mixed_precision: str = "no"
-    # DePT shape
-    prompt_length: int = 60
-    rank: int = 30
+    seed: int = 42  # initialisation, shuffling, few-shot draws
+    mixed_precision: str = "no"  # no | fp16 | bf16 (accelerate's)
+    # ---- DePT shape
+    prompt_length: int = 60  # m: soft prompt tokens
+    rank: int = 30  # r: rank of the low-rank pair A (s x r), B (r x d)
     max_length: int = 256  # s: also the text truncation length
-    alpha: float = 8.0
-    prompt_init: str = "vocab"
+    alpha: float = 8.0  # A·B is scaled by alpha / sqrt(rank), as in the official code
+    prompt_init: str = "vocab"  # P starts as: vocab (sampled vocabulary rows) | text | random
+    # prompt_init text: the sentence whose token embeddings, tiled to m, start P
     prompt_init_text: str | None = None
     pt_prompt_length: int | None = None  # pt: None = the DePT budget m·d + r·(s+d) divided by d
     adept_rank: int | None = None  # adept: None = the r closest to the DePT budget (same m)
     adept_dropout: float = 0.0  # adept: dropout on the offset network's hidden layer
-    train_projection: bool = True
-    # lora (peft)
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
+    train_projection: bool = True  # each adapter trains its own copy of the visual projection
+    # ---- lora (peft)
+    lora_rank: int = 8  # lora: rank of the update of each target layer
+    lora_alpha: int = 16  # lora: scale numerator (the update is scaled by alpha / rank)
+    lora_dropout: float = 0.0  # lora: dropout on the update's input
+    # lora: the T5 layers that get an update
     lora_target_modules: list[str] = field(default_factory=lambda: ["q", "v"])
-    # bookkeeping
-    max_target_length: int = 48
-    eval_steps: int = 200
-    save_steps: int = 500
-    logging_steps: int = 10
+    # ---- bookkeeping
+    max_target_length: int = 48  # answer / caption tokens trained on (longer targets are cut)
+    eval_steps: int = 200  # evaluate every this many steps (best weights kept on its metric)
+    save_steps: int = 500  # checkpoint every this many steps
+    logging_steps: int = 10  # log the loss every this many steps
     checkpoints_total_limit: int = 2  # 0: keep every checkpoint
     # keep every transformed image in memory (per DataLoader worker): only for small corpora
     # (the built-in one's configs turn it on); at 224 px it is ~0.6 MB an image
@@ -473,10 +490,11 @@ class TrainConfig:
     feature_cache_dtype: str = "float16"  # how cached features are stored (float32: exact)
     feature_cache_shard_mb: int = 256  # a shard is written once it holds this much
     gradient_checkpointing: bool = False  # T5 recomputes activations in backward (less memory)
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader worker processes
     num_threads: int | None = None  # CPU threads per process; None: the cores split over processes
     resume_from_checkpoint: str | None = None  # a checkpoint dir, or "latest"
     dry_run: bool = False  # build everything, run no step
+    # ---- several tasks, few-shot, transfer
     # multi-task (source) training: named tasks {name: {task, train_file, eval_file, test_file,
     # question_types}}; each batch is one task's, drawn with p(task) ∝ size^(1/temperature)
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -490,6 +508,7 @@ class TrainConfig:
     init_parts: list[str] | None = None  # None: every part the target adapter has
     init_select: str = "best"  # several sources: best (lowest zero-step loss) | average
     init_temperature: float = 1.0  # average: weights softmax(-loss / temperature)
+    # named sub-runs {name: {key: value}} sharing every other key, each writing to output_dir/name
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     # also test the frozen backbone with no adapter, on the same test split: eval_results.json's
     # `frozen_backbone`, a row of its own in `python -m dept_vl.report`
@@ -519,6 +538,10 @@ class TrainConfig:
         if self.init_from is not None and method.kind == "backbone":
             raise ConfigError(f"init_from: only adapters ({', '.join(adapters)}) can start from "
                               f"a source adapter, not method {self.method!r}")
+        if self.model is not None and method.kind != "backbone" and not self.train_projection:
+            raise ConfigError("train_projection: false needs a backbone directory; a backbone "
+                              "built from `model:` has a freshly initialised visual projection, "
+                              "which its adapters must train (train_projection: true)")
         try:
             method.config_class.check_train_config(self)
         except ValueError as error:
@@ -556,9 +579,12 @@ MOOT_WHILE = {"eval_sample_seed": ("max_eval_examples", None)}
 
 
 def settings_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """`key: saved → now` for each outcome setting that differs (a key only one side has: a
-    version of dept_vl with other keys, shown as missing)."""
+    """`key: saved → now` for each outcome setting that differs. A key only one side has comes
+    from a version of dept_vl with other keys: a key added since then counts as its default
+    (what the older version did), any other is shown as missing."""
     missing = "(not set)"
+    defaults = json.loads(json.dumps(dataclasses.asdict(TrainConfig()), default=str))
+    saved = {**{k: v for k, v in defaults.items() if k not in saved and k in now}, **saved}
 
     def moot(key: str) -> bool:
         if key not in MOOT_WHILE:
@@ -591,6 +617,7 @@ RULES: dict[str, Rule] = {
     "max_steps": AT_LEAST_0,
     "batch_size": AT_LEAST_1,
     "eval_batch_size": AT_LEAST_1,
+    "num_beams": AT_LEAST_1,
     "gradient_accumulation_steps": AT_LEAST_1,
     "lr_prompt": POSITIVE,
     "lr_lowrank": POSITIVE,
@@ -729,9 +756,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     `source` (a caller passing keys of its own file names that file)."""
     values: dict[str, Any] = {}
     if path is not None:
-        file = Path(path)
-        if not file.is_file():
-            raise ConfigError(f"config file not found: {file}")
+        file = find_config(path)
         loaded = read_yaml(file) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{file}: top level must be a mapping of keys to values")
@@ -742,6 +767,62 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     job_cli = {k: v for k, v in cli.items() if k not in JOB_FORBIDDEN}
     values["jobs"] = {name: {**job, **job_cli} for name, job in values.get("jobs", {}).items()}
     return TrainConfig(**values)
+
+
+def shipped_configs() -> list[str]:
+    """The names of the configs shipped with dept_vl (`--config NAME` finds them)."""
+    return sorted(file.stem for file in SHIPPED_CONFIGS.glob("*.yaml"))
+
+
+def find_config(path: str | Path) -> Path:
+    """A config file: `path` itself when it exists, else the shipped config of that file name
+    (`quickstart`, `configs/compare_shapes.yaml`: what the docs name works from any folder)."""
+    file = Path(path)
+    if file.is_file():
+        return file
+    shipped = SHIPPED_CONFIGS / (file.name if file.suffix else f"{file.name}.yaml")
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(f"config file not found: {file} (shipped configs: "
+                      f"{', '.join(shipped_configs())})")
+
+
+def key_docs() -> dict[str, str]:
+    """Each TrainConfig key's documentation, read from the comments of its definition: the one
+    on its line, after any comment lines just above it (`# ---- title` lines title sections and
+    belong to no key). What `--help` and the configuration reference print."""
+    source = inspect.getsource(TrainConfig)
+    comments: dict[int, str] = {}
+    code_lines: set[int] = set()
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT and not token.string.startswith("# ----"):
+            comments[token.start[0]] = token.string.lstrip("#").strip()  # not a section title
+        elif token.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT):
+            code_lines.add(token.start[0])
+    docs = {}
+    for number, line in enumerate(source.splitlines(), start=1):
+        name = line.strip().partition(":")[0]
+        if name not in _field_names() or not line.startswith("    ") or line[4] == " ":
+            continue
+        above, row = [], number - 1
+        while row in comments and row not in code_lines:
+            above.insert(0, comments[row])
+            row -= 1
+        docs[name] = " ".join([*above, comments.get(number, "")]).strip()
+    return docs
+
+
+def config_help() -> str:
+    """Every key with its default and documentation, as `dept-vl-train --help` lists them."""
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING
+                else f.default_factory() for f in dataclasses.fields(TrainConfig)}
+    docs = key_docs()
+    lines = []
+    for name in sorted(defaults):
+        lines.append(f"  --{name} (default: {json.dumps(defaults[name], default=str)})")
+        if docs.get(name):
+            lines.append(f"      {docs[name]}")
+    return "\n".join(lines)
 
 
 def _validated(values: dict[str, Any], source: str) -> dict[str, Any]:

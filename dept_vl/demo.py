@@ -3,7 +3,12 @@ PT, LoRA, ... any saved dept_vl adapter) loaded side by side on one frozen backb
 task switches adapter, nothing reloads).
 
     dept-vl-demo                                   # what the quickstart produced
-    dept-vl-demo --backbone DIR --adapter vqa=DIR --adapter caption=DIR [--port 7860]
+    dept-vl-demo --adapter vqa=DIR --adapter caption=DIR [--port 7860]
+    dept-vl-demo --backbone DIR --adapter vqa=DIR     # another copy of the trained-on backbone
+
+Each adapter records the backbone it was trained on (a backbone directory, `builtin`, or the
+T5 and timm encoder a run built by name), so the demo builds it again; weights that differ
+from the ones the adapter was trained on are refused, naming the files.
     python -m dept_vl.demo ...   /   python demo/app.py ...
 
 Requests that arrive together are answered together: `MixedBatcher` runs them as one
@@ -49,7 +54,6 @@ from dept_vl.images import to_rgb  # noqa: E402
 from dept_vl.model import BACKBONE_MANIFEST, VLT5, resolve_backbone  # noqa: E402
 from dept_vl.tasks import get_task, task_input  # noqa: E402
 
-DEFAULT_BACKBONE = "runs/backbone-shapes/model"
 DEFAULT_ADAPTERS = {"vqa": "runs/quickstart/vqa/adapter",
                     "caption": "runs/quickstart/caption/adapter"}
 DEFAULT_EXAMPLES = "runs/shapes"
@@ -61,8 +65,8 @@ MAX_FILE_SIZE = "10mb"
 # system fonts: the default theme would fetch Google Fonts, a request outside this machine
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                           font_mono=["ui-monospace", "monospace"])
-QUICKSTART_HINT = ("run the quickstart first (`accelerate launch dept_vl/train.py`, about 9 "
-                   "minutes on 2 CPU cores), or pass --backbone DIR --adapter NAME=DIR")
+QUICKSTART_HINT = ("run the quickstart first (`dept-vl-train`, which writes them), or pass "
+                   "--adapter NAME=DIR")
 
 
 class DemoError(UserError, ValueError):
@@ -151,17 +155,21 @@ class NoUrlFetches:
 class DemoService:
     """The loaded backbone and adapters, and the one function the UI and the API call."""
 
-    def __init__(self, backbone: str | Path, adapters: dict[str, str | Path],
+    def __init__(self, backbone: str | Path | None, adapters: dict[str, str | Path],
                  max_batch_size: int = 16):
-        if not (resolve_backbone(backbone) / BACKBONE_MANIFEST).is_file():
+        """`backbone` None: the one the first adapter records (`VLT5.from_adapter`); every
+        other adapter must have been trained on the same weights."""
+        named = backbone is not None
+        if named and not (resolve_backbone(backbone) / BACKBONE_MANIFEST).is_file():
             raise DemoError(f"backbone {backbone} not found; {QUICKSTART_HINT}")
         missing = {n: d for n, d in adapters.items() if not (Path(d) / "adapter_config.json").is_file()}
         if missing:
             raise DemoError(f"adapter(s) not found: {missing}; {QUICKSTART_HINT}")
         if not adapters:
             raise DemoError(f"no adapters given; {QUICKSTART_HINT}")
-        self.model = VLT5.from_pretrained(backbone).eval()
-        for name, directory in adapters.items():
+        (first, directory), *others = adapters.items()
+        self.model = VLT5.from_adapter(directory, backbone, name=first).eval()
+        for name, directory in others:
             self.model.load_adapter(directory, name=name)
         self.batcher = MixedBatcher(self.model, max_batch_size)
 
@@ -330,8 +338,8 @@ def launch(demo: gr.Blocks, host: str, port: int, **options: Any) -> None:
 def main(argv: list[str] | None = None) -> None:
     """The demo's command line; a startup error is raised (a UserError), see `cli`."""
     parser = argparse.ArgumentParser(prog="dept-vl-demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default=DEFAULT_BACKBONE,
-                        help="backbone directory, or `builtin` (the one shipped in the package)")
+    parser.add_argument("--backbone", help="backbone directory, or `builtin` (the one shipped in "
+                        "the package); default: the one the adapters record")
     parser.add_argument("--adapter", action="append", metavar="NAME=DIR",
                         help="an adapter to serve (repeatable); default: the quickstart's")
     parser.add_argument("--examples", default=DEFAULT_EXAMPLES,

@@ -2,12 +2,29 @@
 VQA accuracy per question type; BLEU-4 and CIDEr over the whole split, since CIDEr's IDF needs
 every reference at once).
 
-CLI: `python -m dept_vl.evaluate --backbone DIR --adapter DIR --data FILE [--out FILE]
-[--on-bad-data error|skip]`; under `accelerate launch` or `torchrun` the batches are shared out
-over the processes and the metrics are those of one process. A bad backbone, adapter or data
-file (an undecodable image included, checked before any generation) is one line
-`dept_vl: error: ...` and exit code 2; with `--on-bad-data skip` bad rows and images are dropped
-instead, counted in the metrics and listed in `--out`. `--out` is written atomically.
+CLI: `dept-vl-eval --adapter DIR --data DATA [--backbone DIR] [--format F]
+[--annotations FILE] [--image-dir DIR] [--split S] [--column-map YAML] [--num-beams N]
+[--out FILE] [--submission FILE] [--on-bad-data error|skip]` (or `python -m dept_vl.evaluate`);
+under `accelerate launch` or `torchrun` the batches are shared out over the processes and the
+metrics are those of one process. Without --backbone, the adapter's backbone is built again
+from what its adapter_config.json records (`VLT5.from_adapter`), and refused, naming the
+files, when its weights are not those the adapter was trained on.
+
+Data is named as a config's `train_file` is (dept_vl/data/spec.py): `--data` (repeatable) is a
+data file, a YAML data entry `'{path: ..., format: vqav2, annotations: ..., image_dir: ...}'`,
+or a .yaml file holding one (or a list); the other data flags fill in the keys an entry leaves
+out. A VQAv2 question file without annotations (test-dev, test-std) is predicted, not scored:
+its metrics count the predictions (`num_predicted`, `num_unanswered`, `has_answers: false`) and
+hold no accuracy. `--submission FILE` writes the official VQA results format,
+`[{"question_id": int, "answer": str}, ...]`, one entry per question, each answer normalised as
+the evaluation server normalises answers (dept_vl.metrics.normalize_answer); it is refused
+before any generation for anything but VQA records with integer question ids, and when bad rows
+were skipped (the file must answer every question).
+
+A bad backbone, adapter, data argument or data file (an undecodable image included, checked
+before any generation) is one line `dept_vl: error: ...` and exit code 2; with `--on-bad-data
+skip` bad rows and images are dropped instead, counted in the metrics and listed in `--out`.
+`--out` and `--submission` are written atomically.
 """
 
 from __future__ import annotations
@@ -15,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -26,22 +44,27 @@ from accelerate.utils import gather_object
 from torch.utils.data import DataLoader
 
 from dept_vl.data.collate import RecordDataset, VLCollator
-from dept_vl.data.records import DataError, Record, load_records, skip_summary, validate_images
-from dept_vl.errors import run_cli
+from dept_vl.data.records import DataError, Record, VQARecord, skip_line, skip_summary
+from dept_vl.data.spec import add_data_arguments, data_entries
+from dept_vl.errors import UserError, run_cli
 from dept_vl.files import atomic_write_json
+from dept_vl.metrics import normalize_answer
 from dept_vl.model import VLT5
+from dept_vl.taskdata import load_split
 from dept_vl.tasks import TASKS, TaskSpec, spec_of
 
 
 @dataclass
 class Batching:
     """How predictions are made: batch size, text truncation, the feature cache (None: encode
-    the pixels) and the processes that share the work (None: this one does it all)."""
+    the pixels), the processes that share the work (None: this one does it all) and the beams
+    (None: each task's own, see VLT5.generate_from_batch)."""
 
     batch_size: int
     max_length: int
     feature_cache: Any = None
     processes: Any = None  # accelerate's PartialState (or AcceleratorState) of a sharded run
+    num_beams: int | None = None
 
     def shares(self) -> tuple[int, int]:
         """(this process's index, number of processes)."""
@@ -71,7 +94,8 @@ def _predict(model: VLT5, records: Sequence[Record], adapter: str | None | list[
         names = [adapter[i] for i in batches[index]] if isinstance(adapter, list) else adapter
         predicted.append((index, model.generate_from_batch(
             batch["input_ids"].to(device), batch["attention_mask"].to(device),
-            **_visual_inputs(batch, device), adapter=names, task=task)))
+            **_visual_inputs(batch, device), adapter=names, task=task,
+            num_beams=how.num_beams)))
     if world > 1:  # every process takes part, whether or not it had a batch
         predicted = sorted(gather_object(predicted))
     return [text for _, texts in predicted for text in texts]
@@ -93,10 +117,12 @@ def evaluate(
     max_examples: int | None = None,
     feature_cache: Any = None,
     processes: Any = None,
+    num_beams: int | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Metrics and per-example predictions for `records` (VQA and caption rows may be mixed)."""
+    """Metrics and per-example predictions for `records` (VQA and caption rows may be mixed);
+    `num_beams` as in `evaluate_many`."""
     return evaluate_many(model, {"": (records, adapter)}, batch_size, max_length, max_examples,
-                         feature_cache, processes)[""]
+                         feature_cache, processes, num_beams=num_beams)[""]
 
 
 def _predict_groups(
@@ -152,6 +178,7 @@ def evaluate_many(
     feature_cache: Any = None,
     processes: Any = None,
     sample_seed: int | None = None,
+    num_beams: int | None = None,
 ) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
     """{name: (metrics, rows)} for several (records, adapter) groups, e.g. the tasks of a
     multi-task run. Task by task (dept_vl/tasks.py), the records of every group go through the
@@ -159,7 +186,8 @@ def evaluate_many(
     group (captions); at most `max_examples` per group and task (see `subset`). `eval_seconds`
     is the whole call's. With `processes` (accelerate's state of a multi-process run; every
     process must call), the batches are shared out and every process returns the whole
-    result."""
+    result. `num_beams`: None decodes each task as it says (greedy VQA, 5-beam captions);
+    a number holds for every task."""
     for records, _ in groups.values():  # a record of no known task is an error, not skipped
         for record in records:
             spec_of(record)
@@ -173,7 +201,8 @@ def evaluate_many(
                                max_examples, sample_seed)
                   for name, (records, _) in groups.items()}
         predicted = _predict_groups(model, groups, chosen, task,
-                                    Batching(batch_size, max_length, feature_cache, processes))
+                                    Batching(batch_size, max_length, feature_cache, processes,
+                                             num_beams))
         for name, (metrics, rows) in results.items():
             _score(spec, chosen[name], predicted[name], metrics, rows)
     seconds = round(time.perf_counter() - start, 2)
@@ -214,55 +243,130 @@ def mean_loss(
     return total / max(tokens, 1)
 
 
-def _load_checked(args: argparse.Namespace, task: str
+def _load_checked(entries: list[dict[str, Any]], args: argparse.Namespace, task: str
                   ) -> tuple[list[Record], list[dict[str, str]] | None]:
-    """The records of `--data`, every image decoded once before any generation (a bad image
-    found halfway through would waste the work so far); and, with `--on-bad-data skip`, the
-    rows and images dropped (None with the default policy, which stops at the first)."""
+    """The records of the `--data` entries, every image decoded once before any generation (a
+    bad image found halfway through would waste the work so far); and, with `--on-bad-data
+    skip`, the rows and images dropped (None with the default policy, which stops at the
+    first)."""
     skipped: list[dict[str, str]] | None = [] if args.on_bad_data == "skip" else None
-    records = load_records(args.data, task, args.format, skipped=skipped)
-    records = validate_images(records, skipped=skipped)
+    records = load_split(entries, task, None, skipped)
     if not records:
-        raise DataError(f"{args.data}: no usable record left after skipping "
-                        f"{len(skipped or [])} bad rows or images", "no_records")
+        raise DataError(f"{', '.join(e['path'] for e in entries)}: no usable record left after "
+                        f"skipping {len(skipped or [])} bad rows or images", "no_records")
     return records, skipped
+
+
+# a VQAv2 question_id as a record id (loaders keep ids as text): plain decimal digits
+_QUESTION_ID = re.compile(r"0|[1-9][0-9]*")
+
+
+def _check_submission(records: Sequence[Record], skipped: list[dict[str, str]] | None) -> None:
+    """`--submission` answers every question of a VQA split by its integer question_id; any
+    other data is refused before generation, in one line."""
+    seen: set[str] = set()
+    for record in records:
+        where = record.source or f"record {record.id!r}"
+        if not isinstance(record, VQARecord):
+            raise UserError(f"--submission writes the VQA results format, but {where} is a "
+                            f"{record.task} record: leave --submission out for task "
+                            f"{record.task!r}")
+        if not _QUESTION_ID.fullmatch(record.id):
+            raise UserError(f"--submission: {where}: id {record.id!r} is not an integer "
+                            "question_id (the VQA results format names each question by the "
+                            "question_id of its VQAv2 question file)")
+        if record.id in seen:
+            raise UserError(f"--submission: {where}: question_id {record.id} given twice")
+        seen.add(record.id)
+    if skipped:
+        raise UserError(f"--submission: {skip_line(skipped)}, but the results file must answer "
+                        "every question: fix them, or leave --submission out")
+
+
+def vqa_submission(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The official VQA results format, `[{"question_id": int, "answer": str}, ...]`, from VQA
+    prediction rows; answers normalised as the evaluation server normalises them."""
+    return [{"question_id": int(row["id"]), "answer": normalize_answer(row["prediction"])}
+            for row in rows]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dept-vl-eval",
+                                     description="Evaluate a dept_vl adapter on a dataset.")
+    parser.add_argument("--backbone",
+                        help="backbone directory, or `builtin` (the one shipped in the package); "
+                             "default: the one the adapter records, built again")
+    parser.add_argument("--adapter", help="adapter directory (omit: the bare backbone)")
+    add_data_arguments(parser)
+    parser.add_argument("--task", choices=list(TASKS), help="default: the adapter's task")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num-beams", type=_at_least_one,
+                        help="beam search width (default: the task's own: greedy VQA, 5-beam "
+                             "captions)")
+    parser.add_argument("--out", help="write metrics and predictions to this JSON file")
+    parser.add_argument("--submission", metavar="FILE",
+                        help="VQA: write the answers in the official results format "
+                             "[{question_id, answer}, ...] (e.g. for test-dev / test-std)")
+    parser.add_argument("--on-bad-data", choices=["error", "skip"], default="error",
+                        help="error: stop at the first bad row or image, naming it; skip: "
+                             "drop them (counted in the metrics, listed in --out)")
+    return parser
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _load_model(backbone: str | None, adapter: str | None) -> tuple[VLT5, str | None]:
+    """The model and its adapter's name: the adapter on `backbone`, or on the backbone it
+    records (`VLT5.from_adapter`); the bare backbone without an adapter."""
+    if adapter:
+        model = VLT5.from_adapter(adapter, backbone)
+        return model, next(iter(model.adapters))
+    if backbone is None:
+        raise UserError("name an --adapter (its backbone is built from what it records), or a "
+                        "--backbone to evaluate with no adapter")
+    return VLT5.from_pretrained(backbone), None
 
 
 def main(argv: list[str] | None = None) -> None:
     """The evaluation command line; user errors are raised (UserError), see `run_cli`."""
-    parser = argparse.ArgumentParser(prog="python -m dept_vl.evaluate",
-                                     description="Evaluate a dept_vl adapter on a dataset.")
-    parser.add_argument("--backbone", required=True,
-                        help="backbone directory, or `builtin` (the one shipped in the package)")
-    parser.add_argument("--adapter", help="adapter directory (omit: the bare backbone)")
-    parser.add_argument("--data", required=True, help="dataset file (JSONL or another format)")
-    parser.add_argument("--task", choices=list(TASKS), help="default: the adapter's task")
-    parser.add_argument("--format", default="auto")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--out", help="write metrics and predictions to this JSON file")
-    parser.add_argument("--on-bad-data", choices=["error", "skip"], default="error",
-                        help="error: stop at the first bad row or image, naming it; skip: "
-                             "drop them (counted in the metrics, listed in --out)")
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
+    entries = data_entries(args)  # a bad --data is told before the backbone is loaded
     # under `accelerate launch` / torchrun every process generates its share of the batches
     state = PartialState(cpu=not torch.cuda.is_available())
-    model = VLT5.from_pretrained(args.backbone).to(state.device)
-    name = model.load_adapter(args.adapter) if args.adapter else None
+    model, name = _load_model(args.backbone, args.adapter)
+    model.to(state.device)
     task = args.task or model.adapter_task(name) or "vqa"
-    records, skipped = _load_checked(args, task)
+    records, skipped = _load_checked(entries, args, task)
+    if args.submission:
+        _check_submission(records, skipped)
     max_length = model.adapters[name].config.max_length if name else model.max_text_length
     metrics, rows = evaluate(model, records, name, args.batch_size, max_length,
-                             processes=state if state.num_processes > 1 else None)
+                             processes=state if state.num_processes > 1 else None,
+                             num_beams=args.num_beams)
     if not state.is_main_process:
         return
     result: dict[str, Any] = {"metrics": metrics, "predictions": rows}
     if skipped is not None:
         metrics["skipped"] = skip_summary(skipped)
         result["skipped"] = skipped
+    if args.submission:  # written atomically, as --out: never half a results file
+        atomic_write_json(args.submission, vqa_submission(rows))
+        metrics["submission"] = {"file": args.submission, "answers": len(rows)}
     print(json.dumps(metrics, indent=2))
     if args.out:  # a crash mid-write leaves the previous file, never half a file
         atomic_write_json(args.out, result)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`dept-vl-eval` and `python -m dept_vl.evaluate`: a user error is one line on stderr and
+    exit code 2; a bug keeps its traceback."""
     sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    cli()

@@ -4,8 +4,15 @@ of the given data files, computed once (images already cached and unchanged are 
     python -m dept_vl.features --backbone runs/backbone-shapes/model \\
         --data runs/shapes/train_vqa.jsonl --data runs/shapes/val_vqa.jsonl [--cache-dir DIR]
     torchrun --nproc_per_node 4 -m dept_vl.features ...   # or accelerate launch -m dept_vl.features
-    python -m dept_vl.features --backbone DIR --format vqav2 --data questions.json \
+    python -m dept_vl.features --backbone DIR --format vqav2 --data questions.json \\
         --annotations annotations.json --image-dir coco/train2014
+    python -m dept_vl.features --backbone DIR --data '{path: table.parquet, format: hf}' \\
+        --column-map '{image: picture, question: q, answers: a}'
+
+Data is named as in `python -m dept_vl.evaluate` and a config's `train_file`
+(dept_vl/data/spec.py): `--data` (repeatable) is a data file, a YAML data entry or a .yaml file
+holding one (or a list); `--format`, `--annotations` (leave it out for a VQAv2 test split),
+`--image-dir`, `--split` and `--column-map` fill in the keys an entry leaves out.
 
 Training and evaluation use it with `cache_features: true` and the same `feature_cache_dir`,
 `feature_cache_dtype` (--dtype) and pooling (the backbone's `num_visual_tokens`; --no-pool
@@ -28,9 +35,11 @@ import time
 import torch
 from accelerate import PartialState
 
-from dept_vl.data.records import TASKS, image_key, load_records, skip_line, validate_images
+from dept_vl.data.records import TASKS, image_key, skip_line
+from dept_vl.data.spec import add_data_arguments, data_entries
 from dept_vl.errors import run_cli
 from dept_vl.model import VLT5
+from dept_vl.taskdata import load_split
 from dept_vl.vision import STORAGE_DTYPES, FeatureCache
 
 
@@ -42,18 +51,13 @@ def positive_mb(text: str) -> float:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m dept_vl.features",
+    parser = argparse.ArgumentParser(prog="dept-vl-features",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", required=True,
                         help="backbone directory, or `builtin` (the one shipped in the package)")
-    parser.add_argument("--data", action="append", required=True, help="data file (repeatable)")
+    add_data_arguments(parser)
     parser.add_argument("--task", default="vqa", choices=list(TASKS),
-                        help="how to read the data files")
-    parser.add_argument("--format", default="auto",
-                        help="data format (auto, jsonl, vqav2, karpathy, hf, ...)")
-    parser.add_argument("--annotations", help="vqav2: the annotations json")
-    parser.add_argument("--image-dir", help="vqav2 / karpathy: the image folder")
-    parser.add_argument("--split", help="karpathy / hf: the split to read")
+                        help="how to read the data files (an entry's own task: key wins)")
     parser.add_argument("--cache-dir", default="runs/feature-cache")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--dtype", default="float16", choices=list(STORAGE_DTYPES),
@@ -72,13 +76,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """The command line; user errors are raised (UserError), see `run_cli`."""
     args = parse_args(argv)
+    entries = data_entries(args)
     state = PartialState(cpu=not torch.cuda.is_available())
     skipped: list[dict[str, str]] | None = [] if args.on_bad_data == "skip" else None
-    options = {"image_dir": args.image_dir, "annotations": args.annotations, "split": args.split}
-    records = [r for path in args.data for r in load_records(
-        path, args.task, args.format, skipped=skipped,
-        **{k: v for k, v in options.items() if v is not None})]
-    images = [r.image for r in validate_images(records, skipped=skipped)]  # before any encoding
+    # every image is decoded here, before any encoding
+    images = [r.image for r in load_split(entries, args.task, None, skipped)]
     if skipped:
         state.print(skip_line(skipped))
     model = VLT5.from_pretrained(args.backbone)
@@ -95,5 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`dept-vl-features` and `python -m dept_vl.features`: a user error is one line on stderr
+    and exit code 2; a bug keeps its traceback."""
     sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    cli()

@@ -37,7 +37,8 @@ from dept_vl.model_files import (  # the file names and errors stay importable f
     PACKED_FP16, PACKED_WEIGHTS, PROJECTION_WEIGHTS, VISION_CONFIG, VISION_WEIGHTS, AdapterError,
     AdapterMismatchError, AdapterNotFoundError, _check_keys, _check_replaceable,
     _first_non_finite, _quiet_progress, _read_manifest, load_backbone_parts, load_t5,
-    load_tokenizer, method_config_of, packed_weights, read_adapter_config, read_adapter_weights,
+    components_source, describe_source, directory_source, load_tokenizer,
+    method_config_of, packed_weights, read_adapter_folder_config, read_adapter_weights,
     resolve_backbone,
 )
 from dept_vl.tasks import get_task, task_input
@@ -137,6 +138,9 @@ class VLT5(nn.Module):
         self.max_text_length = max_text_length
         self.backbone_trainable = False
         self.metadata: dict[str, Any] = {}  # saved in the manifest, e.g. pretraining question types
+        # how to build this backbone again (model_files.directory_source / components_source),
+        # recorded in every adapter saved on it; None: it cannot be (a T5 made from a config)
+        self.source: dict[str, Any] | None = None
         self._engaged: Any = None  # the weights-kind adapter acting inside T5 (None: none)
         self.gradient_checkpointing = False  # a run's setting: never saved with the model
         self.freeze_backbone()
@@ -160,6 +164,8 @@ class VLT5(nn.Module):
         """Build from a T5 (hub name, local directory, config for a fresh model, or a model) and
         a timm encoder (a name plus VisionConfig options, or a VisionConfig)."""
         base_model = ""
+        tokenizer_given = tokenizer is not None
+        tokenizer_source = str(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else None
         if isinstance(t5, T5Config):
             t5_model = T5ForConditionalGeneration(t5)
         elif isinstance(t5, T5ForConditionalGeneration):
@@ -180,6 +186,42 @@ class VLT5(nn.Module):
         model = cls(t5_model, tokenizer, ImageEncoder(vision_config), num_visual_tokens,
                     base_model=base_model, max_text_length=max_text_length,
                     visual_positions=visual_positions)
+        if isinstance(t5, (str, os.PathLike)) and (tokenizer_source or not tokenizer_given):
+            model.source = components_source(str(t5), tokenizer_source, vision_config,
+                                             num_visual_tokens, visual_positions, max_text_length)
+        return model
+
+    @classmethod
+    def from_source(cls, source: dict[str, Any]) -> "VLT5":
+        """The backbone an adapter's recorded source names (see `model_files.check_source`)."""
+        if "directory" in source:
+            return cls.from_pretrained(source["directory"])
+        model = cls.from_components(
+            source["t5"], VisionConfig(**source["vision"]), tokenizer=source.get("tokenizer"),
+            num_visual_tokens=source.get("num_visual_tokens"),
+            max_text_length=source.get("max_text_length", 64),
+            visual_positions=source.get("visual_positions", "none"))
+        model.source = source  # as recorded: the same text in every adapter saved on it
+        return model
+
+    @classmethod
+    def from_adapter(cls, directory: str | os.PathLike, backbone: str | os.PathLike | None = None,
+                     name: str | None = None) -> "VLT5":
+        """A saved adapter on the backbone it was trained on: `backbone` (a directory or
+        `builtin`) when given, else rebuilt from the source its adapter_config.json records. The
+        rebuilt weights must be those it was trained on (`load_adapter`, strict)."""
+        path = Path(directory)
+        config_file = path / ADAPTER_CONFIG
+        meta = read_adapter_folder_config(path)
+        if backbone is not None:
+            model = cls.from_pretrained(backbone)
+        elif "backbone" not in meta:
+            raise AdapterError(f"{config_file}: records no backbone to build again (saved by an "
+                               "earlier dept_vl, or trained on a T5 made from a config); name "
+                               "the backbone directory it was trained on")
+        else:
+            model = cls.from_source(meta["backbone"])
+        model.load_adapter(path, name)
         return model
 
     # ------------------------------------------------------------------ freezing
@@ -445,7 +487,15 @@ class VLT5(nn.Module):
     ) -> list[str]:
         """Decode answers for an already collated batch (one adapter, or one per example of
         a single task: the task sets the decoding). Examples that cannot share a forward (a
-        LoRA adapter's, see `_forward_groups`) are decoded in their own sub-batches."""
+        LoRA adapter's, see `_forward_groups`) are decoded in their own sub-batches.
+
+        `num_beams`: None takes the task's (greedy for VQA, 5 beams for captions); 1 is greedy;
+        more is beam search with T5's generation settings (length_penalty 1 unless
+        `self.t5.generation_config` says otherwise). One answer per example either way."""
+        if num_beams is not None and not (isinstance(num_beams, int) and num_beams >= 1):
+            # T5 would take 0 as "unset" and run the task's beams: refuse it instead
+            raise ValueError(f"num_beams must be an integer >= 1 (or None: the task's), "
+                             f"got {num_beams!r}")
         adapter = self.active_adapter if adapter == "active" else adapter
         task = task or self._batch_task(adapter)
         if adapter is not None and not isinstance(adapter, str):
@@ -474,13 +524,15 @@ class VLT5(nn.Module):
         texts: Sequence[str] | None = None,
         adapter: str | None | Sequence[str | None] = "active",
         task: str | None = None,
+        num_beams: int | None = None,
         **generation: Any,
     ) -> list[str]:
         """Answers (VQA, greedy) or captions (beam search) for PIL images and questions.
 
         `adapter` names one adapter for all, or one per image (a mixed batch): examples of one
         task go through the backbone together, each with its own adapter (a LoRA adapter's
-        examples in a pass of their own: `_forward_groups`).
+        examples in a pass of their own: `_forward_groups`). `num_beams` (None: each task's
+        own, see `generate_from_batch`) holds for every task of the call.
         """
         adapter = self.active_adapter if adapter == "active" else adapter
         texts = list(texts) if texts is not None else [""] * len(images)
@@ -497,7 +549,7 @@ class VLT5(nn.Module):
             group = [names[i] for i in index]
             decoded = self._generate_task([images[i] for i in index], [texts[i] for i in index],
                                           group[0] if len(set(group)) == 1 else group, kind,
-                                          **generation)
+                                          num_beams=num_beams, **generation)
             for i, text in zip(index, decoded):
                 answers[i] = text
         return answers
@@ -573,9 +625,14 @@ class VLT5(nn.Module):
         print(line)
         return line
 
-    def backbone_fingerprint(self) -> str:
-        """A short hash of every backbone weight (`fingerprint_of`)."""
-        return fingerprint_of(self.vision.config.model_name, self._backbone_states())
+    def backbone_fingerprint(self, projection: bool = True) -> str:
+        """A short hash of every backbone weight (`fingerprint_of`); `projection=False` leaves
+        the base projection out: what an adapter with a projection of its own depends on (on a
+        backbone built from names the base projection is a fresh random one)."""
+        states = self._backbone_states()
+        if not projection:
+            del states["projection"]
+        return fingerprint_of(self.vision.config.model_name, states)
 
     def _backbone_states(self) -> dict[str, dict[str, torch.Tensor]]:
         return {"t5": self.t5.state_dict(), "vision": self.vision.state_dict(),
@@ -648,6 +705,7 @@ class VLT5(nn.Module):
         if directory == BUILTIN:  # what an adapter trained on it records as its base model
             model.base_model = BUILTIN
         model.metadata = manifest.get("metadata", {})
+        model.source = directory_source(directory)
         model.freeze_backbone()
         expected, actual = manifest.get("backbone_fingerprint"), model.backbone_fingerprint()
         if expected is not None and expected != actual:
@@ -696,8 +754,11 @@ class VLT5(nn.Module):
             "train_projection": adapter.projection is not None,
             "trainable_parameters": sum(t.numel() for t in weights.values()),
             "base_model": self.base_model,
-            "backbone_fingerprint": self.backbone_fingerprint(),
+            # the frozen weights the adapter depends on and does not carry
+            "backbone_fingerprint": self.backbone_fingerprint(
+                projection=adapter.projection is None),
             "dept_vl_version": _version(),
+            **({"backbone": self.source} if self.source is not None else {}),
         }
 
     def read_adapter(
@@ -711,22 +772,18 @@ class VLT5(nn.Module):
         """
         path = Path(directory)
         config_file = path / ADAPTER_CONFIG
-        if not config_file.is_file():
-            raise AdapterNotFoundError(
-                f"{path}: no {ADAPTER_CONFIG}; not a dept_vl adapter directory")
-        meta = read_adapter_config(config_file)
+        meta = read_adapter_folder_config(path)
         if meta["d_model"] != self.d_model:
             raise AdapterMismatchError(
                 f"{config_file}: adapter was trained for d_model={meta['d_model']}, "
                 f"this backbone ({self.base_model}) has d_model={self.d_model}"
             )
-        fingerprint = self.backbone_fingerprint()
-        if meta["backbone_fingerprint"] != fingerprint:
-            message = (
-                f"{config_file}: adapter was trained on backbone {meta.get('base_model')!r} "
-                f"(fingerprint {meta['backbone_fingerprint']}), but this backbone is "
-                f"{self.base_model!r} (fingerprint {fingerprint})"
-            )
+        fingerprint = self.backbone_fingerprint(projection=not meta["train_projection"])
+        # adapters of dept_vl 0.1 hashed the base projection even when they carried their own
+        accepted = {fingerprint, self.backbone_fingerprint()}
+        if meta["backbone_fingerprint"] not in accepted:
+            message = f"{config_file}: " + _mismatch(meta, self.source, self.base_model,
+                                                     fingerprint)
             if strict:
                 raise AdapterMismatchError(message + "; pass strict=False to load it anyway")
             logger.warning(message)
@@ -759,6 +816,17 @@ class VLT5(nn.Module):
             self.delete_adapter(name)
             raise AdapterMismatchError(f"{path / ADAPTER_WEIGHTS}: {error}") from None
         return name
+
+
+def _mismatch(meta: dict[str, Any], source: dict[str, Any] | None, base_model: str,
+              fingerprint: str) -> str:
+    """Why an adapter does not fit a backbone, naming both sides' files."""
+    trained = meta.get("backbone")
+    trained_on = describe_source(trained) if trained else repr(meta.get("base_model"))
+    this = describe_source(source) if source else repr(base_model)
+    return (f"adapter was trained on {trained_on} (fingerprint {meta['backbone_fingerprint']}), "
+            f"but this backbone, {this}, has other weights (fingerprint {fingerprint}): a "
+            "weights file changed since the adapter was trained, or another backbone is named")
 
 
 def text_length(attention_mask: torch.Tensor) -> int:

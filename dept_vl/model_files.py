@@ -95,6 +95,9 @@ _ADAPTER_KEYS = {
     "trainable_parameters": _Key((int,), required=False, check=_at_least(0)),
     "extra": _Key((dict,), required=False),
     "dept_vl_version": _Key((str,), required=False),
+    # how to build the backbone again (see `backbone_source`); absent in adapters of dept_vl
+    # 0.1, which need the backbone named
+    "backbone": _Key((dict,), required=False),
 }
 
 _MANIFEST_KEYS = {
@@ -131,7 +134,7 @@ def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
     return isinstance(value, types)
 
 
-def _check_keys(values: dict[str, Any], keys: dict[str, _Key], file: Path,
+def _check_keys(values: dict[str, Any], keys: dict[str, _Key], file: Path | str,
                 error: type[UserError], closed: bool = False) -> None:
     """Every key of `values` against `keys`: presence, JSON type, range; `closed` also refuses
     keys not listed. The error names the file and the key."""
@@ -178,8 +181,18 @@ def read_adapter_config(file: Path) -> dict[str, Any]:
     config rules."""
     meta = read_json_object(file, AdapterError)
     _check_keys(meta, _ADAPTER_KEYS, file, AdapterError)
+    if "backbone" in meta:
+        check_source(meta["backbone"], file)
     method_config_of(meta, file)
     return meta
+
+
+def read_adapter_folder_config(path: Path) -> dict[str, Any]:
+    """The checked adapter_config.json of an adapter folder; AdapterNotFoundError without one."""
+    config_file = path / ADAPTER_CONFIG
+    if not config_file.is_file():
+        raise AdapterNotFoundError(f"{path}: no {ADAPTER_CONFIG}; not a dept_vl adapter directory")
+    return read_adapter_config(config_file)
 
 
 def method_config_of(meta: dict[str, Any], file: Path) -> MethodConfig:
@@ -470,3 +483,64 @@ def _t5_from_packed(path: Path, tensors: dict[str, torch.Tensor], file: Path
         t5.generation_config = _load_from(str(path), GenerationConfig.from_pretrained,
                                           "T5 generation config")
     return t5
+
+
+# ---------------------------------------------------------------------------- backbone sources
+# What an adapter records of the backbone it was trained on (adapter_config.json's "backbone"),
+# so that it can be served or evaluated with no backbone named: a saved backbone directory or
+# `builtin`, or the T5 and timm encoder a run built from `model:` (pretrained weights by name
+# or local file; such a backbone's projection is freshly initialised, so its adapters carry
+# their own). Local paths are stored absolute.
+_DIRECTORY_SOURCE = {"directory": _Key((str,))}
+_COMPONENTS_SOURCE = {
+    "t5": _Key((str,)),
+    "tokenizer": _Key((str, _NONE), required=False),
+    "vision": _Key((dict,)),
+    "num_visual_tokens": _MANIFEST_KEYS["num_visual_tokens"],
+    "visual_positions": _MANIFEST_KEYS["visual_positions"],
+    "max_text_length": _MANIFEST_KEYS["max_text_length"],
+}
+
+
+def _absolute(path: str) -> str:
+    """A local file or folder as an absolute path; anything else (a hub name) as it is."""
+    return str(Path(path).resolve()) if Path(path).exists() else path
+
+
+def directory_source(directory: str | os.PathLike) -> dict[str, Any]:
+    """The source of a backbone loaded from a directory (or `builtin`)."""
+    if isinstance(directory, str) and directory == BUILTIN:
+        return {"directory": BUILTIN}
+    return {"directory": str(Path(directory).resolve())}
+
+
+def components_source(t5: str, tokenizer: str | None, vision: VisionConfig,
+                      num_visual_tokens: int | None, visual_positions: str,
+                      max_text_length: int) -> dict[str, Any]:
+    """The source of a backbone built from a T5 name or directory and a timm encoder."""
+    values = vision.to_dict()
+    if values.get("weights_file"):
+        values["weights_file"] = _absolute(values["weights_file"])
+    return {"t5": _absolute(t5), "tokenizer": None if tokenizer is None else _absolute(tokenizer),
+            "vision": values, "num_visual_tokens": num_visual_tokens,
+            "visual_positions": visual_positions, "max_text_length": max_text_length}
+
+
+def check_source(source: dict[str, Any], file: Path) -> None:
+    """An adapter's recorded backbone source against its schema; the error names the file."""
+    where = f"{file}: key 'backbone'"
+    if "directory" in source:
+        _check_keys(source, _DIRECTORY_SOURCE, where, AdapterError, closed=True)
+        return
+    _check_keys(source, _COMPONENTS_SOURCE, where, AdapterError, closed=True)
+    _check_keys(source["vision"], _VISION_KEYS, f"{where}, 'vision'", AdapterError, closed=True)
+
+
+def describe_source(source: dict[str, Any]) -> str:
+    """The files a source names, for messages: where to look when its weights changed."""
+    if "directory" in source:
+        return f"backbone {source['directory']}"
+    vision = source["vision"]
+    weights = (f" with weights {vision['weights_file']}" if vision.get("weights_file")
+               else " with timm's pretrained weights" if vision.get("pretrained") else "")
+    return f"T5 {source['t5']} and timm {vision['model_name']}{weights}"

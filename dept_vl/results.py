@@ -104,7 +104,8 @@ def evaluate_tasks(model: Any, tasks: list[TaskData], split: str, cfg: TrainConf
               for task in tasks if (task.eval if split == "eval" else task.test)}
     limit = cfg.max_eval_examples if split == "eval" else None
     evaluated = evaluate_many(model, groups, cfg.eval_batch_size, cfg.max_length, limit,
-                              features, processes, cfg.eval_sample_seed) if groups else {}
+                              features, processes, cfg.eval_sample_seed,
+                              num_beams=cfg.num_beams) if groups else {}
     metrics = {name: result[0] for name, result in evaluated.items()}
     rows = {name: result[1] for name, result in evaluated.items()}
     return metrics, rows
@@ -117,7 +118,7 @@ def evaluate_frozen(model: Any, tasks: list[TaskData], cfg: TrainConfig,
     what the backbone answers before any adapter is trained (the baseline beside a run's own)."""
     groups = {task.name: (task.test, None) for task in tasks if task.test}
     evaluated = evaluate_many(model, groups, cfg.eval_batch_size, cfg.max_length, None,
-                              features, processes) if groups else {}
+                              features, processes, num_beams=cfg.num_beams) if groups else {}
     pretrained = model.metadata.get("pretrain_question_types")
     return {name: {**metrics, **reserved_type_report(metrics, rows, pretrained)}
             for name, (metrics, rows) in evaluated.items()}

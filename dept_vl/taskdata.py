@@ -19,7 +19,8 @@ from dept_vl.config import ConfigError, TrainConfig
 from dept_vl.data import shapes
 from dept_vl.data.fewshot import sample_kshot
 from dept_vl.data.records import (
-    DataError, Record, VQARecord, load_records, skip_summary, validate_images,
+    DataError, Record, VQARecord, load_records, refuse_unanswered, skip_summary,
+    validate_images,
 )
 from dept_vl.files import atomic_write_text
 from dept_vl.methods import get_method
@@ -111,6 +112,9 @@ def load_tasks(cfg: TrainConfig) -> tuple[list[TaskData], list[Record], list[dic
             r for r in every if not isinstance(r, VQARecord) or r.question_type in set(types)]
         task.eval = load_split(spec.get("eval_file"), task.kind, types, skipped)
         task.test = load_split(spec.get("test_file"), task.kind, types, skipped)
+        for key, records in (("train_file", every), ("eval_file", task.eval),
+                             ("test_file", task.test)):  # a test split has nothing to score
+            refuse_unanswered(records, f"{key} of a training run")
         if not task.train:
             raise DataError(f"train_file of task {task.name!r}: no training records (check the "
                             "path and question_types)")

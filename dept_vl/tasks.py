@@ -86,12 +86,22 @@ def _answers(record: VQARecord) -> tuple[str, ...]:
 
 
 def _vqa_metrics(predictions: list[str], records: list[VQARecord]) -> dict[str, Any]:
-    """VQA accuracy, overall and per question type ("all" for untyped questions)."""
-    answers = [r.answers for r in records]
-    types = [r.question_type or "all" for r in records]
-    return {"vqa_accuracy": vqa_accuracy(predictions, answers),
-            "vqa_accuracy_by_type": vqa_accuracy_by_type(predictions, answers, types),
-            "num_questions": len(records)}
+    """VQA accuracy, overall and per question type ("all" for untyped questions), over the
+    answered records. Unanswered ones (a test split) are predicted, counted and never scored:
+    a split of them alone has no accuracy at all, not 0."""
+    scored = [(p, r) for p, r in zip(predictions, records, strict=True) if not r.unanswered]
+    metrics: dict[str, Any] = {}
+    if scored:
+        answers = [r.answers for _, r in scored]
+        types = [r.question_type or "all" for _, r in scored]
+        guesses = [p for p, _ in scored]
+        metrics = {"vqa_accuracy": vqa_accuracy(guesses, answers),
+                   "vqa_accuracy_by_type": vqa_accuracy_by_type(guesses, answers, types),
+                   "num_questions": len(scored)}
+    if len(scored) < len(records):
+        metrics.update(num_predicted=len(records), num_unanswered=len(records) - len(scored),
+                       has_answers=bool(scored))
+    return metrics
 
 
 def _vqa_row(record: VQARecord, prediction: str) -> dict[str, Any]:

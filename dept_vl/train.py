@@ -1,8 +1,14 @@
 """Train a DePT adapter (or PT, LoRA, full fine-tuning) on a frozen VL-T5 backbone.
 
-    accelerate launch dept_vl/train.py                              # configs/quickstart.yaml
-    accelerate launch dept_vl/train.py --config configs/X.yaml --max_steps 500 --method pt
+    dept-vl-train                                                   # configs/quickstart.yaml
+    dept-vl-train --config configs/X.yaml --max_steps 500 --method pt
+    dept-vl-train --train_file train.jsonl --eval_file val.jsonl    # a run from data flags alone
+    dept-vl-train --help                                            # every key, its default
+    accelerate launch dept_vl/train.py --config ...                 # the same, under accelerate
     torchrun --nproc_per_node 2 dept_vl/train.py --config ...       # two CPU processes (gloo)
+
+A config that is not a file is looked up among the configs shipped with dept_vl by its name
+(`--config compare_shapes`), so the commands above work from any folder after `pip install`.
 
 Read top to bottom, in the shape of accelerate's `*_no_trainer` examples: `run` sets up (config →
 data → backbone → trainable parameters), loops (`TrainLoop`: periodic eval, best weights kept,
@@ -34,7 +40,10 @@ from dept_vl.checkpoints import (
     Progress, check_settings, find_checkpoint, keep_only_trainables, load_progress, restore_state,
     save_checkpoint,
 )
-from dept_vl.config import ConfigError, TrainConfig, load_config, parse_overrides
+from dept_vl.config import (
+    SHIPPED_CONFIGS, ConfigError, TrainConfig, config_help, load_config, parse_overrides,
+    shipped_configs,
+)
 from dept_vl.coverage import CoverageError, coverage_lines, coverage_report
 from dept_vl.data.collate import RecordDataset, VLCollator, input_text
 from dept_vl.data.fewshot import class_counts
@@ -56,7 +65,8 @@ from dept_vl.training import build_model, feature_cache, setup_method
 from dept_vl.transfer import initialize
 from dept_vl.vision import FeatureCache
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
+DEFAULT_CONFIG = SHIPPED_CONFIGS / "quickstart.yaml"
+USAGE = "dept-vl-train [--config FILE_OR_NAME] [--KEY VALUE ...]"
 
 
 def run(cfg: TrainConfig, command: str) -> dict[str, Any]:
@@ -495,10 +505,9 @@ def ensure_backbone(cfg: TrainConfig, command: str) -> None:
         return
     if not cfg.bootstrap:
         raise BackboneError(
-            f"backbone: {cfg.backbone} is not a backbone directory; build one with "
-            "`accelerate launch dept_vl/train.py --config configs/backbone_shapes.yaml` or set "
-            "`bootstrap:` to such a config"
-        )
+            f"backbone: {cfg.backbone} is not a backbone directory; the quickstart "
+            "(`dept-vl-train`) builds runs/backbone-shapes/model, `dept-vl-train --config "
+            "backbone_shapes` builds it alone; or name another with --backbone DIR")
     boot = load_config(cfg.bootstrap)
     produced = Path(boot.output_dir) / "model"
     if produced.resolve() != Path(cfg.backbone).resolve():
@@ -528,8 +537,18 @@ def config_path(argv: list[str]) -> tuple[str | None, list[str]]:
     return (None if named & set(DATA_KEYS) else str(DEFAULT_CONFIG)), argv
 
 
+def print_help() -> None:
+    first = (__doc__ or "").split("\n\n")
+    print(f"usage: {USAGE}\n\n{first[0]}\n\n{first[1]}\n\n{first[2]}\n\n"
+          f"shipped configs: {', '.join(shipped_configs())}\n\n"
+          "keys (in a YAML config, or as --key value; the command line wins):\n" + config_help())
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--help" in argv or "-h" in argv:
+        print_help()
+        return {}
     path, rest = config_path(argv)
     cfg = load_config(path, parse_overrides(rest))
     command = "accelerate launch dept_vl/train.py " + shlex.join(argv)
@@ -545,7 +564,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return results
 
 
-if __name__ == "__main__":
-    # a config, data, adapter, backbone or checkpoint error is the user's to fix: one line and
-    # exit 2; anything else is a bug and keeps its traceback
+def cli() -> None:
+    """`dept-vl-train` and `accelerate launch dept_vl/train.py`: a config, data, adapter,
+    backbone or checkpoint error is the user's to fix, one line and exit 2; anything else is a
+    bug and keeps its traceback."""
     sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    cli()

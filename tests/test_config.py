@@ -1,8 +1,10 @@
 """Config files and overrides: typed, validated, unknown keys refused; shipped configs parse."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dept_vl.config import (
     ConfigError, TrainConfig, load_config, parse_overrides, settings_differences,
@@ -49,22 +51,37 @@ def test_quickstart_has_a_vqa_and_a_caption_job_and_overrides_reach_both():
         shapes.PRETRAIN_TYPES)
 
 
-def test_gpu_config_builds_with_dry_run_from_local_checkpoints(tmp_path):
-    """configs/vqav2_t5base_vit.yaml names hub checkpoints; here the same config is built with
-    local stand-ins for them (the only change), as a user without hub access would check it."""
+@pytest.mark.parametrize("name", ["vqav2_t5base_vit", "coco_t5base_vit"])
+def test_gpu_config_builds_with_dry_run_from_local_checkpoints(tmp_path, name):
+    """configs/{vqav2,coco}_t5base_vit.yaml name hub checkpoints; here the same config is built
+    with local stand-ins for them (the only change), as a user without hub access would check
+    it."""
     from conftest import tiny_model
     donor = tiny_model("test_vit")
     donor.t5.save_pretrained(tmp_path / "t5")
     donor.tokenizer.save_pretrained(tmp_path / "t5")
-    cfg = load_config(CONFIGS / "vqav2_t5base_vit.yaml")
+    cfg = load_config(CONFIGS / f"{name}.yaml")
     assert cfg.method == "dept" and cfg.mixed_precision == "bf16"
     model = dict(cfg.model, t5=str(tmp_path / "t5"),
                  vision=dict(cfg.model["vision"], model_name="test_vit", pretrained=False))
-    results = main(["--config", str(CONFIGS / "vqav2_t5base_vit.yaml"), "--dry_run",
+    results = main(["--config", str(CONFIGS / f"{name}.yaml"), "--dry_run",
                     "--mixed_precision", "no", "--model", repr(model).replace("'", '"'),
                     "--max_length", "24", "--prompt_length", "6", "--rank", "3"])
     # DePT(6, 3) at s=24, d=32 + projection (Linear 64→32 + LayerNorm 32)
     assert results[""]["trainable_parameters"] == 6 * 32 + 3 * (24 + 32) + 64 * 32 + 32 + 64
+
+
+def test_coco_config_is_karpathy_captioning_tested_with_beams_at_the_vqa_budget():
+    cfg = load_config(CONFIGS / "coco_t5base_vit.yaml")
+    vqa = load_config(CONFIGS / "vqav2_t5base_vit.yaml")
+    assert cfg.task == "caption" and cfg.num_beams == 5 and vqa.num_beams is None
+    files = [cfg.train_file, cfg.eval_file, cfg.test_file]
+    assert [f["split"] for f in files] == ["train", "val", "test"]
+    assert {(f["format"], Path(f["path"]).name) for f in files} == {
+        ("karpathy", "dataset_coco.json")}
+    assert cfg.model == vqa.model  # the same backbone as the VQA setting ...
+    shape = ("prompt_length", "rank", "max_length")  # ... and the same DePT budget
+    assert [getattr(cfg, k) for k in shape] == [getattr(vqa, k) for k in shape] == [60, 30, 256]
 
 
 def test_init_from_takes_a_path_or_a_list_from_the_command_line():
@@ -193,7 +210,7 @@ def test_every_shipped_config_and_experiment_cell_loads(tmp_path):
     """The checks refuse no config the repository ships, nor any run its experiments make."""
     from dept_vl import experiments
 
-    for name in ("quickstart", "backbone_shapes", "vqav2_t5base_vit"):
+    for name in ("quickstart", "backbone_shapes", "vqav2_t5base_vit", "coco_t5base_vit"):
         cfg = load_config(CONFIGS / f"{name}.yaml")
         assert all(cfg.for_job(job).output_dir for job in cfg.jobs)
     cells = 0
@@ -233,10 +250,16 @@ def test_outcome_settings_leave_out_bookkeeping_and_differences_name_keys():
     other = TrainConfig(max_steps=20, lr_prompt=0.4, question_types=["color"])
     assert settings_differences(base.outcome_settings(), other.outcome_settings()) == [
         "lr_prompt: 0.3 → 0.4", "max_steps: 10 → 20", "question_types: None → ['color']"]
-    # a key one side lacks (another version of dept_vl) is a difference too
-    older = {k: v for k, v in base.outcome_settings().items() if k != "eval_sample_seed"}
-    assert settings_differences(older, base.outcome_settings()) == [
-        "eval_sample_seed: '(not set)' → 0"]
+    # a key the saved side lacks was added since: it counts as its default, what the older
+    # version did; at another value it is a difference
+    older = {k: v for k, v in base.outcome_settings().items() if k != "num_beams"}
+    assert settings_differences(older, base.outcome_settings()) == []
+    beams = TrainConfig(max_steps=10, num_beams=3).outcome_settings()
+    assert settings_differences(older, beams) == ["num_beams: None → 3"]
+    # a key only the saved side has (a newer version's) is shown as missing now
+    newer = {**base.outcome_settings(), "brand_new_key": 1}
+    assert settings_differences(newer, base.outcome_settings()) == [
+        "brand_new_key: 1 → '(not set)'"]
 
 
 def test_the_eval_sample_seed_matters_only_when_periodic_evaluation_draws_a_sample():
@@ -248,3 +271,36 @@ def test_the_eval_sample_seed_matters_only_when_periodic_evaluation_draws_a_samp
     assert settings_differences(*sampled) == ["eval_sample_seed: None → 0"]
     assert settings_differences(sampled[0], whole[1]) == [
         "eval_sample_seed: None → 0", "max_eval_examples: 300 → None"]
+
+
+def test_a_config_that_is_not_a_file_is_found_among_the_shipped_ones(tmp_path, monkeypatch):
+    """`--config quickstart` and the docs' `configs/compare_shapes.yaml` work from any folder."""
+    from dept_vl.config import SHIPPED_CONFIGS, find_config, shipped_configs
+
+    monkeypatch.chdir(tmp_path)
+    assert find_config("quickstart") == SHIPPED_CONFIGS / "quickstart.yaml"
+    assert find_config("configs/compare_shapes.yaml") == SHIPPED_CONFIGS / "compare_shapes.yaml"
+    assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == shipped_configs()
+    (tmp_path / "quickstart.yaml").write_text("max_steps: 3\n")
+    assert load_config("quickstart.yaml").max_steps == 3  # a file of that name wins
+    with pytest.raises(ConfigError, match=r"config file not found: nope\.yaml \(shipped configs: "
+                                          r"backbone_shapes, "):
+        find_config("nope.yaml")
+
+
+def test_a_run_named_by_data_flags_uses_the_quickstart_backbone():
+    """With no --config the run trains on the backbone the quickstart uses (and builds)."""
+    quickstart = yaml.safe_load((CONFIGS / "quickstart.yaml").read_text())
+    assert TrainConfig().backbone == quickstart["backbone"]
+
+
+def test_every_key_has_documentation():
+    from dept_vl.config import config_help, key_docs
+
+    docs = key_docs()
+    assert set(docs) == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert all(docs.values()), [k for k, v in docs.items() if not v]
+    assert docs["rank"].startswith("r: rank") and docs["max_steps"] == "optimizer steps"
+    assert "---- " not in " ".join(docs.values())  # section titles belong to no key
+    shown = config_help()
+    assert "  --prompt_length (default: 60)\n      m: soft prompt tokens" in shown

@@ -133,7 +133,9 @@ def test_twenty_concurrent_mixed_requests_each_get_their_own_answer(app, corpus_
 
 def test_missing_quickstart_outputs_say_how_to_make_them(tmp_path, capsys):
     assert run_cli(main, ["--backbone", str(tmp_path / "nothing")]) == 2
-    assert "accelerate launch dept_vl/train.py" in capsys.readouterr().err
+    assert "run the quickstart first (`dept-vl-train`" in capsys.readouterr().err
+    with pytest.raises(DemoError, match=r"adapter\(s\) not found: .*dept-vl-train"):
+        DemoService(None, {"vqa": str(tmp_path / "no-adapter")})
     with pytest.raises(DemoError, match="NAME=DIR"):
         parse_adapters(["no-equals-sign"])
     assert parse_adapters(["a=x", "b=y"]) == {"a": "x", "b": "y"}

@@ -25,6 +25,9 @@ from dept_vl.metrics import (caption_scores, normalize_answer, vqa_accuracy,
     ("isnt it", "isn't it"),
     ("its", "its"),
     ("  many \t spaces\n", "many spaces"),
+    # a mark's neighbours are those of the answer as given (official script), so "c-d" is
+    # split although deleting "(" put a space before a "-"
+    ("x(-y c-d", "x y c d"),
 ])
 def test_normalize_answer(raw, expected):
     assert normalize_answer(raw) == expected

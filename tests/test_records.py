@@ -25,6 +25,7 @@ from dept_vl.data.records import (
     load_karpathy,
     load_records,
     load_vqav2,
+    refuse_unanswered,
     validate_images,
 )
 
@@ -351,12 +352,47 @@ def test_vqav2_errors(tmp_path: Path) -> None:
         load_vqav2(qfile, afile, images)
     text = str(info.value)
     assert "13370" in text and str(qfile) in text and str(afile) in text
-    with pytest.raises(DataError, match="needs the option 'annotations'"):
-        load_records(qfile, "vqa", image_dir=str(images))
     with pytest.raises(DataError, match="needs the option 'image_dir'"):
         load_records(qfile, "vqa", annotations=str(afile))
     with pytest.raises(DataError, match="format 'vqav2' holds task 'vqa'"):
         load_records(qfile, "caption", annotations=str(afile), image_dir=str(images))
+
+
+def test_vqav2_question_file_without_annotations_is_read_unanswered(tmp_path: Path) -> None:
+    """test-dev / test-std come without annotations: the questions are read, each record
+    explicitly unanswered (no answers, not an empty list passed off as answers)."""
+    qfile, _, images = build_vqav2(tmp_path)
+    records = load_vqav2(qfile, None, images)
+    assert [(r.id, r.answers, r.unanswered, r.question_type) for r in records] == [
+        ("420", (), True, None), ("13370", (), True, None)]
+    assert [r.question for r in records] == ["What color is it?", "Is it green?"]
+    assert records[1].image == str(images / "COCO_train2014_000000001337.jpg")
+    assert records[0].source == f"{qfile}:questions[0]"
+    assert load_records(qfile, "vqa", image_dir=str(images)) == records  # format auto: vqav2
+    answered = load_vqav2(qfile, tmp_path / "v2_mscoco_train2014_annotations.json", images)
+    assert not any(r.unanswered for r in answered)
+
+
+def test_only_the_unanswered_flag_allows_a_record_without_answers() -> None:
+    with pytest.raises(DataError, match=r"s:1: answers must be a non-empty"):
+        VQARecord("q1", "/x.png", "what?", [], source="s:1")
+    with pytest.raises(DataError, match=r"s:1: an unanswered record holds no answers"):
+        VQARecord("q1", "/x.png", "what?", ("yes",), source="s:1", unanswered=True)
+    with pytest.raises(DataError, match="unanswered must be True or False"):
+        VQARecord("q1", "/x.png", "what?", (), unanswered=1)  # type: ignore[arg-type]
+    record = VQARecord("q1", "/x.png", "what?", [], unanswered=True)
+    assert record.answers == () and record.unanswered
+
+
+def test_unanswered_records_are_refused_where_answers_are_needed(tmp_path: Path) -> None:
+    qfile, _, images = build_vqav2(tmp_path)
+    records = load_vqav2(qfile, None, images)
+    with pytest.raises(DataError) as info:
+        refuse_unanswered(records, "train_file of a training run")
+    assert str(info.value).startswith(f"{qfile}:questions[0]: question without answers")
+    assert "train_file of a training run needs answers" in str(info.value)
+    refuse_unanswered(load_vqav2(qfile, tmp_path / "v2_mscoco_train2014_annotations.json",
+                                 images), "training")  # answered: nothing to refuse
 
 
 def test_vqav2_refuses_an_annotation_about_another_image(tmp_path: Path) -> None:

@@ -88,12 +88,18 @@ def test_adapters_saved_by_v0_1_load_with_identical_outputs(tmp_path):
 
 def check_config_kept(old_file: Path, new_file: Path) -> None:
     """Today's adapter_config.json keeps 0.1's values; what changed is the task's key (`task`
-    for 0.1's `task_prefix`) and, for PT, the rank 0 / alpha that 0.1 wrote for it."""
+    for 0.1's `task_prefix`), for PT the rank 0 / alpha that 0.1 wrote for it, and the
+    fingerprint: 0.1 hashed the base projection too, which an adapter with a projection of its
+    own does not use (both are accepted on loading)."""
     old, new = json.loads(old_file.read_text()), json.loads(new_file.read_text())
-    renamed = {"task_prefix"} | ({"rank", "alpha"} if old["method"] == "pt" else set())
+    renamed = {"task_prefix", "backbone_fingerprint"} | (
+        {"rank", "alpha"} if old["method"] == "pt" else set())
     for key in sorted(set(old) - renamed):
         assert new[key] == old[key], f"{new_file}: key {key!r}"
     assert new["task"] == {"vqa:": "vqa", "caption:": "caption"}[old["task_prefix"]]
+    assert old["train_projection"] and old["backbone_fingerprint"] == legacy_model(
+        ).backbone_fingerprint() != new["backbone_fingerprint"] == legacy_model(
+        ).backbone_fingerprint(projection=False)
 
 
 def test_legacy_files_are_refused_when_damaged(tmp_path):

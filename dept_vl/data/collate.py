@@ -53,7 +53,10 @@ class RecordDataset(Dataset):
 
 def target_text(record: Record, rng: random.Random | None) -> str:
     """The decoder target: drawn with `rng` (training) or the most common one (evaluation), as
-    the record's task says (dept_vl/tasks.py)."""
+    the record's task says (dept_vl/tasks.py); "" for an unanswered record (a test split, only
+    predicted), whose labels the collator masks whole."""
+    if getattr(record, "unanswered", False):
+        return ""
     return spec_of(record).target(record, rng)
 
 
@@ -109,6 +112,8 @@ class VLCollator:
             truncation=True, max_length=self.max_target_length, return_tensors="pt",
         )
         labels = targets["input_ids"].masked_fill(targets["attention_mask"] == 0, -100)
+        # no answer, nothing to learn or score (training refuses such records beforehand)
+        labels[[getattr(r, "unanswered", False) for r in records]] = -100
         batch = {
             "input_ids": inputs["input_ids"],
             "attention_mask": inputs["attention_mask"],

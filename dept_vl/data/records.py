@@ -4,7 +4,9 @@ Every supported format (JSONL, official VQAv2 json, COCO Karpathy json, any Hugg
 `datasets` dataset) ends as the same validated `VQARecord` / `CaptionRecord` objects, so the
 rest of the toolkit sees one shape. Loaders check everything they cheaply can *at load time*
 and raise `DataError` naming the file and row, because a bad row found an hour into training
-is far more expensive than one found before it starts.
+is far more expensive than one found before it starts. A VQAv2 question file read without its
+annotations (test-dev, test-std) gives `unanswered` VQA records: predicted, never scored, and
+refused for training (`refuse_unanswered`).
 
 Bad data policy. Every loader, `load_records` and `validate_images` take `skipped`:
 - `skipped=None` (policy "error", the default): the first bad row or image raises `DataError`
@@ -67,6 +69,7 @@ __all__ = [
     "VQARecord",
     "CaptionRecord",
     "Record",
+    "refuse_unanswered",
     "LoadOptions",
     "LOADERS",
     "KARPATHY_SPLITS",
@@ -237,7 +240,11 @@ class _HasImage:
 
 @dataclass(frozen=True)
 class VQARecord(_HasImage):
-    """One question about one image, with every reference answer (the metric needs all)."""
+    """One question about one image, with every reference answer (the metric needs all).
+
+    `unanswered=True` (and `answers=()`) is a question of a test split, read from a VQAv2
+    question file without annotations: it can be predicted, never scored or trained on. Only
+    that flag allows empty answers, so a record cannot lose its answers by accident."""
 
     id: str
     image: ImageRef
@@ -246,13 +253,20 @@ class VQARecord(_HasImage):
     question_type: str | None = None
     source: str = ""
     task: str = "vqa"  # its TaskSpec (dept_vl/tasks.py); another task may hold VQA records
+    unanswered: bool = False
 
     def __post_init__(self) -> None:
         where = self.source or f"record {self.id!r}"
         _check_id(self.id, where)
         object.__setattr__(self, "image", _check_image(self.image, where))
         _check_text(self.question, "question", where)
-        object.__setattr__(self, "answers", _check_texts(self.answers, "answers", where))
+        if self.unanswered is not False and self.unanswered is not True:
+            _fail(where, f"unanswered must be True or False, got {self.unanswered!r}", "bad_field")
+        if self.unanswered and (not isinstance(self.answers, (list, tuple)) or self.answers):
+            _fail(where, f"an unanswered record holds no answers, got {self.answers!r}",
+                  "bad_field")
+        answers = () if self.unanswered else _check_texts(self.answers, "answers", where)
+        object.__setattr__(self, "answers", answers)
         if self.question_type is not None and not isinstance(self.question_type, str):
             _fail(where, f"question_type must be a string or None, got {self.question_type!r}",
                   "bad_field")
@@ -278,6 +292,18 @@ class CaptionRecord(_HasImage):
 
 
 Record = VQARecord | CaptionRecord
+
+
+def refuse_unanswered(records: Sequence[Record], use: str) -> None:
+    """Raise on the first unanswered record (a VQAv2 test split read without annotations):
+    `use` (training, say) needs answers, and there are none to learn from or score against."""
+    for record in records:
+        if getattr(record, "unanswered", False):
+            where = record.source or f"record {record.id!r}"
+            raise DataError(f"{where}: question without answers (a VQAv2 question file read "
+                            f"without annotations); {use} needs answers: give the file's "
+                            "annotations, or predict it with `python -m dept_vl.evaluate "
+                            "--submission FILE`", "bad_option")
 
 
 def _rows_of(task: str) -> str:
@@ -593,10 +619,11 @@ def _check_same_image(question_image: int, ann: dict, qid: Any, where: str, at: 
 
 
 def _vqav2_row(
-    question: Any, where: str, annotations: dict[Any, tuple[str, dict]], subtype: str,
-    files: tuple[str, str],
+    question: Any, where: str, annotations: dict[Any, tuple[str, dict]] | None, subtype: str,
+    files: tuple[str, str | None],
 ) -> dict[str, Any]:
-    """Join one question with its annotation into a plain row for `_row_to_record`."""
+    """Join one question with its annotation into a plain row for `_row_to_record`; without
+    annotations (a test split) the row has no answers."""
     if not isinstance(question, dict):
         _fail(where, f"expected a JSON object, got {type(question).__name__}", "not_an_object")
     qid = _question_id(question.get("question_id"), where)
@@ -605,31 +632,35 @@ def _vqav2_row(
         _fail(where, "missing field 'image_id'", "missing_field")
     if not isinstance(image_id, int) or isinstance(image_id, bool):
         _fail(where, f"field 'image_id' must be an integer, got {image_id!r}", "bad_field")
+    row = {"id": qid, "image": f"COCO_{subtype}_{image_id:012d}.jpg",
+           "question": question.get("question")}
+    if annotations is None:
+        return row
     if qid not in annotations:
         _fail(where, f"question_id {qid} has no annotation in {files[1]} (questions: {files[0]})",
               "missing_annotation")
     at, ann = annotations[qid]
     _check_same_image(image_id, ann, qid, where, at)
-    return {
-        "id": qid,
-        "image": f"COCO_{subtype}_{image_id:012d}.jpg",
-        "question": question.get("question"),
-        "answers": _vqav2_answers(ann, qid, where, at),
-        "question_type": ann.get("answer_type", ann.get("question_type")),
-    }
+    return {**row, "answers": _vqav2_answers(ann, qid, where, at),
+            "question_type": ann.get("answer_type", ann.get("question_type"))}
 
 
 def _vqav2_record(
-    question: Any, where: str, annotations: dict[Any, tuple[str, dict]], subtype: str,
-    files: tuple[str, str], resolve: ImageResolver,
+    question: Any, where: str, annotations: dict[Any, tuple[str, dict]] | None, subtype: str,
+    files: tuple[str, str | None], resolve: ImageResolver,
 ) -> Record:
     row = _vqav2_row(question, where, annotations, subtype, files)
-    return _row_to_record(row, "vqa", where, str(row["id"]), resolve)
+    if annotations is not None:
+        return _row_to_record(row, "vqa", where, str(row["id"]), resolve)
+    ident = _id_field(row, where, str(row["id"]))
+    question_text = _text_field(row, "question", where)
+    image = _image_field(row, where, resolve)
+    return VQARecord(ident, image, question_text, (), source=where, unanswered=True)
 
 
 def load_vqav2(
     questions_file: str | os.PathLike,
-    annotations_file: str | os.PathLike,
+    annotations_file: str | os.PathLike | None,
     image_dir: str | os.PathLike,
     check_images: bool = True,
     *,
@@ -638,16 +669,19 @@ def load_vqav2(
     """Official VQAv2 json pair; images are `image_dir/COCO_<subtype>_<image_id:012d>.jpg`.
 
     Each question is joined with the annotation of its question_id, which must be about the
-    same image_id (a mismatch is an error, never a silent join).
+    same image_id (a mismatch is an error, never a silent join). `annotations_file=None` reads
+    a question file alone (test-dev / test-std come without annotations): every record is
+    `unanswered`, to be predicted (`python -m dept_vl.evaluate --submission`), not scored.
     """
-    qfile, afile = os.fspath(questions_file), os.fspath(annotations_file)
+    qfile = os.fspath(questions_file)
+    afile = None if annotations_file is None else os.fspath(annotations_file)
     qdoc = _read_json(qfile)
     questions = _json_list(qdoc, "questions", qfile)
     subtype = qdoc.get("data_subtype")
     if not isinstance(subtype, str) or not subtype:
         raise DataError(f"{qfile}: missing 'data_subtype' (e.g. 'train2014'; it names the images)")
     policy = _Policy(skipped)
-    annotations = _index_annotations(_read_json(afile), afile, policy)
+    annotations = None if afile is None else _index_annotations(_read_json(afile), afile, policy)
     if check_images:
         _check_dir(image_dir, "image_dir", qfile)
     resolve = _path_resolver(Path(image_dir).expanduser().absolute(), check_images)
@@ -972,10 +1006,10 @@ def _jsonl_entry(path: str, task: str, opts: LoadOptions) -> list[Record]:
 
 
 def _vqav2_entry(path: str, task: str, opts: LoadOptions) -> list[Record]:
+    """Without `annotations` the questions are read alone, unanswered (a test split)."""
     _need_task(task, "vqa", "vqav2", path)
-    annotations = _need(opts.annotations, "annotations", "vqav2", path)
     image_dir = _need(opts.image_dir, "image_dir", "vqav2", path)
-    return list(load_vqav2(path, annotations, image_dir, opts.check_images,
+    return list(load_vqav2(path, opts.annotations, image_dir, opts.check_images,
                            skipped=opts.skipped))
 
 
