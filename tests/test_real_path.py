@@ -176,3 +176,27 @@ def test_adapter_records_its_backbone_and_rebuilds_it(trained):
     assert meta["backbone_fingerprint"] == model.backbone_fingerprint(projection=False)
     assert torch.equal(model.vision.model.state_dict()["cls_token"],
                        load_file(trained / "vit.safetensors")["cls_token"])
+
+
+def test_the_wheel_ships_the_configs_and_the_console_scripts(tmp_path):
+    """What a regular (not editable) `pip install .` gets: every shipped config (so
+    `dept-vl-train` runs the quickstart from an empty folder) and the four console scripts."""
+    import configparser
+    import zipfile
+
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", str(repo), "--no-deps",
+                           "--no-build-isolation", "-q", "-w", str(tmp_path)], env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with zipfile.ZipFile(next(tmp_path.glob("dept_vl-*.whl"))) as wheel:
+        names = set(wheel.namelist())
+        entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+        scripts = configparser.ConfigParser()
+        scripts.read_string(wheel.read(entry_points).decode())
+    shipped = {f"dept_vl/configs/{p.name}" for p in (repo / "configs").glob("*.yaml")}
+    assert shipped and shipped <= names
+    assert "dept_vl/data/english_words.txt" in names
+    assert dict(scripts["console_scripts"]) == {
+        "dept-vl-train": "dept_vl.train:cli", "dept-vl-eval": "dept_vl.evaluate:cli",
+        "dept-vl-features": "dept_vl.features:cli", "dept-vl-demo": "dept_vl.demo:cli"}
