@@ -1,8 +1,8 @@
 """dept_vl: Decomposed Prompt Tuning (DePT) for vision-language T5 models."""
 
-__version__ = "0.1.0"
-
-from dept_vl.dept import DePTConfig, DePTPrompt, dept_budget, dept_split, dept_splits  # noqa: E402
+from dept_vl.version import __version__  # noqa: E402
+from dept_vl.methods.dept import (DePTConfig, DePTPrompt, dept_budget, dept_split,  # noqa: E402
+                                  dept_splits)
 from dept_vl.methods.adept import ADePTConfig, adept_budget, adept_split, adept_splits  # noqa: E402
 from dept_vl.errors import UserError  # noqa: E402
 from dept_vl.methods import get_method, register  # noqa: E402

@@ -355,7 +355,7 @@ def _method(value: str, where: Where) -> str:
 
 
 def _prompt_init(value: str, where: Where) -> str:
-    from dept_vl.dept import PROMPT_INITS  # torch: kept out of this module's import
+    from dept_vl.methods.base import PROMPT_INITS  # torch: kept out of this module's import
 
     return Choice(PROMPT_INITS)(value, where)
 

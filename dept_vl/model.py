@@ -42,14 +42,13 @@ from dept_vl.model_files import (  # the file names and errors stay importable f
     resolve_backbone,
 )
 from dept_vl.tasks import get_task, task_input
+from dept_vl.version import __version__
 from dept_vl.vision import ImageEncoder, VisionConfig, VisualProjection
 
 logger = logging.getLogger(__name__)
 
 
 def _version() -> str:
-    from dept_vl import __version__
-
     return __version__
 
 
@@ -108,9 +107,6 @@ class Adapter(nn.Module):
                 raise AdapterMismatchError(f"tensor {key} has shape {tuple(value.shape)}, "
                                            f"expected {tuple(params[key].shape)}")
             params[key].copy_(value)
-
-
-DePTAdapter = Adapter  # the name dept_vl 0.1 used
 
 
 class VLT5(nn.Module):

@@ -19,12 +19,12 @@ from dept_vl.config import ConfigError, TrainConfig
 from dept_vl.data import shapes
 from dept_vl.data.fewshot import sample_kshot
 from dept_vl.data.records import (
-    DataError, Record, VQARecord, load_records, refuse_unanswered, skip_summary,
+    DataError, Record, VQARecord, refuse_unanswered, skip_summary,
     validate_images,
 )
 from dept_vl.files import atomic_write_text
 from dept_vl.methods import get_method
-from dept_vl.tasks import get_task
+from dept_vl.tasks import get_task, load_task_records
 
 # the adapter of a run whose tasks share one (adapter_per_task: false): saved as `adapter/`
 ADAPTER_NAME = "default"
@@ -58,7 +58,7 @@ def load_split(entry: Any, task: str, question_types: list[str] | None = None,
         options = dict(item) if isinstance(item, dict) else {"path": item}
         path = options.pop("path")
         kind = options.pop("task", task)
-        records += load_records(path, kind, options.pop("format", "auto"), skipped=skipped,
+        records += load_task_records(path, kind, options.pop("format", "auto"), skipped=skipped,
                                 **options)
     if question_types is not None:
         wanted = set(question_types)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from dept_vl.data.records import CaptionRecord, VQARecord
+from dept_vl.data.records import CaptionRecord, Record, VQARecord, load_records
 from dept_vl.errors import UserError
 from dept_vl.metrics import caption_scores, vqa_accuracy, vqa_accuracy_by_type
 
@@ -158,6 +158,14 @@ def get_task(name: str) -> TaskSpec:
     if not isinstance(name, str) or name not in TASKS:
         raise UnknownTaskError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}")
     return TASKS[name]
+
+
+def load_task_records(path: Any, task: str, format: str = "auto", **options: Any) -> list[Record]:
+    """A task's records from a data file (`load_records`' options): read as the rows of its
+    record type, so a task that reuses one loads from the same files, each tagged `task`."""
+    rows = get_task(task).record_type.task
+    records = load_records(path, rows, format, **options)
+    return records if rows == task else [replace(r, task=task) for r in records]
 
 
 def spec_of(record: Any) -> TaskSpec:

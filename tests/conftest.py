@@ -17,7 +17,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 torch.set_num_threads(2)
 
 from dept_vl.data import shapes  # noqa: E402
-from dept_vl.dept import DePTConfig  # noqa: E402
+from dept_vl.methods.dept import DePTConfig  # noqa: E402
 from dept_vl.model import VLT5  # noqa: E402
 from dept_vl.tokenization import build_word_tokenizer  # noqa: E402
 from dept_vl.vision import VisionConfig  # noqa: E402

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from dept_vl.dept import (
+from dept_vl.methods.dept import (
     DePTConfig, DePTPrompt, dept_budget, dept_param_groups, dept_split, dept_splits,
-    init_prompt_from_embeddings,
 )
+from dept_vl.methods.pt import init_prompt_from_embeddings
 
 
 def test_t5_base_budgets_match_the_paper():

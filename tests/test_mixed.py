@@ -7,7 +7,7 @@ from PIL import Image
 
 from conftest import mixed_adapter_model
 from dept_vl import DePTConfig
-from dept_vl.dept import DePTPrompt
+from dept_vl.methods.dept import DePTPrompt
 
 QUESTIONS = ["what color is the circle ?", "how many objects are there ?", "is there a red ?",
              "what shape is the red object ?", "what size is the red circle ?"]

@@ -18,14 +18,16 @@ from dept_vl.data.records import VQARecord, load_image, load_records
 from dept_vl.evaluate import evaluate_many, subset
 from dept_vl.methods.pt import PTConfig
 from dept_vl.model import VLT5
-from dept_vl.tasks import TASKS, TaskSpec, UnknownTaskError, corpus_texts, spec_of, task_of_prefix
+from dept_vl.tasks import (
+    TASKS, TaskSpec, UnknownTaskError, corpus_texts, load_task_records, spec_of, task_of_prefix,
+)
 from dept_vl.tokenization import build_word_tokenizer
 from dept_vl.vision import VisionConfig
 
 
 def _some_records(corpus_dir: str, name: str, spec: TaskSpec) -> list:
     """A few records of task `name`, from the corpus file of its record type's rows."""
-    return load_records(f"{corpus_dir}/test_{spec.record_type.task}.jsonl", name)[:6]
+    return load_task_records(f"{corpus_dir}/test_{spec.record_type.task}.jsonl", name)[:6]
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
@@ -103,7 +105,7 @@ def short_model(short_task) -> VLT5:
 
 def test_a_registered_task_loads_and_collates_as_its_spec_says(short_model, corpus_dir):
     known = set(WORDS.split())  # the tiny tokenizer's closed vocabulary
-    records = [r for r in load_records(f"{corpus_dir}/train_vqa.jsonl", "vqa_short")
+    records = [r for r in load_task_records(f"{corpus_dir}/train_vqa.jsonl", "vqa_short")
                if set(r.question.split()) | set(r.answers) <= known][:8]
     assert len(records) == 8
     assert {r.task for r in records} == {"vqa_short"} and "short:" in corpus_texts(records)
@@ -121,7 +123,7 @@ def test_a_registered_task_loads_and_collates_as_its_spec_says(short_model, corp
 
 def test_a_registered_task_evaluates_and_generates_with_its_own_decoding(
         short_model, corpus_dir, monkeypatch):
-    short = load_records(f"{corpus_dir}/test_vqa.jsonl", "vqa_short")[:5]
+    short = load_task_records(f"{corpus_dir}/test_vqa.jsonl", "vqa_short")[:5]
     vqa = load_records(f"{corpus_dir}/test_vqa.jsonl", "vqa")[5:9]
     calls = []
     generate = short_model.t5.generate

@@ -48,7 +48,7 @@ import os
 import re
 import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -304,18 +304,6 @@ def refuse_unanswered(records: Sequence[Record], use: str) -> None:
                             f"without annotations); {use} needs answers: give the file's "
                             "annotations, or predict it with `python -m dept_vl.evaluate "
                             "--submission FILE`", "bad_option")
-
-
-def _rows_of(task: str) -> str:
-    """The rows a task's data holds ('vqa' or 'caption'): its record type's (TaskSpec in
-    dept_vl/tasks.py), so a task that reuses a record type loads from the same files."""
-    from dept_vl.tasks import TASKS as SPECS  # tasks.py imports the record types from here
-
-    spec = SPECS.get(task) if isinstance(task, str) else None
-    if spec is None or spec.record_type.task not in TASKS:
-        allowed = ", ".join(repr(t) for t in SPECS)
-        raise DataError(f"unknown task {task!r}; allowed tasks: {allowed}", "bad_option")
-    return spec.record_type.task
 
 
 def _check_task(task: str) -> None:
@@ -1079,19 +1067,19 @@ def load_records(
     check_images: bool = True,
     skipped: list[dict[str, str]] | None = None,
 ) -> list[Record]:
-    """Load any supported dataset into validated records; the one call the toolkit uses.
+    """Load any supported dataset into validated records of one of the row kinds (`TASKS`: 'vqa'
+    or 'caption'); `dept_vl.tasks.load_task_records` loads them for any registered task.
 
     `skipped`: None stops at the first bad row; a list drops bad rows into it (module docstring).
     """
-    rows = _rows_of(task)
+    _check_task(task)
     label = os.fspath(path)
     fmt = detect_format(label) if format == "auto" else format
     if fmt not in LOADERS:
         raise DataError(f"{label}: unknown format {fmt!r}; "
                         f"known formats: {['auto', *sorted(LOADERS)]}", "bad_option")
     opts = LoadOptions(image_dir, annotations, split, column_map, check_images, skipped)
-    records = LOADERS[fmt](label, rows, opts)
-    return records if rows == task else [replace(r, task=task) for r in records]
+    return LOADERS[fmt](label, task, opts)
 
 
 # --------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dept_vl.methods.base import check_int, check_number, group
+from dept_vl.methods.base import check_int, check_number, dept_budget, group
 from dept_vl.methods.pt import PromptConfig, SoftPrompt
 
 if TYPE_CHECKING:
@@ -63,8 +63,6 @@ class ADePTConfig(PromptConfig):
     def from_train_config(cls, cfg: "TrainConfig", d_model: int, task: str) -> "ADePTConfig":
         """`adept_rank`, or (unset) the r whose budget is closest to DePT(m, r, s)'s with the
         same m = prompt_length, as `pt_prompt_length` does for PT."""
-        from dept_vl.methods.dept import dept_budget
-
         rank = cfg.adept_rank
         if rank is None:
             budget = dept_budget(cfg.prompt_length, cfg.rank, cfg.max_length, d_model)

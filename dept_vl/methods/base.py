@@ -33,6 +33,12 @@ PROMPT_INITS = ("vocab", "text", "random")
 KINDS = ("prompt", "weights", "backbone")
 
 
+
+def dept_budget(prompt_length: int, rank: int, max_length: int, d_model: int) -> int:
+    """Trainable parameters of DePT: m·d + r·(s + d). With r = 0 this is prompt tuning's l·d
+    (here, not in methods/dept.py, because PT and ADePT match their budgets to it)."""
+    return prompt_length * d_model + rank * (max_length + d_model)
+
 @dataclass(kw_only=True)
 class MethodConfig:
     """Fields every method's config has; a method's config subclasses this with its own.

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import torch
 from torch import nn
 
-from dept_vl.methods.base import check_int, check_number, group
+from dept_vl.methods.base import check_int, check_number, dept_budget, group
 from dept_vl.methods.pt import PromptConfig, SoftPrompt
 
 if TYPE_CHECKING:
@@ -66,11 +66,6 @@ class DePTConfig(PromptConfig):
         return cls(prompt_length=cfg.prompt_length, rank=cfg.rank, max_length=cfg.max_length,
                    alpha=cfg.alpha, prompt_init=cfg.prompt_init,
                    prompt_init_text=cfg.prompt_init_text, task=task)
-
-
-def dept_budget(prompt_length: int, rank: int, max_length: int, d_model: int) -> int:
-    """Trainable parameters of DePT: m·d + r·(s + d). With r = 0 this is prompt tuning's l·d."""
-    return prompt_length * d_model + rank * (max_length + d_model)
 
 
 def dept_splits(budget: int, d_model: int, max_length: int) -> list[tuple[int, int]]:

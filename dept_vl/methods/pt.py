@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from dept_vl.methods.base import PROMPT_INITS, MethodConfig, MethodModule, check_int, group
+from dept_vl.methods.base import (
+    PROMPT_INITS, MethodConfig, MethodModule, check_int, dept_budget, group,
+)
 
 if TYPE_CHECKING:
     from dept_vl.config import TrainConfig
@@ -75,8 +77,6 @@ class PTConfig(PromptConfig):
     @classmethod
     def from_train_config(cls, cfg: "TrainConfig", d_model: int, task: str) -> "PTConfig":
         """`pt_prompt_length`, or (unset) the DePT budget m·d + r·(s+d) in whole tokens."""
-        from dept_vl.methods.dept import dept_budget
-
         length = cfg.pt_prompt_length
         if length is None:
             budget = dept_budget(cfg.prompt_length, cfg.rank, cfg.max_length, d_model)
