@@ -19,7 +19,7 @@ from pathlib import Path
 
 from dept_vl.errors import UserError
 from dept_vl.files import read_json_object
-from dept_vl.stats import Paired, paired
+from research.stats import Paired, paired
 
 COLUMNS = {"overall": "score", "reserved types": "reserved_types"}
 

@@ -190,22 +190,33 @@ def probe(shape: str, method: str, batch_size: int, mode: str, checkpointing: bo
 CHECKPOINTED = "dept60_30"  # the method whose train memory is measured with checkpointing
 
 
-def checkpointing_memory(shape: str, batch_size: int, without: dict[str, Any] | None = None
-                         ) -> dict[str, Any]:
+def memory(shape: str, method: str, batch_size: int, mode: str, fresh: bool = True,
+           checkpointing: bool = False) -> dict[str, Any]:
+    """`probe` in a fresh process; `fresh=False` (quick runs, which check the machinery, not the
+    numbers) in this one, which saves a process start per probe but warms the heap first."""
+    if not fresh:
+        return probe(shape, method, batch_size, mode, checkpointing)
+    flag = ["--checkpointing"] if checkpointing else []
+    return in_fresh_process("benchmarks.methods", [
+        "--probe", shape, method, str(batch_size), mode, *flag])
+
+
+def checkpointing_memory(shape: str, batch_size: int, without: dict[str, Any] | None = None,
+                         fresh: bool = True) -> dict[str, Any]:
     """DePT(60, 30)'s train-step peak memory without and with gradient checkpointing, each in a
     fresh process; `without`: that probe already taken (the methods table's)."""
-    def measure(flag: list[str]) -> dict[str, Any]:
-        return in_fresh_process("benchmarks.methods", [
-            "--probe", shape, CHECKPOINTED, str(batch_size), "train", *flag])
-    return {"method": CHECKPOINTED, "off": without or measure([]),
-            "on": measure(["--checkpointing"])}
+    def measure(checkpointing: bool) -> dict[str, Any]:
+        return memory(shape, CHECKPOINTED, batch_size, "train", fresh, checkpointing)
+    return {"method": CHECKPOINTED, "off": without or measure(False), "on": measure(True)}
 
 
 def run(shapes: list[str], batch_size: int, warmup: int, repeats: int,
-        methods: tuple[str, ...] = METHODS) -> dict[str, Any]:
+        methods: tuple[str, ...] = METHODS, fresh_processes: bool = True) -> dict[str, Any]:
     pin_threads()
     results: dict[str, Any] = {"text_tokens": TEXT_TOKENS, "visual_tokens": VISUAL_TOKENS,
-                               "batch_size": batch_size, "shapes": {}}
+                               "batch_size": batch_size, "shapes": {},
+                               "memory_probes": "fresh process" if fresh_processes else
+                               "this process (quick run: the numbers mean little)"}
     for shape in shapes:
         built = {m: build(shape, m) for m in methods}
         batches = {m: inputs(built[m][0], batch_size) for m in methods}
@@ -214,13 +225,12 @@ def run(shapes: list[str], batch_size: int, warmup: int, repeats: int,
         infer = interleaved({m: inference(built[m][0], built[m][1], batches[m])
                              for m in methods}, warmup, repeats)
         del built
-        memory = {m: {mode: in_fresh_process("benchmarks.methods", [
-            "--probe", shape, m, str(batch_size), mode]) for mode in ("train", "inference")}
-            for m in methods}
+        peaks = {m: {mode: memory(shape, m, batch_size, mode, fresh_processes)
+                     for mode in ("train", "inference")} for m in methods}
         results["shapes"][shape] = {
-            "train": train, "inference": infer, "memory": memory,
+            "train": train, "inference": infer, "memory": peaks,
             "checkpointing": checkpointing_memory(
-                shape, batch_size, memory.get(CHECKPOINTED, {}).get("train"))}
+                shape, batch_size, peaks.get(CHECKPOINTED, {}).get("train"), fresh_processes)}
         if "adept60" in methods:
             results["shapes"][shape]["adept_inference"] = adept_inference(
                 shape, batch_size, warmup, repeats)

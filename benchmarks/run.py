@@ -28,7 +28,8 @@ EXTRA_SUITES = ("methods_large", "scale")
 SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # the measured setting is sized for a 2-core CPU; on a GPU add "large" to methods' shapes
     "methods": ({"shapes": ["small", "base"], "batch_size": 2, "warmup": 1, "repeats": 5},
-                {"shapes": ["tiny"], "batch_size": 2, "warmup": 1, "repeats": 2}),
+                {"shapes": ["tiny"], "batch_size": 2, "warmup": 1, "repeats": 2,
+                 "fresh_processes": False}),
     "padding": ({"shape": "small", "batch_size": 16, "warmup": 1, "repeats": 3},
                 {"shape": "tiny", "batch_size": 8, "warmup": 1, "repeats": 2}),
     "features": ({"shape": "small", "encoder": "vit_base_patch16_224", "image_size": 224,
@@ -40,7 +41,8 @@ SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "methods_large": ({"shapes": ["large"], "batch_size": 2, "warmup": 1, "repeats": 5,
                        "methods": ("none", "pt100", "dept60_30", "lora")},
                       {"shapes": ["tiny"], "batch_size": 2, "warmup": 1, "repeats": 2,
-                       "methods": ("none", "pt100", "dept60_30", "lora")}),
+                       "methods": ("none", "pt100", "dept60_30", "lora"),
+                       "fresh_processes": False}),
     "mixed": ({"shape": "small", "batch_size": 16, "warmup": 1, "repeats": 3},
               {"shape": "tiny", "batch_size": 8, "warmup": 1, "repeats": 2}),
     "serving": ({"shape": "small", "requests_at_once": 16, "warmup": 1, "repeats": 3},

@@ -173,10 +173,10 @@ def compute_step(cli: list[str], warmup: int, repeats: int) -> dict[str, Any]:
     DataLoader, accelerate or logging."""
     from accelerate.utils import set_seed
 
-    from dept_vl.config import load_config, parse_overrides
+    from dept_vl.training.config import load_config, parse_overrides
     from dept_vl.data.collate import VLCollator
-    from dept_vl.taskdata import load_tasks
-    from dept_vl.training import build_model, feature_cache, setup_method
+    from dept_vl.training.taskdata import load_tasks
+    from dept_vl.training.setup import build_model, feature_cache, setup_method
 
     cfg = load_config(CONFIG, parse_overrides(cli[3:]))  # cli: train.py --config CONFIG ...
     set_seed(cfg.seed)

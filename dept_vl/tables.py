@@ -1,5 +1,5 @@
-"""Results tables and plots, shared by the experiment grids (`dept_vl/experiments.py`), the
-benchmarks (`benchmarks/`) and the report of finished runs (`dept_vl/report.py`)."""
+"""Results tables and plots, shared by the experiment grids (`research/experiments.py`), the
+benchmarks (`benchmarks/`) and the report of finished runs (`dept_vl/cli/report.py`)."""
 
 from __future__ import annotations
 

@@ -539,7 +539,7 @@ class FeatureCache:
         for path in paths:
             if not self.is_fresh(path):
                 raise KeyError(f"{path}: no fresh cached features in {self.dir}; build the "
-                               "cache first (python -m dept_vl.features)")
+                               "cache first (python -m dept_vl.cli.features)")
             entry = self.index[self.key(path)]
             if entry["shard"] not in self._shards:
                 self._shards[entry["shard"]] = safe_open(self.dir / entry["shard"], "pt")

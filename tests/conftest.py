@@ -93,7 +93,7 @@ def backbone(corpus_dir, tmp_path_factory) -> str:
         output_dir=str(out), max_steps=4, batch_size=8, eval_steps=4, lr=1e-3, warmup_steps=1,
         max_length=24, logging_steps=2,
     )
-    from dept_vl.train import main
+    from dept_vl.cli.train import main
 
     main(["--config", config])
     return str(out / "model")

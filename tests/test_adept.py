@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from conftest import tiny_model
 from dept_vl import (VLT5, ADePTConfig, adept_budget, adept_split, adept_splits, dept_budget)
-from dept_vl.config import TrainConfig
+from dept_vl.training.config import TrainConfig
 from dept_vl.methods import get_method
 from dept_vl.methods.adept import ADePTPrompt
 from dept_vl.methods.pt import PTConfig
@@ -208,7 +208,7 @@ def test_save_load_round_trip_gives_identical_generations(tmp_path):
 
 
 def test_training_run_with_method_adept(tmp_path, corpus_dir, backbone):
-    from dept_vl.train import main
+    from dept_vl.cli.train import main
 
     main(["--config", dept_config(tmp_path, corpus_dir, backbone, method="adept",
                                   adept_rank=3, adept_dropout=0.1, eval_file=None)])

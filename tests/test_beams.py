@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from conftest import mixed_adapter_model
-from dept_vl.config import ConfigError, TrainConfig
+from dept_vl.training.config import ConfigError, TrainConfig
 from dept_vl.data.records import CaptionRecord, VQARecord
 from dept_vl.evaluate import evaluate
 from dept_vl.methods.lora import LoraMethodConfig
@@ -166,7 +166,7 @@ def test_num_beams_below_one_is_refused(model):
 
 
 def test_a_runs_evaluation_and_frozen_baseline_use_the_configs_num_beams(monkeypatch):
-    from dept_vl import results
+    from dept_vl.training import results
 
     seen = []
     monkeypatch.setattr(results, "evaluate_many",

@@ -17,15 +17,15 @@ from safetensors.torch import load_file, save_file
 from conftest import WORDS, tiny_model, tiny_t5_config
 from test_model import batch_for, images
 from dept_vl import VLT5, DePTConfig, model_files
-from dept_vl.builtin import main as pack_main
+from dept_vl.cli.builtin import main as pack_main
 from dept_vl.builtin import pack_backbone
-from dept_vl.config import TrainConfig
+from dept_vl.training.config import TrainConfig
 from dept_vl.demo import DemoService
 from dept_vl.errors import BackboneError, one_line, run_cli
-from dept_vl.evaluate import main as evaluate_main
+from dept_vl.cli.eval import main as evaluate_main
 from dept_vl.model_files import BACKBONE_MANIFEST, PACKED_FP16, PACKED_WEIGHTS, resolve_backbone
 from dept_vl.tokenization import build_word_tokenizer
-from dept_vl.train import backbone_missing
+from dept_vl.training.loop import backbone_missing
 from dept_vl.vision import VisionConfig
 
 REPO = Path(__file__).resolve().parent.parent

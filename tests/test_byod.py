@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_MODEL, split, write_config
-from dept_vl.coverage import CoverageError
+from dept_vl.training.coverage import CoverageError
 from dept_vl.errors import run_cli
-from dept_vl.train import main
+from dept_vl.cli.train import main
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "bring_your_own_data.md"
 # a fenced block, with the file it is when the line before it says "File `path`:"

@@ -1,5 +1,5 @@
 """Every entry point fails like train.py (issue 10, finding 9): `python -m dept_vl.evaluate`,
-`python -m dept_vl.features` and the demo (`python -m dept_vl.demo`, `python demo/app.py`, the
+`python -m dept_vl.cli.features` and the demo (`python -m dept_vl.demo`, `python demo/app.py`, the
 `dept-vl-demo` script) print one line `dept_vl: error: ...` and exit 2 for any UserError, and
 keep the traceback for a bug, whatever its type; `evaluate --out` is written atomically.
 
@@ -22,7 +22,9 @@ from dept_vl import DePTConfig, VLT5
 from dept_vl.errors import BackboneError, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
-ENTRY_POINTS = ["dept_vl.evaluate", "dept_vl.features", "dept_vl.demo", "demo/app.py"]
+# `python -m` / `python FILE` forms; the first two hand over to their command line's module
+ENTRY_POINTS = ["dept_vl.evaluate", "dept_vl.cli.features", "dept_vl.demo", "demo/app.py"]
+COMMAND_LINES = {"dept_vl.evaluate": "dept_vl.cli.eval", "dept_vl.demo": "dept_vl.cli.demo"}
 
 
 @pytest.fixture(autouse=True)
@@ -62,7 +64,7 @@ def error_line(capsys) -> str:
 def arguments(entry: str, backbone: str, adapter: str, data: str, cache: Path) -> list[str]:
     if entry == "dept_vl.evaluate":
         return ["--backbone", backbone, "--adapter", adapter, "--data", data]
-    if entry == "dept_vl.features":
+    if entry == "dept_vl.cli.features":
         return ["--backbone", backbone, "--data", data, "--cache-dir", str(cache)]
     return ["--backbone", backbone, "--adapter", f"vqa={adapter}", "--examples", "none"]
 
@@ -111,7 +113,7 @@ def test_main_block_any_user_error_is_one_line_and_exit_2(entry, backbone, adapt
 
 
 @pytest.mark.parametrize("bug", [RuntimeError, ValueError, FileNotFoundError, KeyError])
-@pytest.mark.parametrize("entry", ["dept_vl.evaluate", "dept_vl.features", "dept_vl.demo"])
+@pytest.mark.parametrize("entry", ["dept_vl.evaluate", "dept_vl.cli.features", "dept_vl.demo"])
 def test_a_bug_keeps_its_traceback(entry, bug, backbone, adapter, corpus_dir, tmp_path,
                                    monkeypatch, capsys):
     """An exception that is not a UserError is a bug in dept_vl: it propagates (traceback,
@@ -120,7 +122,7 @@ def test_a_bug_keeps_its_traceback(entry, bug, backbone, adapter, corpus_dir, tm
         raise bug("a bug inside dept_vl")
 
     monkeypatch.setattr(VLT5, "from_pretrained", broken)
-    main = import_module(entry).main
+    main = import_module(COMMAND_LINES.get(entry, entry)).main
     with pytest.raises(bug, match="a bug inside dept_vl"):
         run_cli(main, arguments(entry, backbone, adapter, f"{corpus_dir}/val_vqa.jsonl",
                                 tmp_path))
@@ -131,7 +133,7 @@ def test_evaluate_out_is_written_whole_or_not_at_all(backbone, adapter, corpus_d
                                                      monkeypatch, capsys):
     """`--out` holds the metrics and every prediction; a crash while it is written leaves the
     previous file as it was (no half-written JSON), and no temporary file behind."""
-    from dept_vl import evaluate
+    from dept_vl.cli import eval as evaluate
 
     out = tmp_path / "results.json"
     argv = ["--backbone", backbone, "--adapter", adapter, "--data",
@@ -169,7 +171,7 @@ def damaged_copy(corpus_dir: str, out: Path) -> tuple[Path, int]:
 
 def test_evaluate_on_bad_data_skip_counts_and_lists_what_it_dropped(backbone, adapter,
                                                                    corpus_dir, tmp_path, capsys):
-    from dept_vl.evaluate import main
+    from dept_vl.cli.eval import main
 
     data, good = damaged_copy(corpus_dir, tmp_path)
     out = tmp_path / "results.json"
@@ -185,7 +187,7 @@ def test_evaluate_on_bad_data_skip_counts_and_lists_what_it_dropped(backbone, ad
 
 
 def test_features_on_bad_data_skip_encodes_the_rest(backbone, corpus_dir, tmp_path, capsys):
-    from dept_vl.features import main
+    from dept_vl.cli.features import main
 
     data, good = damaged_copy(corpus_dir, tmp_path)
     argv = ["--backbone", backbone, "--data", str(data), "--cache-dir", str(tmp_path / "cache")]

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dept_vl.config import (
+from dept_vl.training.config import (
     ConfigError, TrainConfig, load_config, parse_overrides, settings_differences,
 )
-from dept_vl.train import main
+from dept_vl.cli.train import main
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -208,7 +208,7 @@ def test_jobs_given_on_the_command_line_are_jobs():
 
 def test_every_shipped_config_and_experiment_cell_loads(tmp_path):
     """The checks refuse no config the repository ships, nor any run its experiments make."""
-    from dept_vl import experiments
+    from research import experiments
 
     for name in ("quickstart", "backbone_shapes", "vqav2_t5base_vit", "coco_t5base_vit"):
         cfg = load_config(CONFIGS / f"{name}.yaml")
@@ -275,7 +275,7 @@ def test_the_eval_sample_seed_matters_only_when_periodic_evaluation_draws_a_samp
 
 def test_a_config_that_is_not_a_file_is_found_among_the_shipped_ones(tmp_path, monkeypatch):
     """`--config quickstart` and the docs' `configs/compare_shapes.yaml` work from any folder."""
-    from dept_vl.config import SHIPPED_CONFIGS, find_config, shipped_configs
+    from dept_vl.training.config import SHIPPED_CONFIGS, find_config, shipped_configs
 
     monkeypatch.chdir(tmp_path)
     assert find_config("quickstart") == SHIPPED_CONFIGS / "quickstart.yaml"
@@ -295,7 +295,7 @@ def test_a_run_named_by_data_flags_uses_the_quickstart_backbone():
 
 
 def test_every_key_has_documentation():
-    from dept_vl.config import config_help, key_docs
+    from dept_vl.training.config import config_help, key_docs
 
     docs = key_docs()
     assert set(docs) == {f.name for f in dataclasses.fields(TrainConfig)}
@@ -304,3 +304,17 @@ def test_every_key_has_documentation():
     assert "---- " not in " ".join(docs.values())  # section titles belong to no key
     shown = config_help()
     assert "  --prompt_length (default: 60)\n      m: soft prompt tokens" in shown
+
+
+def test_a_corpus_block_names_its_question_types(tmp_path):
+    """`corpus: {types: all}` writes (and recognises) the corpus with relation and compare."""
+    from dept_vl.data import shapes
+    from dept_vl.training.taskdata import ensure_corpus
+
+    out = tmp_path / "all"
+    cfg = load_config(None, {"corpus": {"dir": str(out), "n_images": 10, "seed": 2,
+                                        "image_size": 32, "types": "all"}})
+    ensure_corpus(cfg)
+    assert shapes.corpus_matches(out, n_images=10, seed=2, image_size=32, types="all")
+    with pytest.raises(ConfigError, match=r"corpus\.types: must be one of"):
+        load_config(None, {"corpus": {"dir": "x", "types": "some"}})

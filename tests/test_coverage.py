@@ -10,11 +10,11 @@ from tokenizers import SentencePieceUnigramTokenizer
 from transformers import PreTrainedTokenizerFast
 
 from conftest import split, write_config
-from dept_vl.coverage import CoverageError, coverage_report, text_coverage, unknown_pieces
+from dept_vl.training.coverage import CoverageError, coverage_report, text_coverage, unknown_pieces
 from dept_vl.data.records import VQARecord
 from dept_vl.errors import run_cli
 from dept_vl.tokenization import build_word_tokenizer
-from dept_vl.train import main
+from dept_vl.cli.train import main
 
 
 def vqa(question, answers=("yes",)):

@@ -23,9 +23,9 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
 from dept_vl import DePTConfig, VLT5  # noqa: E402
+from dept_vl.cli.demo import main, parse_adapters, server_address  # noqa: E402
 from dept_vl.demo import (  # noqa: E402
-    DemoError, DemoService, build_demo, corpus_examples, launch, main, parse_adapters,
-    server_address,
+    DemoError, DemoService, build_demo, corpus_examples, launch,
 )
 from dept_vl.errors import run_cli  # noqa: E402
 from dept_vl.images import to_rgb  # noqa: E402

@@ -19,9 +19,9 @@ from safetensors.torch import load_file, save_file
 
 from conftest import split, write_config
 from dept_vl import VLT5
-from dept_vl.checkpoints import MODEL_FILE
+from dept_vl.training.checkpoints import MODEL_FILE
 from dept_vl.errors import CheckpointError
-from dept_vl.train import main
+from dept_vl.cli.train import main
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,5 +1,5 @@
-"""`python -m dept_vl.evaluate` and `python -m dept_vl.features` name data as a config does
-(dept_vl/data/spec.py): a path with --format / --annotations / --image-dir / --split /
+"""`python -m dept_vl.evaluate` and `python -m dept_vl.cli.features` name data as a config does
+(dept_vl/cli/data_flags.py): a path with --format / --annotations / --image-dir / --split /
 --column-map, a YAML data entry, or a YAML file holding one. A VQAv2 test split (questions, no
 annotations) is predicted but never scored, refused for training, and written with
 `--submission` in the official VQA results format.
@@ -23,9 +23,10 @@ from conftest import tiny_model
 from dept_vl import DePTConfig, VLT5
 from dept_vl.data.records import VQARecord
 from dept_vl.errors import run_cli
-from dept_vl.evaluate import evaluate, main
+from dept_vl.cli.eval import main
+from dept_vl.evaluate import evaluate
 from dept_vl.metrics import normalize_answer
-from dept_vl.taskdata import load_split
+from dept_vl.training.taskdata import load_split
 from dept_vl.tasks import TASKS
 
 
@@ -150,7 +151,7 @@ def test_vqa_metrics_score_the_answered_records_and_count_the_unanswered():
 
 
 def test_unanswered_records_are_refused_for_training(world, tmp_path, capsys):
-    from dept_vl.train import main as train_main
+    from dept_vl.cli.train import main as train_main
 
     entry = {"path": world["test"], "format": "vqav2", "image_dir": world["test_images"]}
     argv = ["--backbone", world["backbone"], "--task", "vqa", "--train_file",
@@ -211,7 +212,7 @@ def test_bad_data_arguments_are_one_line_before_the_backbone_loads(data_args, me
 
 def test_features_read_the_same_entries_test_split_and_column_map_included(world, tmp_path,
                                                                          capsys):
-    from dept_vl.features import main as features_main
+    from dept_vl.cli.features import main as features_main
 
     cache = tmp_path / "cache"
     argv = ["--backbone", world["backbone"], "--cache-dir", str(cache), "--data",

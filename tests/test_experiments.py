@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from dept_vl import experiments
-from dept_vl.config import ConfigError
+from research import experiments
+from dept_vl.training.config import ConfigError
 from dept_vl.errors import CheckpointError
-from dept_vl.experiments import load_experiment, main, merged
+from research.experiments import load_experiment, main, merged
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -65,7 +65,7 @@ def test_compare_quick_grid_end_to_end(tmp_path, monkeypatch):
 def test_compare_cell_cut_short_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     """A cell stopped right after a checkpoint goes on from it at the next call (a grid split
     over several device calls), and ends with the metrics of the cell never cut short."""
-    import dept_vl.train as train_module
+    import dept_vl.training.loop as train_module
 
     monkeypatch.chdir(REPO)
     one_cell = ["--set", "runs=[{name: dept, method: dept}]", "--set", "seeds=[0]",
@@ -260,8 +260,8 @@ def test_fewshot_inits_of_a_seed_draw_the_same_k_shot_examples(tmp_path):
     k-shot draw (train and dev); another seed draws other examples."""
     from PIL import Image
 
-    from dept_vl.config import load_config
-    from dept_vl.taskdata import load_tasks
+    from dept_vl.training.config import load_config
+    from dept_vl.training.taskdata import load_tasks
 
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
     for split in ("train", "val", "test"):

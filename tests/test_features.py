@@ -15,8 +15,8 @@ from PIL import Image
 from safetensors import safe_open
 
 from dept_vl.errors import run_cli
-from dept_vl.features import main as features_main
-from dept_vl.train import main
+from dept_vl.cli.features import main as features_main
+from dept_vl.cli.train import main
 from dept_vl.vision import FeatureCache, ImageEncoder, VisionConfig, VisualProjection
 
 ROW_BYTES_F16 = 4 * 64 * 2  # test_vit at 64 px pooled to 4 tokens: 4 x 64 features, fp16
@@ -203,7 +203,7 @@ def cached_by_image(cache_dir, backbone):
 
 
 def test_two_processes_build_one_index_equal_to_one_process(tmp_path, corpus_dir, backbone):
-    args = ["-m", "dept_vl.features", "--backbone", backbone, "--data",
+    args = ["-m", "dept_vl.cli.features", "--backbone", backbone, "--data",
             f"{corpus_dir}/val_vqa.jsonl", "--dtype", "float32", "--batch-size", "2",
             "--shard-mb", "0.001"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import dept_vl.evaluate
+import dept_vl.cli.eval
 from conftest import tiny_model
 from dept_vl import DePTConfig, VLT5
 from dept_vl.errors import BackboneError, UserError, one_line, run_cli
@@ -300,7 +300,7 @@ def test_evaluate_cli_exits_2_with_one_line_naming_the_file(case, served, corpus
     paths = {"backbone": backbone, "adapter": adapter, which: folder}
     argv = ["--backbone", str(paths["backbone"]), "--adapter", str(paths["adapter"]),
             "--data", f"{corpus_dir}/val_vqa.jsonl"]
-    assert run_cli(dept_vl.evaluate.main, argv) == 2
+    assert run_cli(dept_vl.cli.eval.main, argv) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("dept_vl: error: "), lines
     assert str(folder / file) in lines[0] and detail in lines[0]

@@ -1,5 +1,5 @@
 """Fuzz suite, command-line part: bad backbones, adapters, data files, images, arguments and
-environment given to `python -m dept_vl.evaluate`, `python -m dept_vl.features` and the demo.
+environment given to `python -m dept_vl.evaluate`, `python -m dept_vl.cli.features` and the demo.
 
 Each case runs one entry point in-process through `dept_vl.errors.run_cli` (what their
 `__main__` blocks and the `dept-vl-demo` script run) and asserts its exact outcome: exit code
@@ -22,10 +22,10 @@ import pytest
 
 from conftest import tiny_model
 from dept_vl import DePTConfig, VLT5
-from dept_vl.demo import main as demo_main
+from dept_vl.cli.demo import main as demo_main
 from dept_vl.errors import run_cli
-from dept_vl.evaluate import main as evaluate_main
-from dept_vl.features import main as features_main
+from dept_vl.cli.eval import main as evaluate_main
+from dept_vl.cli.features import main as features_main
 
 MAINS = {"evaluate": evaluate_main, "features": features_main, "demo": demo_main}
 

@@ -13,8 +13,8 @@ import random
 
 import pytest
 
-import dept_vl.train
-from dept_vl.config import ConfigError, load_config, parse_overrides
+import dept_vl.cli.train
+from dept_vl.training.config import ConfigError, load_config, parse_overrides
 from dept_vl.errors import run_cli
 
 # (id, config text, message after "<file>: "; a message ending in "..." is a prefix)
@@ -103,7 +103,7 @@ FILE_CASES = [
     ("corpus-missing-dir", "corpus: {n_images: 40}", "corpus: needs dir"),
     ("corpus-range", "corpus: {dir: runs/s, n_images: 0}", "corpus.n_images: must be >= 1, got 0"),
     ("corpus-image-size", "corpus: {dir: runs/s, image_size: 4}",
-     "corpus.image_size: must be >= 6, got 4"),
+     "corpus.image_size: must be >= 16, got 4"),
     # data-file entries
     ("data-typo", "train_file: {path: a.jsonl, formt: jsonl}",
      "train_file.formt: unknown key (did you mean 'format'?); allowed: annotations, "
@@ -279,7 +279,7 @@ def test_seeded_typo_is_named_with_its_path(tmp_path, seed):
 def test_bad_config_through_train_cli_is_one_line_exit_2(tmp_path, capsys, text, argv, expected):
     file = tmp_path / "run.yaml"
     file.write_text(text + "\n")
-    code = run_cli(dept_vl.train.main, ["--config", str(file), *argv])
+    code = run_cli(dept_vl.cli.train.main, ["--config", str(file), *argv])
     captured = capsys.readouterr()
     assert code == 2
     lines = captured.err.splitlines()

@@ -11,11 +11,11 @@ import pytest
 import torch
 from conftest import WORDS, tiny_model, tiny_t5_config
 
-from dept_vl.config import TrainConfig
+from dept_vl.training.config import TrainConfig
 from dept_vl.model import VLT5
-from dept_vl.taskdata import TaskData
+from dept_vl.training.taskdata import TaskData
 from dept_vl.tokenization import build_word_tokenizer
-from dept_vl.training import setup_method
+from dept_vl.training.setup import setup_method
 from dept_vl.vision import VisionConfig
 
 METHODS = ("dept", "pt", "adept", "lora", "full")

@@ -19,11 +19,11 @@ from dept_vl import DePTConfig, VLT5
 from dept_vl.batching import MixedBatcher, Request
 from dept_vl.data.records import load_records
 from dept_vl.evaluate import evaluate, evaluate_many
-from dept_vl.evaluate import main as evaluate_main
+from dept_vl.cli.eval import main as evaluate_main
 from dept_vl.methods.lora import LoraMethodConfig
 from dept_vl.methods.pt import PTConfig
 from dept_vl.model import AdapterMismatchError
-from dept_vl.transfer import initialize
+from dept_vl.training.transfer import initialize
 
 QUESTIONS = ["what color is the circle ?", "how many objects are there ?", "is there a red ?",
              "what shape is the red object ?", "what size is the red circle ?",
@@ -66,7 +66,7 @@ def lora_run(tmp_path_factory, corpus_dir, backbone):
         train_file=split(corpus_dir, "train", "vqa"), test_file=split(corpus_dir, "test", "vqa"),
         output_dir=str(out / "run"), lora_rank=4, lr=2e-2, max_length=24, max_steps=4,
         batch_size=8, save_steps=100, logging_steps=1, warmup_steps=1, seed=1)
-    from dept_vl.train import main
+    from dept_vl.cli.train import main
 
     main(["--config", config])
     return out / "run"
@@ -117,7 +117,8 @@ def test_evaluate_cli_reproduces_the_runs_test_predictions(lora_run, backbone, c
 
 def test_the_demo_serves_a_lora_run_beside_a_prompt_adapter(lora_run, backbone, corpus_dir,
                                                             tmp_path):
-    from dept_vl.demo import DemoService, parse_adapters
+    from dept_vl.cli.demo import parse_adapters
+    from dept_vl.demo import DemoService
 
     model = VLT5.from_pretrained(backbone)
     perturb(model.add_adapter("dept", DePTConfig(prompt_length=3, rank=2, max_length=24)))
@@ -147,7 +148,7 @@ def test_a_multitask_lora_run_tests_its_adapters_together_and_starts_a_target(
     """One LoRA adapter per task: the run's test evaluation mixes them (each in its own
     batches), each saved adapter reproduces its task's predictions, and the adapters start a
     LoRA target (init_from, part "lora", the best source by zero-step loss)."""
-    from dept_vl.train import main
+    from dept_vl.cli.train import main
 
     tasks = {name: {"task": "vqa", "question_types": [name],
                     "train_file": split(corpus_dir, "train", "vqa"),

@@ -22,8 +22,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import dept_vl
-from dept_vl import transfer
-from dept_vl.config import ConfigError, TrainConfig
+from dept_vl.training import transfer
+from dept_vl.training.config import ConfigError, TrainConfig
 from dept_vl.methods import METHODS, get_method, register, unregister
 from dept_vl.methods.base import check_number
 from dept_vl.methods.pt import PTConfig, SoftPrompt
@@ -272,7 +272,7 @@ def test_a_new_method_is_two_classes_and_a_register_call(tmp_path):
     """What "prompt with a fixed scale" needed: ScaledPromptConfig and ScaledPrompt (this
     file) and `register(ScaledPrompt)`; no file of dept_vl names it, and the config, adapters,
     files, transfer and training's adapter config all find it through the registry."""
-    from dept_vl.training import adapter_config
+    from dept_vl.training.setup import adapter_config
 
     assert ScaledPrompt.__module__ == ScaledPromptConfig.__module__ == __name__
     package = Path(dept_vl.__file__).parent

@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import split, write_config
-from dept_vl.config import ConfigError
-from dept_vl.train import main
-from dept_vl.taskdata import task_schedule
+from dept_vl.training.config import ConfigError
+from dept_vl.cli.train import main
+from dept_vl.training.taskdata import task_schedule
 
 
 def source_tasks(corpus):

@@ -78,15 +78,15 @@ def test_help_lists_the_config_keys(tmp_path, capsys):
         assert key in done.stdout
     assert "shipped configs: " in done.stdout and "quickstart" in done.stdout
     # the other scripts' --help is argparse's: asked in this process (each start costs seconds)
-    from dept_vl import demo, evaluate, features
+    from dept_vl.cli import demo, eval, features, report
 
-    for name, main in (("dept-vl-eval", evaluate.main), ("dept-vl-features", features.main),
-                       ("dept-vl-demo", demo.main)):
+    for name, main in (("dept-vl-eval", eval.main), ("dept-vl-features", features.main),
+                       ("dept-vl-demo", demo.main), ("dept-vl-report", report.main)):
         with pytest.raises(SystemExit) as stop:
             main(["--help"])
         shown = capsys.readouterr().out
         assert stop.value.code == 0 and shown.startswith(f"usage: {name}"), shown[:200]
-        assert "--adapter" in shown or "--cache-dir" in shown
+        assert "--adapter" in shown or "--cache-dir" in shown or "runs" in shown
 
 
 def test_eval_rebuilds_the_backbone_from_the_adapter_alone(trained):
@@ -180,8 +180,9 @@ def test_adapter_records_its_backbone_and_rebuilds_it(trained):
 
 def test_the_wheel_ships_the_configs_and_the_console_scripts(tmp_path):
     """What a regular (not editable) `pip install .` gets: every shipped config (so
-    `dept-vl-train` runs the quickstart from an empty folder) and the four console scripts."""
+    `dept-vl-train` runs the quickstart from an empty folder) and the console scripts."""
     import configparser
+    import tomllib
     import zipfile
 
     repo = Path(__file__).resolve().parent.parent
@@ -198,5 +199,9 @@ def test_the_wheel_ships_the_configs_and_the_console_scripts(tmp_path):
     assert shipped and shipped <= names
     assert "dept_vl/data/english_words.txt" in names
     assert dict(scripts["console_scripts"]) == {
-        "dept-vl-train": "dept_vl.train:cli", "dept-vl-eval": "dept_vl.evaluate:cli",
-        "dept-vl-features": "dept_vl.features:cli", "dept-vl-demo": "dept_vl.demo:cli"}
+        "dept-vl-train": "dept_vl.cli.train:cli", "dept-vl-eval": "dept_vl.cli.eval:cli",
+        "dept-vl-features": "dept_vl.cli.features:cli", "dept-vl-demo": "dept_vl.cli.demo:cli",
+        "dept-vl-report": "dept_vl.cli.report:cli"}
+    # the wheel's own scripts are the project's
+    assert dict(scripts["console_scripts"]) == tomllib.loads(
+        (repo / "pyproject.toml").read_text())["project"]["scripts"]

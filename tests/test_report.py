@@ -1,8 +1,8 @@
-"""`python -m dept_vl.report`: the README's results tables from runs' eval_results.json."""
+"""`dept-vl-report`: the README's results tables from runs' eval_results.json."""
 
 import json
 
-from dept_vl.report import main
+from dept_vl.cli.report import main
 
 
 def test_report_prints_a_vqa_and_a_caption_table_from_single_and_multi_job_runs(tmp_path, capsys):
@@ -37,7 +37,7 @@ def test_report_of_an_unfinished_run_is_a_one_line_error(tmp_path):
     import sys
 
     (tmp_path / "vqa").mkdir()
-    done = subprocess.run([sys.executable, "-m", "dept_vl.report", str(tmp_path)],
+    done = subprocess.run([sys.executable, "-m", "dept_vl.cli.report", str(tmp_path)],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip() == (f"dept_vl: error: {tmp_path}: no eval_results.json "

@@ -15,10 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import dept_vl.train as train_module
+import dept_vl.training.loop as train_module
 from conftest import split, write_config
 from dept_vl.errors import CheckpointError, run_cli
-from dept_vl.train import main
+from dept_vl.cli.train import main
 
 # what differs between two runs by nature, not by result
 TIMING_KEYS = {"train_seconds", "eval_seconds", "saved_to", "skipped"}
@@ -127,7 +127,7 @@ def test_resume_of_a_kshot_transfer_run_is_exact(tmp_path, corpus_dir, backbone,
 
 KILLER = textwrap.dedent("""
     import os, signal, sys
-    import dept_vl.train as train
+    import dept_vl.training.loop as train
 
     kill_at = int(os.environ["KILL_AT"])
     original = train.save_checkpoint
@@ -145,7 +145,8 @@ KILLER = textwrap.dedent("""
         return original(accelerator, out, progress, *rest)
 
     train.save_checkpoint = save
-    train.main(sys.argv[1:])
+    from dept_vl.cli.train import main
+    main(sys.argv[1:])
 """)
 
 

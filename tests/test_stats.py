@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from dept_vl.stats import NO_DIFFERENCE, TOO_FEW_SEEDS, Paired, paired, summary, t_95
+from research.stats import NO_DIFFERENCE, TOO_FEW_SEEDS, Paired, paired, summary, t_95
 
 
 @pytest.mark.parametrize("seeds, published", [

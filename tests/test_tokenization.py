@@ -13,13 +13,13 @@ import pytest
 
 from conftest import TINY_MODEL, split, write_config
 from dept_vl import VLT5
-from dept_vl.config import ConfigError, TrainConfig
+from dept_vl.training.config import ConfigError, TrainConfig
 from dept_vl.data.records import CaptionRecord, VQARecord
 from dept_vl.tokenization import (
     WORD_LIST, build_byte_bpe_tokenizer, build_word_tokenizer, english_words,
 )
-from dept_vl.train import main
-from dept_vl.training import learn_tokenizer
+from dept_vl.cli.train import main
+from dept_vl.training.setup import learn_tokenizer
 
 CORPUS = ["vqa: what color is the circle?", "vqa: is there a red square?", "yes", "no", "red",
           "caption: a red circle left of a blue square"] * 20

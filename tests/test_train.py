@@ -13,7 +13,7 @@ from dept_vl.data import shapes
 from dept_vl.data.records import DataError
 from dept_vl.errors import CheckpointError
 from conftest import split, write_config
-from dept_vl.train import main
+from dept_vl.cli.train import main
 
 
 def test_pretraining_writes_a_loadable_backbone_with_its_question_types(backbone):
@@ -200,7 +200,7 @@ def test_a_nan_loss_stops_the_run_with_an_error_and_saves_nothing(
 
 def test_the_adapter_is_saved_before_test_evaluation_can_fail(
         tmp_path, corpus_dir, backbone, monkeypatch):
-    import dept_vl.train as train_module
+    import dept_vl.training.loop as train_module
     from dept_vl.errors import TrainingError
 
     test_image = Path(corpus_dir, json.loads(
@@ -256,8 +256,8 @@ def test_flags_naming_data_without_a_config_make_one_run_of_that_data(
 
 
 def test_which_config_flags_use(tmp_path):
-    from dept_vl.config import ConfigError
-    from dept_vl.train import DEFAULT_CONFIG, config_path
+    from dept_vl.training.config import ConfigError
+    from dept_vl.cli.train import DEFAULT_CONFIG, config_path
 
     assert config_path(["--max_steps", "5"]) == (str(DEFAULT_CONFIG), ["--max_steps", "5"])
     assert config_path(["--train-file=a.jsonl"]) == (None, ["--train-file=a.jsonl"])
@@ -286,7 +286,7 @@ def test_data_without_question_types_reports_no_reserved_types(tmp_path, corpus_
 
 
 def test_reserved_types_count_only_typed_questions():
-    from dept_vl.results import reserved_type_report
+    from dept_vl.training.results import reserved_type_report
 
     rows = [{"answers": ["red"], "prediction": "red", "question_type": "color"},
             {"answers": ["2"], "prediction": "3", "question_type": "count"},

@@ -8,8 +8,8 @@ import torch
 
 from conftest import tiny_model
 from dept_vl import AdapterMismatchError, DePTConfig
-from dept_vl.config import ConfigError
-from dept_vl.transfer import expand_sources, initialize, loss_weights
+from dept_vl.training.config import ConfigError
+from dept_vl.training.transfer import expand_sources, initialize, loss_weights
 
 CFG = DePTConfig(prompt_length=3, rank=2, max_length=24, task_prefix="vqa:")
 
@@ -75,7 +75,7 @@ def test_other_max_length_truncates_or_zero_extends_a_with_a_warning(tmp_path, c
     path, source = saved_source(tmp_path, "src")  # s = 24
     model = tiny_model("test_vit")
     target = model.add_adapter("tgt", DePTConfig(prompt_length=3, rank=2, max_length=target_s))
-    with caplog.at_level(logging.WARNING, logger="dept_vl.transfer"):
+    with caplog.at_level(logging.WARNING, logger="dept_vl.training.transfer"):
         initialize(model, "tgt", path, ["lowrank"])
     a = target.prompt.lowrank_A.detach()
     rows = min(24, target_s)

@@ -108,6 +108,7 @@ SIZES: tuple[str, ...] = ("small", "large")
 NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven",
                                  "eight", "nine")  # zero is never an answer
 GRID = 3  # positions are named by thirds of the picture
+MIN_IMAGE_SIZE = 16  # the smallest input side whose shapes still draw apart
 MAX_OBJECTS = 5
 OBJECT_COUNT_WEIGHTS = (0.3, 0.25, 0.2, 0.15, 0.1)
 POSITIONS: tuple[tuple[str, ...], ...] = (
@@ -687,9 +688,9 @@ def _check_world(n_images: int, image_size: int, palette_name: str, shape_set: s
         raise ValueError(f"palette must be one of {PALETTES}, shapes one of {tuple(SHAPE_SETS)} "
                          f"and types one of {tuple(TYPE_SETS)}, got {palette_name!r}, "
                          f"{shape_set!r} and {types!r}")
-    if n_images < 1 or image_size < 16:
-        raise ValueError(f"need n_images >= 1 and image_size >= 16, got {n_images} and "
-                         f"{image_size}")
+    if n_images < 1 or image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"need n_images >= 1 and image_size >= {MIN_IMAGE_SIZE}, got "
+                         f"{n_images} and {image_size}")
 
 
 def write_corpus(out_dir: str | Path, n_images: int, seed: int, image_size: int = 64,

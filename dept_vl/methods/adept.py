@@ -32,7 +32,7 @@ from dept_vl.methods.base import check_int, check_number, dept_budget, group
 from dept_vl.methods.pt import PromptConfig, SoftPrompt
 
 if TYPE_CHECKING:
-    from dept_vl.config import TrainConfig
+    from dept_vl.training.config import TrainConfig
 
 # the offset network runs on a multiple of this many rows (zero rows appended): BLAS computes a
 # row of a matmul differently when the row count is small or odd (other kernels, or the sum over

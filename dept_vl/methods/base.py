@@ -26,7 +26,7 @@ from torch import nn
 from dept_vl.tasks import task_of_prefix, get_task
 
 if TYPE_CHECKING:
-    from dept_vl.config import TrainConfig
+    from dept_vl.training.config import TrainConfig
     from dept_vl.model import VLT5
 
 PROMPT_INITS = ("vocab", "text", "random")

@@ -19,7 +19,7 @@ from dept_vl.methods.base import check_int, check_number, dept_budget, group
 from dept_vl.methods.pt import PromptConfig, SoftPrompt
 
 if TYPE_CHECKING:
-    from dept_vl.config import TrainConfig
+    from dept_vl.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from dept_vl.methods.base import MethodConfig, MethodModule
 
 if TYPE_CHECKING:
-    from dept_vl.config import TrainConfig
+    from dept_vl.training.config import TrainConfig
 
 
 @dataclass(kw_only=True)

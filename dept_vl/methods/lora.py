@@ -17,7 +17,7 @@ import torch
 from dept_vl.methods.base import MethodConfig, MethodModule, check_int, check_number, group
 
 if TYPE_CHECKING:
-    from dept_vl.config import TrainConfig
+    from dept_vl.training.config import TrainConfig
     from dept_vl.model import VLT5
 
 T5_PREFIX = "t5."

@@ -15,7 +15,7 @@ from dept_vl.methods.base import (
 )
 
 if TYPE_CHECKING:
-    from dept_vl.config import TrainConfig
+    from dept_vl.training.config import TrainConfig
     from dept_vl.model import VLT5
 
 

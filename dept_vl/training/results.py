@@ -11,12 +11,12 @@ from typing import Any
 
 import torch
 
-from dept_vl.config import TrainConfig
+from dept_vl.training.config import TrainConfig
 from dept_vl.errors import TrainingError
 from dept_vl.evaluate import evaluate_many
 from dept_vl.methods import get_method
 from dept_vl.model import VLT5
-from dept_vl.taskdata import ADAPTER_NAME, TaskData
+from dept_vl.training.taskdata import ADAPTER_NAME, TaskData
 from dept_vl.tasks import get_task
 from dept_vl.vision import FeatureCache
 

@@ -1,5 +1,5 @@
 """Data entries from the command line: `python -m dept_vl.evaluate` and `python -m
-dept_vl.features` name data as a config's `train_file` does (dept_vl/config.py), and the
+dept_vl.cli.features` name data as a config's `train_file` does (dept_vl/training/config.py), and the
 entries they build are read by the same `taskdata.load_split`.
 
 `--data` (repeatable) is one of
@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from dept_vl.config import ConfigError, Where, _data_files, _StrictLoader, read_yaml
+from dept_vl.training.config import ConfigError, Where, _data_files, _StrictLoader, read_yaml
 from dept_vl.errors import one_line
 
 # entry key -> the flag that sets it for every entry

@@ -1,16 +1,16 @@
 """Fill the feature cache ahead of training: the frozen image encoder's outputs for every image
 of the given data files, computed once (images already cached and unchanged are skipped).
 
-    python -m dept_vl.features --backbone runs/backbone-shapes/model \\
+    python -m dept_vl.cli.features --backbone runs/backbone-shapes/model \\
         --data runs/shapes/train_vqa.jsonl --data runs/shapes/val_vqa.jsonl [--cache-dir DIR]
-    torchrun --nproc_per_node 4 -m dept_vl.features ...   # or accelerate launch -m dept_vl.features
-    python -m dept_vl.features --backbone DIR --format vqav2 --data questions.json \\
+    torchrun --nproc_per_node 4 -m dept_vl.cli.features ...   # or accelerate launch -m dept_vl.cli.features
+    python -m dept_vl.cli.features --backbone DIR --format vqav2 --data questions.json \\
         --annotations annotations.json --image-dir coco/train2014
-    python -m dept_vl.features --backbone DIR --data '{path: table.parquet, format: hf}' \\
+    python -m dept_vl.cli.features --backbone DIR --data '{path: table.parquet, format: hf}' \\
         --column-map '{image: picture, question: q, answers: a}'
 
 Data is named as in `python -m dept_vl.evaluate` and a config's `train_file`
-(dept_vl/data/spec.py): `--data` (repeatable) is a data file, a YAML data entry or a .yaml file
+(dept_vl/cli/data_flags.py): `--data` (repeatable) is a data file, a YAML data entry or a .yaml file
 holding one (or a list); `--format`, `--annotations` (leave it out for a VQAv2 test split),
 `--image-dir`, `--split` and `--column-map` fill in the keys an entry leaves out.
 
@@ -36,10 +36,10 @@ import torch
 from accelerate import PartialState
 
 from dept_vl.data.records import TASKS, image_key, skip_line
-from dept_vl.data.spec import add_data_arguments, data_entries
+from dept_vl.cli.data_flags import add_data_arguments, data_entries
 from dept_vl.errors import run_cli
 from dept_vl.model import VLT5
-from dept_vl.taskdata import load_split
+from dept_vl.training.taskdata import load_split
 from dept_vl.vision import STORAGE_DTYPES, FeatureCache
 
 
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cli() -> None:
-    """`dept-vl-features` and `python -m dept_vl.features`: a user error is one line on stderr
+    """`dept-vl-features` and `python -m dept_vl.cli.features`: a user error is one line on stderr
     and exit code 2; a bug keeps its traceback."""
     sys.exit(run_cli(main))
 

@@ -1,6 +1,6 @@
-"""Markdown results table from the eval_results.json files that training runs leave behind.
+"""`dept-vl-report`: markdown results tables from the eval_results.json files training runs leave.
 
-    python -m dept_vl.report runs/quickstart runs/quickstart-pt runs/quickstart-full
+    dept-vl-report runs/quickstart runs/quickstart-pt runs/quickstart-full
 
 Each argument is a run directory holding eval_results.json (one job) or <job>/eval_results.json
 (several jobs, as the quickstart writes). The README's tables are this command's output.
@@ -72,7 +72,7 @@ def _formats(columns: list[tuple[str, str]]) -> dict[str, Callable[[Any], str]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="dept-vl-report", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     args = parser.parse_args(argv)
     results = with_frozen([r for run in args.runs for r in _job_results(run)])
@@ -84,5 +84,10 @@ def main(argv: list[str] | None = None) -> None:
         print("Captioning (test split)\n\n" + caption_table(captions) + "\n")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """A user error (a run without results) is one line on stderr and exit code 2."""
     sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    cli()

@@ -33,7 +33,7 @@ from typing import Any, Callable
 import yaml
 
 from dept_vl.data.records import LOADERS
-from dept_vl.data.shapes import GRID, PALETTES, SHAPE_SETS
+from dept_vl.data.shapes import MIN_IMAGE_SIZE, PALETTES, SHAPE_SETS, TYPE_SETS
 from dept_vl.errors import UserError, one_line
 from dept_vl.tasks import TASKS
 
@@ -48,7 +48,7 @@ T5_FROM_TOKENIZER = ("vocab_size", "pad_token_id", "eos_token_id", "decoder_star
 T5_META = ("self", "transformers_version", "architectures")  # bookkeeping, not model shape
 # the configs shipped inside the package (the repository's configs/ folder), found by file name
 # wherever dept_vl is installed
-SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+SHIPPED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 class ConfigError(UserError, ValueError):
@@ -393,9 +393,10 @@ CORPUS: Spec = {
     "dir": (str, _nonempty),
     "n_images": (int, AT_LEAST_1),
     "seed": (int, SEED),
-    "image_size": (int, Bound(2 * GRID)),
+    "image_size": (int, Bound(MIN_IMAGE_SIZE)),
     "palette": (str, Choice(PALETTES)),
     "shapes": (str, Choice(tuple(SHAPE_SETS))),
+    "types": (str, Choice(tuple(TYPE_SETS))),  # the question types written: default | all
 }
 TASK: Spec = {
     "task": (str, _task),
@@ -421,7 +422,8 @@ class TrainConfig:
     # visual_positions, tokenizer, name}
     model: dict[str, Any] | None = None
     # ---- data
-    # the built-in corpus to write if missing: {dir, n_images, seed, image_size, palette, shapes}
+    # the built-in corpus to write if missing: {dir, n_images, seed, image_size, palette, shapes,
+    # types}
     corpus: dict[str, Any] | None = None
     # training data: a path, a {path, format, task, image_dir, annotations, split, column_map,
     # check_images} mapping, or a list of those
@@ -442,7 +444,9 @@ class TrainConfig:
     output_dir: str = "runs/dept"  # where the run writes its model, checkpoints, logs, results
     # ---- optimisation
     max_steps: int = 1000  # optimizer steps
-    batch_size: int = 32  # examples per step and process (before gradient accumulation)
+    # examples per micro-batch over all processes together (a multiple of their number); an
+    # optimizer step sees batch_size x gradient_accumulation_steps
+    batch_size: int = 32
     eval_batch_size: int = 64  # examples per generation batch in evaluation
     # beams of the run's evaluation and test (and of evaluate_frozen), every task alike;
     # None: each task's own (greedy VQA, 5-beam captions, dept_vl/tasks.py)
@@ -511,7 +515,7 @@ class TrainConfig:
     # named sub-runs {name: {key: value}} sharing every other key, each writing to output_dir/name
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     # also test the frozen backbone with no adapter, on the same test split: eval_results.json's
-    # `frozen_backbone`, a row of its own in `python -m dept_vl.report`
+    # `frozen_backbone`, a row of its own in `dept-vl-report`
     evaluate_frozen: bool = False
 
     def __post_init__(self) -> None:

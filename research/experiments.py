@@ -1,14 +1,14 @@
 """Experiment grids that write results tables: few-shot transfer and the full-data comparison.
 
-    python -m dept_vl.experiments fewshot --config configs/fewshot_shapes.yaml [--quick]
-    python -m dept_vl.experiments compare --config configs/compare_shapes.yaml [--quick]
+    python -m research.experiments fewshot --config configs/fewshot_shapes.yaml [--quick]
+    python -m research.experiments compare --config configs/compare_shapes.yaml [--quick]
 
-Each grid cell is an ordinary training run (`dept_vl.train.run`) in its own folder; a cell whose
+Each grid cell is an ordinary training run (`dept_vl.training.loop.run`) in its own folder; a cell whose
 `eval_results.json` exists is read back, not re-run, and a cell cut short after a checkpoint
 (`--set train.save_steps=N`) goes on from it, so an interrupted grid resumes where it
 stopped. `--workers N` runs N cells at once, each in a fresh process. Each command writes `results.md` (mean ± std over seeds, trainable parameters, wall
 time; paired differences over seeds with 95% intervals, and the claim sentences they support,
-see dept_vl/stats.py), `results.csv` (one row per run) and a PNG plot into the experiment's
+see research/stats.py), `results.csv` (one row per run) and a PNG plot into the experiment's
 output folder.
 
 Experiment YAML: `output_dir`, `corpus` ({dir, n_images, seed, image_size}), `backbone`
@@ -34,11 +34,11 @@ from typing import Any, Callable
 
 import yaml
 
-from dept_vl.config import ConfigError, load_config, read_yaml
+from dept_vl.training.config import ConfigError, load_config, read_yaml
 from dept_vl.errors import one_line, run_cli
 from dept_vl.files import atomic_write_json, atomic_write_text
 from dept_vl.model import BACKBONE_MANIFEST
-from dept_vl.stats import Paired, mean_std, paired, summary
+from research.stats import Paired, mean_std, paired, summary
 from dept_vl.tables import markdown_table, save_plot, write_csv
 from dept_vl.tasks import TASKS, get_task
 
@@ -117,8 +117,8 @@ def run_cell(values: dict[str, Any], out: Path, source: str = "experiment config
              ) -> dict[str, Any]:
     """One training run writing to `out`, or its saved results when it already ran; a bad key
     in `values` is an error naming `source`, the experiment file."""
-    from dept_vl.checkpoints import latest_complete
-    from dept_vl.train import run
+    from dept_vl.training.checkpoints import latest_complete
+    from dept_vl.training.loop import run
 
     done = out / "eval_results.json"
     cfg = load_config(None, {**values, "output_dir": str(out)}, source=source)
@@ -132,7 +132,7 @@ def run_cell(values: dict[str, Any], out: Path, source: str = "experiment config
         print(f"[experiments] {out}: resuming from its last checkpoint", flush=True)
         cfg = replace(cfg, resume_from_checkpoint="latest")
     start = time.perf_counter()
-    results = run(cfg, f"python -m dept_vl.experiments ({out})")
+    results = run(cfg, f"python -m research.experiments ({out})")
     results["wall_seconds"] = round(time.perf_counter() - start, 1)  # of this process alone
     results["resumed"] = resumed
     atomic_write_json(done, results)
@@ -144,7 +144,7 @@ def read_back(done: Path, cfg: Any) -> dict[str, Any]:
     settings now (a grid re-run into the same output_dir with, say, another max_steps must not
     report the old runs as the new ones). Results written before settings were recorded are
     read unchecked; a damaged file is an error naming it."""
-    from dept_vl.config import settings_differences
+    from dept_vl.training.config import settings_differences
     from dept_vl.files import read_json_object
 
     results = read_json_object(done, ConfigError)
@@ -194,10 +194,10 @@ def ensure_backbone(spec: dict[str, Any]) -> str:
         if done.is_file():
             read_back(done, cfg)  # a backbone pretrained with other settings is not the grid's
     else:
-        from dept_vl.train import run
+        from dept_vl.training.loop import run
 
         print(f"[experiments] pretraining the backbone into {model_dir}", flush=True)
-        run(cfg, f"python -m dept_vl.experiments (backbone {boot['config']})")
+        run(cfg, f"python -m research.experiments (backbone {boot['config']})")
     return str(model_dir)
 
 
@@ -606,7 +606,7 @@ def compare_plot(plt: Any, rows: list[dict[str, Any]]) -> Any:
 
 # ---------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="python -m dept_vl.experiments",
+    parser = argparse.ArgumentParser(prog="python -m research.experiments",
                                      description="Run an experiment grid; write results tables.")
     parser.add_argument("grid", choices=["fewshot", "compare"])
     parser.add_argument("--config", required=True, help="experiment YAML")

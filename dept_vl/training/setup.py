@@ -8,13 +8,13 @@ from typing import Any, Sequence
 import torch
 from transformers import T5Config
 
-from dept_vl.config import ConfigError, TrainConfig
+from dept_vl.training.config import ConfigError, TrainConfig
 from dept_vl.data.records import Record
 from dept_vl.methods import get_method
 from dept_vl.methods.base import MethodConfig
 from dept_vl.methods.base import group as method_group
 from dept_vl.model import VLT5, load_tokenizer
-from dept_vl.taskdata import TaskData
+from dept_vl.training.taskdata import TaskData
 from dept_vl.tasks import corpus_texts, spec_of
 from dept_vl.tokenization import (
     build_byte_bpe_tokenizer, build_word_tokenizer, english_words,

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from accelerate.utils import set_seed
 
-from dept_vl.config import ConfigError, TrainConfig
+from dept_vl.training.config import ConfigError, TrainConfig
 from dept_vl.data import shapes
 from dept_vl.data.fewshot import sample_kshot
 from dept_vl.data.records import (
