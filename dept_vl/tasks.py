@@ -44,6 +44,11 @@ class TaskSpec:
     # evaluation: every group's (adapter's) records share mixed-adapter batches; False: each
     # group decodes alone
     shared_batches: bool
+    # results tables (dept-vl-report): the title, the (metric key, heading) columns, and the key
+    # of a {type: value} metric whose types become columns too; default: the selection metric
+    report_title: str = ""
+    report_columns: tuple[tuple[str, str], ...] = ()
+    report_by_type: str | None = None
 
     @property
     def uses_text(self) -> bool:
@@ -145,12 +150,19 @@ TASKS: dict[str, TaskSpec] = {
         prefix="vqa:", label="question answering", record_type=VQARecord,
         text=lambda record: record.question, targets=_answers, sample_target=sample_answer,
         references=_answers, eval_records=list, metrics=_vqa_metrics, prediction_row=_vqa_row,
-        num_beams=1, max_new_tokens=8, metric="vqa_accuracy", shared_batches=True),
+        num_beams=1, max_new_tokens=8, metric="vqa_accuracy", shared_batches=True,
+        report_title="VQA (test split, accuracy %)",
+        report_columns=(("vqa_accuracy", "VQA acc"), ("vqa_accuracy_reserved_types",
+                                                       "reserved types"),
+                        ("vqa_accuracy_pretrained_types", "pretrained types")),
+        report_by_type="vqa_accuracy_by_type"),
     "caption": TaskSpec(
         prefix="caption:", label="captioning", record_type=CaptionRecord, text=None,
         targets=_captions, sample_target=_any_caption, references=_captions,
         eval_records=one_per_image, metrics=_caption_metrics, prediction_row=_caption_row,
-        num_beams=5, max_new_tokens=40, metric="cider", shared_batches=False),
+        num_beams=5, max_new_tokens=40, metric="cider", shared_batches=False,
+        report_title="Captioning (test split)",
+        report_columns=(("bleu4", "BLEU-4"), ("cider", "CIDEr"))),
 }
 
 

@@ -54,3 +54,22 @@ def test_a_run_that_measured_the_frozen_backbone_gets_its_row_first(tmp_path, ca
     rows = capsys.readouterr().out.splitlines()
     assert rows[4] == "| frozen backbone, no adapter | 0 | 70.0 | – | – | 98.0 | 1.0 | – |"
     assert rows[5] == "| dept | 10 | 90.0 | – | – | 99.0 | 80.0 | – |"
+
+
+def test_a_registered_task_gets_its_own_table_from_its_spec(tmp_path, capsys, monkeypatch):
+    """The report asks each result's TaskSpec how to lay it out: a task registered elsewhere
+    (here a copy of captioning with no report settings) gets a table titled by its label,
+    with its selection metric."""
+    import dataclasses
+
+    from dept_vl import tasks
+
+    short = dataclasses.replace(tasks.TASKS["caption"], prefix="short:", label="short captions",
+                                report_title="", report_columns=())
+    monkeypatch.setitem(tasks.TASKS, "short_caption", short)
+    (tmp_path / "eval_results.json").write_text(json.dumps({
+        "task": "short_caption", "method": "dept", "trainable_parameters": 5, "cider": 7.25}))
+    main([str(tmp_path)])
+    assert capsys.readouterr().out == (
+        "short captions (test split)\n\n| method | trainable params | cider | train s |\n"
+        "|---|---|---|---|\n| dept | 5 | 7.2 | – |\n\n")

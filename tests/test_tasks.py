@@ -35,7 +35,7 @@ def test_every_task_spec_is_complete_and_consistent(name, corpus_dir):
     spec = TASKS[name]
     for field in dataclasses.fields(TaskSpec):
         value = getattr(spec, field.name)
-        if field.name != "text":  # text None: the input is the prefix alone
+        if field.name not in ("text", "report_by_type"):  # None: prefix alone; no by-type
             assert value is not None, f"{name}: {field.name} is not set"
     assert spec.prefix and spec.label and dataclasses.is_dataclass(spec.record_type)
     assert task_of_prefix(spec.prefix) == name  # prefixes are unique
@@ -54,6 +54,10 @@ def test_every_task_spec_is_complete_and_consistent(name, corpus_dir):
     assert [(row["id"], row["prediction"]) for row in rows] == [
         (r.id, p) for r, p in zip(records, predictions)]
     json.dumps([metrics, rows])  # written to eval_results.json / test_predictions.json
+    # the report's columns are metrics the task computes
+    assert {key for key, _ in spec.report_columns} <= set(metrics) | {
+        "vqa_accuracy_reserved_types", "vqa_accuracy_pretrained_types"}  # added by a run
+    assert spec.report_by_type is None or isinstance(metrics[spec.report_by_type], dict)
 
 
 def test_a_record_of_an_unknown_task_or_the_wrong_type_is_refused():

@@ -9,7 +9,7 @@ entries they build are read by the same `taskdata.load_split`.
 - a .yaml / .yml file holding one entry or a list of them.
 `--format`, `--annotations`, `--image-dir`, `--split` and `--column-map` fill in the keys an
 entry leaves out; an entry that sets one of them to another value is an error (given twice).
-Every entry is then checked by the config's own rule (`_data_files`), so a bad key or value reads
+Every entry is then checked by the config's own rule (`data_files`), so a bad key or value reads
 as it does in a config file, naming the `--data` value or the YAML file. Relative paths are
 relative to the current directory, as in a config file.
 """
@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from dept_vl.training.config import ConfigError, Where, _data_files, _StrictLoader, read_yaml
+from dept_vl.training.config import ConfigError, Where, data_files, StrictLoader, read_yaml
 from dept_vl.errors import one_line
 
 # entry key -> the flag that sets it for every entry
@@ -60,7 +60,7 @@ def data_entries(args: argparse.Namespace) -> list[dict[str, Any]]:
                            for i, item in enumerate(value)]
         else:
             merged = _with_flags(value, flags, where)
-        checked = _data_files(merged, where)
+        checked = data_files(merged, where)
         entries += checked if isinstance(checked, list) else [checked]
     return entries
 
@@ -71,7 +71,7 @@ def _flag_options(args: argparse.Namespace) -> dict[str, Any]:
     if "column_map" in flags:
         text = flags["column_map"]
         try:
-            flags["column_map"] = yaml.load(text, Loader=_StrictLoader)
+            flags["column_map"] = yaml.load(text, Loader=StrictLoader)
         except yaml.YAMLError as error:
             raise ConfigError(f"--column-map {text!r}: invalid YAML "
                               f"({getattr(error, 'problem', None) or one_line(error)})") from error
@@ -93,7 +93,7 @@ def _read_data(text: str) -> tuple[Any, Where]:
     if path.exists() or not text.strip():
         return text, where
     try:
-        value = yaml.load(text, Loader=_StrictLoader)
+        value = yaml.load(text, Loader=StrictLoader)
     except yaml.YAMLError as error:
         if text.lstrip().startswith(("{", "[")):  # meant as YAML, not as a file name
             raise where.error(f"invalid YAML ({getattr(error, 'problem', None) or one_line(error)})"
@@ -104,7 +104,7 @@ def _read_data(text: str) -> tuple[Any, Where]:
 
 def _with_flags(item: Any, flags: dict[str, Any], where: Where) -> Any:
     """One entry with the flags' keys filled in; a key set both ways to different values is an
-    error. Anything but a path or a mapping is left for `_data_files` to refuse."""
+    error. Anything but a path or a mapping is left for `data_files` to refuse."""
     entry = {"path": item} if isinstance(item, str) else item
     if not isinstance(entry, dict):
         return item

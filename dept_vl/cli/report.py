@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from dept_vl.errors import ResultsError, run_cli
 from dept_vl.tables import markdown_table
+from dept_vl.tasks import get_task
 
 
 def _job_results(run: Path) -> list[dict[str, Any]]:
@@ -47,21 +48,18 @@ def _fmt(value: Any) -> str:
     return f"{value:.1f}" if isinstance(value, (int, float)) else "–"
 
 
-def vqa_table(results: list[dict[str, Any]]) -> str:
-    types = sorted({t for r in results for t in r.get("vqa_accuracy_by_type", {})})
-    rows = [{**r, **{f"type:{t}": r.get("vqa_accuracy_by_type", {}).get(t) for t in types}}
-            for r in results]
+def task_table(task: str, results: list[dict[str, Any]]) -> str:
+    """One task's results as its TaskSpec lays them out (`report_*`), titled: the metric
+    columns, then one column per type of its by-type metric, if it has one."""
+    spec = get_task(task)
+    by_type = spec.report_by_type
+    types = sorted({t for r in results for t in r.get(by_type, {})}) if by_type else []
+    rows = [{**r, **{f"type:{t}": r.get(by_type, {}).get(t) for t in types}} for r in results]
     columns = [("method", "method"), ("trainable_parameters", "trainable params"),
-               ("vqa_accuracy", "VQA acc"), ("vqa_accuracy_reserved_types", "reserved types"),
-               ("vqa_accuracy_pretrained_types", "pretrained types"),
+               *(spec.report_columns or ((spec.metric, spec.metric),)),
                *[(f"type:{t}", t) for t in types], ("train_seconds", "train s")]
-    return markdown_table(rows, columns, _formats(columns))
-
-
-def caption_table(results: list[dict[str, Any]]) -> str:
-    columns = [("method", "method"), ("trainable_parameters", "trainable params"),
-               ("bleu4", "BLEU-4"), ("cider", "CIDEr"), ("train_seconds", "train s")]
-    return markdown_table(results, columns, _formats(columns))
+    title = spec.report_title or f"{spec.label} (test split)"
+    return f"{title}\n\n" + markdown_table(rows, columns, _formats(columns))
 
 
 def _formats(columns: list[tuple[str, str]]) -> dict[str, Callable[[Any], str]]:
@@ -76,12 +74,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     args = parser.parse_args(argv)
     results = with_frozen([r for run in args.runs for r in _job_results(run)])
-    vqa = [r for r in results if r["task"] == "vqa"]
-    captions = [r for r in results if r["task"] == "caption"]
-    if vqa:
-        print("VQA (test split, accuracy %)\n\n" + vqa_table(vqa) + "\n")
-    if captions:
-        print("Captioning (test split)\n\n" + caption_table(captions) + "\n")
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for result in results:
+        by_task.setdefault(result["task"], []).append(result)
+    for task, rows in by_task.items():  # in the order the runs name them
+        print(task_table(task, rows) + "\n")
 
 
 def cli() -> None:

@@ -209,7 +209,7 @@ def _data_file(entry: Any, where: Where) -> Any:
                       f"those, got {_shown(entry)}")
 
 
-def _data_files(entry: Any, where: Where) -> Any:
+def data_files(entry: Any, where: Where) -> Any:
     """A data-file entry (taskdata.load_split): a path, a mapping, or a list of those."""
     if isinstance(entry, list):
         return [_data_file(item, where.item(i)) for i, item in enumerate(entry)]
@@ -400,9 +400,9 @@ CORPUS: Spec = {
 }
 TASK: Spec = {
     "task": (str, _task),
-    "train_file": (Any, _data_files),
-    "eval_file": (Any, _data_files),
-    "test_file": (Any, _data_files),
+    "train_file": (Any, data_files),
+    "eval_file": (Any, data_files),
+    "test_file": (Any, data_files),
     "question_types": (list[str] | None, _nonempty),
 }
 
@@ -609,9 +609,9 @@ RULES: dict[str, Rule] = {
     "backbone": _nonempty,
     "model": _model,
     "corpus": _corpus,
-    "train_file": _data_files,
-    "eval_file": _data_files,
-    "test_file": _data_files,
+    "train_file": data_files,
+    "eval_file": data_files,
+    "test_file": data_files,
     "on_bad_data": Choice(ON_BAD_DATA),
     "on_unknown_tokens": Choice(ON_UNKNOWN_TOKENS),
     "question_types": _nonempty,
@@ -676,11 +676,11 @@ def _field_names() -> set[str]:
 
 
 # ---------------------------------------------------------------------------- reading
-class _StrictLoader(yaml.SafeLoader):
+class StrictLoader(yaml.SafeLoader):
     """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
 
 
-def _no_repeated_keys(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+def _no_repeated_keys(loader: StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     first: dict[Any, int] = {}
     for key_node, _ in node.value:
         if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
@@ -694,13 +694,13 @@ def _no_repeated_keys(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any
     return loader.construct_mapping(node, deep=True)
 
 
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_repeated_keys)
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_repeated_keys)
 
 
 def read_yaml(file: Path) -> Any:
     """The parsed file; a syntax error or a repeated key names the file, line and column."""
     try:
-        return yaml.load(file.read_text(encoding="utf-8"), Loader=_StrictLoader)
+        return yaml.load(file.read_text(encoding="utf-8"), Loader=StrictLoader)
     except UnicodeDecodeError as error:
         raise ConfigError(f"{file}: not UTF-8 text (byte {error.start})") from error
     except OSError as error:
