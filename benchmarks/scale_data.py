@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from transformers import T5Config, T5ForConditionalGeneration
 
 from benchmarks.common import T5_SHAPES
-from dept_vl.data.records import load_records
+from dept_vl.data.formats import load_records
 from dept_vl.data.shapes import caption, generate_scene, questions, render
 from dept_vl.files import atomic_write_json
 from dept_vl.tasks import corpus_texts

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dept_vl.data.records import load_records
+from dept_vl.data.formats import load_records
 from dept_vl.evaluate import evaluate
 from dept_vl.errors import UserError
 from dept_vl.files import read_json_object

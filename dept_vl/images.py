@@ -1,6 +1,6 @@
 """Any PIL image as the 8-bit RGB pixels the model sees.
 
-One conversion, `to_rgb`, serves training and evaluation (`data.records.load_image`),
+One conversion, `to_rgb`, serves training and evaluation (`data.image_files.load_image`),
 `ImageEncoder.preprocess` (so `generate()` on PIL images) and the demo, so every path sees the
 same pixels. PIL's own `convert("RGB")` is right for most modes but silently wrong for two
 families, which is why this module exists:

@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from dept_vl.data.records import CaptionRecord, Record, VQARecord, load_records
+from dept_vl.data.formats import load_records
+from dept_vl.data.records import CaptionRecord, Record, VQARecord
 from dept_vl.errors import UserError
 from dept_vl.metrics import caption_scores, vqa_accuracy, vqa_accuracy_by_type
 

@@ -71,7 +71,7 @@ def test_quick_scale_rehearsal_runs_the_cli_through_every_phase(tmp_path):
 
 def test_scale_data_is_vqav2_and_karpathy_as_the_loaders_read_them(tmp_path):
     from benchmarks.scale_data import vqav2_files, write_dataset
-    from dept_vl.data.records import load_records
+    from dept_vl.data.formats import load_records
 
     made = write_dataset(tmp_path, images=9, image_size=32)
     assert made["train_images"] + made["val_images"] == 9

@@ -21,16 +21,9 @@ from typing import Any, Callable
 import pytest
 from PIL import Image
 
-from dept_vl.data.records import (
-    CaptionRecord,
-    DataError,
-    load_image,
-    load_jsonl,
-    load_karpathy,
-    load_records,
-    load_vqav2,
-    validate_images,
-)
+from dept_vl.data.formats import load_jsonl, load_karpathy, load_records, load_vqav2
+from dept_vl.data.image_files import load_image, validate_images
+from dept_vl.data.records import CaptionRecord, DataError
 
 GOOD_FIRST = {"id": "g1", "image": "img/a.png", "question": "What color?", "answers": ["red"]}
 GOOD_LAST = {"id": "g4", "image": "img/b.png", "question": "Which shape?", "answers": ["square"]}

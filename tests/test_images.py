@@ -9,7 +9,8 @@ from typing import Callable
 import pytest
 from PIL import Image
 
-from dept_vl.data.records import CaptionRecord, load_image
+from dept_vl.data.image_files import load_image
+from dept_vl.data.records import CaptionRecord
 from dept_vl.images import BACKGROUND, to_rgb
 
 WHITE, BLACK, RED = (255, 255, 255), (0, 0, 0), (255, 0, 0)

@@ -16,15 +16,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from dept_vl.data import records as records_module
-from dept_vl.data.records import (
-    CaptionRecord,
-    DataError,
-    load_image,
-    load_records,
-    skip_summary,
-    validate_images,
-)
+from dept_vl.data.formats import hf as hf_format
+from dept_vl.data.formats import load_records
+from dept_vl.data.image_files import load_image, validate_images
+from dept_vl.data.records import CaptionRecord, DataError, skip_summary
 from dept_vl.data.table_images import EncodedImage, ImageColumn, TableImage
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -94,7 +89,7 @@ def collate_pixels(batch: list[CaptionRecord]) -> dict:
 
 def test_parquet_rows_load_as_table_images_without_bytes(tmp_path: Path, monkeypatch) -> None:
     images = varied_images()
-    monkeypatch.setattr(records_module, "_HF_BATCH", 3)  # rows cross arrow batch boundaries
+    monkeypatch.setattr(hf_format, "_HF_BATCH", 3)  # rows cross arrow batch boundaries
     path = write_parquet(tmp_path / "caps.parquet", images)
     records = load_records(path, "caption")
     assert [r.captions for r in records] == [(f"caption {k}",) for k in range(len(images))]

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from conftest import split, tiny_model, write_config
 from dept_vl import DePTConfig, VLT5
 from dept_vl.batching import MixedBatcher, Request
-from dept_vl.data.records import load_records
+from dept_vl.data.formats import load_records
 from dept_vl.evaluate import evaluate, evaluate_many
 from dept_vl.cli.eval import main as evaluate_main
 from dept_vl.methods.lora import LoraMethodConfig

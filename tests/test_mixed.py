@@ -92,7 +92,7 @@ def test_lowrank_product_is_cached_at_inference_and_invalidated_by_updates():
 
 
 def test_multitask_evaluation_in_mixed_batches_equals_each_task_alone(model, corpus_dir):
-    from dept_vl.data.records import load_records
+    from dept_vl.data.formats import load_records
     from dept_vl.evaluate import evaluate, evaluate_many
 
     records = load_records(f"{corpus_dir}/test_vqa.jsonl", "vqa")

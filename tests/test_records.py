@@ -13,21 +13,11 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageFile
 
-from dept_vl.data.records import (
-    LOADERS,
-    CaptionRecord,
-    DataError,
-    VQARecord,
-    detect_format,
-    load_hf,
-    load_image,
-    load_jsonl,
-    load_karpathy,
-    load_records,
-    load_vqav2,
-    refuse_unanswered,
-    validate_images,
+from dept_vl.data.formats import (
+    LOADERS, detect_format, load_hf, load_jsonl, load_karpathy, load_records, load_vqav2,
 )
+from dept_vl.data.image_files import load_image, validate_images
+from dept_vl.data.records import CaptionRecord, DataError, VQARecord, refuse_unanswered
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

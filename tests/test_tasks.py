@@ -14,7 +14,9 @@ import torch
 from conftest import WORDS, tiny_t5_config
 
 from dept_vl.data.collate import VLCollator
-from dept_vl.data.records import VQARecord, load_image, load_records
+from dept_vl.data.formats import load_records
+from dept_vl.data.image_files import load_image
+from dept_vl.data.records import VQARecord
 from dept_vl.evaluate import evaluate_many, subset
 from dept_vl.methods.pt import PTConfig
 from dept_vl.model import VLT5

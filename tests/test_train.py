@@ -67,7 +67,7 @@ def test_dept_training_leaves_adapter_results_logs_and_an_untouched_backbone(
     # the saved adapter reproduces the reported test accuracy
     model = VLT5.from_pretrained(backbone)
     model.load_adapter(run / "adapter", name="vqa")
-    from dept_vl.data.records import load_records
+    from dept_vl.data.formats import load_records
     from dept_vl.evaluate import evaluate
     metrics, _ = evaluate(model, load_records(f"{corpus_dir}/test_vqa.jsonl", "vqa"), "vqa",
                           max_length=24)
@@ -79,7 +79,7 @@ def test_evaluate_frozen_tests_the_backbone_without_its_adapter_beside_the_run(
     main(["--config", dept_config(tmp_path, corpus_dir, backbone, evaluate_frozen=True)])
     frozen = json.loads((tmp_path / "run" / "eval_results.json").read_text())["frozen_backbone"]
     model = VLT5.from_pretrained(backbone)  # no adapter at all
-    from dept_vl.data.records import load_records
+    from dept_vl.data.formats import load_records
     from dept_vl.evaluate import evaluate
     metrics, _ = evaluate(model, load_records(f"{corpus_dir}/test_vqa.jsonl", "vqa"), None,
                           max_length=24)

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from dept_vl.data.records import Record, load_image
+from dept_vl.data.image_files import load_image
+from dept_vl.data.records import Record
 from dept_vl.tasks import spec_of
 
 

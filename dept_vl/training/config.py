@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import yaml
 
-from dept_vl.data.records import LOADERS
+from dept_vl.data.formats import LOADERS
 from dept_vl.data.shapes import MIN_IMAGE_SIZE, PALETTES, SHAPE_SETS, TYPE_SETS
 from dept_vl.errors import UserError, one_line
 from dept_vl.tasks import TASKS

@@ -18,10 +18,8 @@ from accelerate.utils import set_seed
 from dept_vl.training.config import ConfigError, TrainConfig
 from dept_vl.data import shapes
 from dept_vl.data.fewshot import sample_kshot
-from dept_vl.data.records import (
-    DataError, Record, VQARecord, refuse_unanswered, skip_summary,
-    validate_images,
-)
+from dept_vl.data.image_files import validate_images
+from dept_vl.data.records import DataError, Record, VQARecord, refuse_unanswered, skip_summary
 from dept_vl.files import atomic_write_text
 from dept_vl.methods import get_method
 from dept_vl.tasks import get_task, load_task_records
