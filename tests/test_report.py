@@ -12,9 +12,9 @@ def test_report_prints_a_vqa_and_a_caption_table_from_single_and_multi_job_runs(
         "task": "vqa", "method": "dept", "trainable_parameters": 12345, "vqa_accuracy": 55.123,
         "vqa_accuracy_by_type": {"color": 3, "count": 4.56}, "train_seconds": 12.3,
         "vqa_accuracy_reserved_types": 1.0}))
-    for job, values in {"a": {"task": "vqa", "method": "pt", "trainable_parameters": 1000,
+    for job, values in {"b": {"task": "vqa", "method": "pt", "trainable_parameters": 1000,
                               "vqa_accuracy_by_type": {"shape": 3}},
-                        "b": {"task": "caption", "method": "full", "trainable_parameters": 7,
+                        "a": {"task": "caption", "method": "full", "trainable_parameters": 7,
                               "bleu4": 0.5, "cider": 3}}.items():
         (jobs / job).mkdir(parents=True)
         (jobs / job / "eval_results.json").write_text(json.dumps(values))

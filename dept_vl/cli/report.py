@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from dept_vl.errors import ResultsError, run_cli
 from dept_vl.tables import markdown_table
-from dept_vl.tasks import get_task
+from dept_vl.tasks import TASKS, get_task
 
 
 def _job_results(run: Path) -> list[dict[str, Any]]:
@@ -77,8 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     by_task: dict[str, list[dict[str, Any]]] = {}
     for result in results:
         by_task.setdefault(result["task"], []).append(result)
-    for task, rows in by_task.items():  # in the order the runs name them
-        print(task_table(task, rows) + "\n")
+    order = list(TASKS)  # the registry's order (VQA before captions), then any other task
+    for task in sorted(by_task, key=lambda t: order.index(t) if t in order else len(order)):
+        print(task_table(task, by_task[task]) + "\n")
 
 
 def cli() -> None:
