@@ -1,9 +1,9 @@
 """The errors a user can fix, and how every entry point reports them.
 
 A bad config key, data row, adapter file, backbone path or checkpoint is a `UserError`: the
-command-line entry points (`train.py`, `python -m dept_vl.evaluate`, `python -m dept_vl.cli.features`,
-`dept-vl-report`, the demo) print its message on one line and exit 2. Anything else is a bug in dept_vl and keeps
-its traceback. Each subclass also derives from the built-in type callers already catch
+command lines (`dept-vl-train`, `dept-vl-eval`, `dept-vl-features`, `dept-vl-demo`,
+`dept-vl-report`, `python -m dept_vl.builtin`, and their `python -m` forms) print its message on
+one line and exit 2. Anything else is a bug in dept_vl and keeps its traceback. Each subclass also derives from the built-in type callers already catch
 (ValueError, OSError), so `except ValueError` keeps working.
 """
 

@@ -309,8 +309,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if not file.is_file():
         raise BackboneError(
             f"{path} is not a dept_vl backbone directory (no {BACKBONE_MANIFEST}); build one "
-            "with `accelerate launch dept_vl/train.py --config configs/backbone_shapes.yaml` "
-            "or VLT5.save_pretrained")
+            "with `dept-vl-train --config backbone_shapes` or VLT5.save_pretrained")
     manifest = read_json_object(file, BackboneError)
     _check_keys(manifest, _MANIFEST_KEYS, file, BackboneError)
     if manifest.get("visual_positions", "none") != "none" and not manifest.get("num_visual_tokens"):

@@ -360,7 +360,7 @@ def _prompt_init(value: str, where: Where) -> str:
     return Choice(PROMPT_INITS)(value, where)
 
 
-# data-file mapping: `path` plus load_records' options (dept_vl/data/records.py)
+# data-file mapping: `path` plus load_records' options (dept_vl/data/formats/)
 DATA_FILE: Spec = {
     "path": (str, _nonempty),
     "format": (str, Choice(("auto", *sorted(LOADERS)))),
