@@ -1,6 +1,6 @@
-"""Data entries from the command line: `python -m dept_vl.evaluate` and `python -m
-dept_vl.cli.features` name data as a config's `train_file` does (dept_vl/training/config.py), and the
-entries they build are read by the same `taskdata.load_split`.
+"""Data entries from the command line: `dept-vl-eval` and `dept-vl-features` name data as a
+config's `train_file` does (dept_vl/training/config.py), and the entries they build are read
+by the same `taskdata.load_split`.
 
 `--data` (repeatable) is one of
 - a data file, folder or dataset name: `--data runs/shapes/val_vqa.jsonl`;
@@ -45,6 +45,14 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", help="karpathy / hf: the split to read")
     parser.add_argument("--column-map", metavar="YAML",
                         help="hf: field to column, e.g. '{question: q, answers: a}'")
+
+
+def add_bad_data_argument(parser: argparse.ArgumentParser, skipped: str) -> None:
+    """`--on-bad-data error|skip`, the data policy of every command; `skipped`: what the
+    command does with what it drops."""
+    parser.add_argument("--on-bad-data", choices=["error", "skip"], default="error",
+                        help="error: stop at the first bad row or image, naming it; skip: "
+                             + skipped)
 
 
 def data_entries(args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from accelerate import PartialState
 
-from dept_vl.cli.data_flags import add_data_arguments, data_entries
+from dept_vl.cli.data_flags import add_bad_data_argument, add_data_arguments, data_entries
 from dept_vl.data.records import DataError, Record, skip_summary
 from dept_vl.errors import UserError, run_cli
 from dept_vl.evaluate import check_submission, evaluate, vqa_submission
@@ -76,9 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--submission", metavar="FILE",
                         help="VQA: write the answers in the official results format "
                              "[{question_id, answer}, ...] (e.g. for test-dev / test-std)")
-    parser.add_argument("--on-bad-data", choices=["error", "skip"], default="error",
-                        help="error: stop at the first bad row or image, naming it; skip: "
-                             "drop them (counted in the metrics, listed in --out)")
+    add_bad_data_argument(parser, "drop them (counted in the metrics, listed in --out)")
     return parser
 
 

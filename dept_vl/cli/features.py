@@ -1,10 +1,10 @@
 """Fill the feature cache ahead of training: the frozen image encoder's outputs for every image
 of the given data files, computed once (images already cached and unchanged are skipped).
 
-    python -m dept_vl.cli.features --backbone runs/backbone-shapes/model \\
+    dept-vl-features --backbone runs/backbone-shapes/model \\
         --data runs/shapes/train_vqa.jsonl --data runs/shapes/val_vqa.jsonl [--cache-dir DIR]
-    torchrun --nproc_per_node 4 -m dept_vl.cli.features ...   # or accelerate launch -m dept_vl.cli.features
-    python -m dept_vl.cli.features --backbone DIR --format vqav2 --data questions.json \\
+    torchrun --nproc_per_node 4 -m dept_vl.cli.features ...   # or accelerate launch -m ...
+    dept-vl-features --backbone DIR --format vqav2 --data questions.json \\
         --annotations annotations.json --image-dir coco/train2014
     python -m dept_vl.cli.features --backbone DIR --data '{path: table.parquet, format: hf}' \\
         --column-map '{image: picture, question: q, answers: a}'
@@ -36,7 +36,7 @@ import torch
 from accelerate import PartialState
 
 from dept_vl.data.records import TASKS, image_key, skip_line
-from dept_vl.cli.data_flags import add_data_arguments, data_entries
+from dept_vl.cli.data_flags import add_bad_data_argument, add_data_arguments, data_entries
 from dept_vl.errors import run_cli
 from dept_vl.model import VLT5
 from dept_vl.training.taskdata import load_split
@@ -67,9 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-pool", action="store_true",
                         help="store the encoder's whole token grid, not the grid pooled to the "
                              "backbone's num_visual_tokens")
-    parser.add_argument("--on-bad-data", choices=["error", "skip"], default="error",
-                        help="error: stop at the first bad row or image, naming it; skip: "
-                             "leave them out (counted)")
+    add_bad_data_argument(parser, "leave them out (counted)")
     return parser.parse_args(argv)
 
 

@@ -1,4 +1,4 @@
-"""`dept-vl-train`: train a DePT adapter (or PT, ADePT, LoRA, full fine-tuning) on a frozen VL-T5 backbone.
+"""`dept-vl-train`: train a DePT adapter (or PT, ADePT, LoRA, full) on a frozen VL-T5 backbone.
 
     dept-vl-train                                                   # configs/quickstart.yaml
     dept-vl-train --config configs/X.yaml --max_steps 500 --method pt
