@@ -173,7 +173,7 @@ def compute_step(cli: list[str], warmup: int, repeats: int) -> dict[str, Any]:
     DataLoader, accelerate or logging."""
     from accelerate.utils import set_seed
 
-    from dept_vl.training.config import load_config, parse_overrides
+    from dept_vl.training.config_loading import load_config, parse_overrides
     from dept_vl.data.collate import VLCollator
     from dept_vl.training.taskdata import load_tasks
     from dept_vl.training.setup import build_model, feature_cache, setup_method

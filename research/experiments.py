@@ -34,7 +34,9 @@ from typing import Any, Callable
 
 import yaml
 
-from dept_vl.training.config import ConfigError, load_config, read_yaml
+from dept_vl.training.rules import ConfigError
+from dept_vl.training.config_loading import load_config, read_yaml
+from dept_vl.training.method_block import merge as merge_method
 from dept_vl.errors import one_line, run_cli
 from dept_vl.files import atomic_write_json, atomic_write_text
 from dept_vl.model import BACKBONE_MANIFEST
@@ -47,12 +49,22 @@ INITS = ("scratch", "transferred", "auto", "average")
 
 # ---------------------------------------------------------------------------- config
 def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """`over` merged into `base`, mappings key by key (quick mode, per-run overrides)."""
+    """`over` merged into `base`, mappings key by key (quick mode, per-run overrides); a
+    `method` as a training config merges it (another method's name starts afresh)."""
     out = dict(base)
     for key, value in over.items():
-        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(
-            out.get(key), dict) else value
+        if key == "method":
+            out[key] = merge_method(out.get(key), value)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
     return out
+
+
+def method_label(method: Any) -> str:
+    """A grid's name for a method entry: a name, or a block's `name`."""
+    return method.get("name", "?") if isinstance(method, dict) else str(method)
 
 
 def _expand(value: Any, names: dict[str, str]) -> Any:
@@ -144,7 +156,7 @@ def read_back(done: Path, cfg: Any) -> dict[str, Any]:
     settings now (a grid re-run into the same output_dir with, say, another max_steps must not
     report the old runs as the new ones). Results written before settings were recorded are
     read unchecked; a damaged file is an error naming it."""
-    from dept_vl.training.config import settings_differences
+    from dept_vl.training.settings import settings_differences
     from dept_vl.files import read_json_object
 
     results = read_json_object(done, ConfigError)
@@ -236,14 +248,14 @@ _FORMATS: dict[str, Callable[[Any], str]] = {
 
 
 # ---------------------------------------------------------------------------- fewshot
-def train_sources(spec: dict[str, Any], base: dict[str, Any], methods: list[str], out: Path
-                  ) -> dict[str, dict[str, str]]:
-    """Source adapters per method: one shared multi-task adapter and one per source task.
-    Returns {method: {source name: adapter directory}}."""
+def train_sources(spec: dict[str, Any], base: dict[str, Any], methods: dict[str, Any],
+                  out: Path) -> dict[str, dict[str, str]]:
+    """Source adapters per method ({label: method entry}): one shared multi-task adapter and
+    one per source task. Returns {label: {source name: adapter directory}}."""
     sources = dict(spec["sources"])
-    cells = [({**merged(base, {**sources, "method": method}), "adapter_per_task": per_task},
+    cells = [({**merged(base, {**sources, "method": entry}), "adapter_per_task": per_task},
               out / method / ("per_task" if per_task else "shared"))
-             for method in methods for per_task in (False, True)]
+             for method, entry in methods.items() for per_task in (False, True)]
     results = iter(run_cells(cells, spec["source"], spec.get("workers", 1)))
     found = {}
     for method in methods:
@@ -279,7 +291,8 @@ def fewshot_inits(spec: dict[str, Any], method: str, shots: int, sources: dict[s
 def run_fewshot(spec: dict[str, Any]) -> Path:
     out = Path(spec["output_dir"])
     base = base_values(spec, ensure_backbone(spec))
-    methods = spec.get("methods", ["dept", "pt"])
+    # a method is a name (its block in `train`, or its defaults) or a whole block
+    methods = {method_label(entry): entry for entry in spec.get("methods", ["dept", "pt"])}
     all_sources = train_sources(spec, base, methods, out / "sources")
     cells, keys = [], []
     for method in methods:
@@ -288,8 +301,8 @@ def run_fewshot(spec: dict[str, Any]) -> Path:
             for shots in spec["shots"]:
                 for init, init_values in fewshot_inits(spec, method, shots, sources).items():
                     for seed in spec["seeds"]:
-                        values = fewshot_values(spec, base, target_spec, init_values, method,
-                                                shots, seed)
+                        values = fewshot_values(spec, base, target_spec, init_values,
+                                                methods[method], shots, seed)
                         cell = out / "runs" / target / method / f"k{shots}" / \
                             init.replace(":", "-") / f"seed{seed}"
                         cells.append((values, cell))
@@ -304,7 +317,7 @@ def run_fewshot(spec: dict[str, Any]) -> Path:
 
 
 def fewshot_values(spec: dict[str, Any], base: dict[str, Any], target: dict[str, Any],
-                   init: dict[str, Any], method: str, shots: int, seed: int) -> dict[str, Any]:
+                   init: dict[str, Any], method: Any, shots: int, seed: int) -> dict[str, Any]:
     """One few-shot cell's config keys. The inits of a seed differ only in `init`'s keys: the
     seed alone fixes the k-shot draw (taskdata.load_tasks) and the batch order (TaskStream
     reseeds every epoch), so scratch and transferred are paired on the same data."""

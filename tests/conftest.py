@@ -78,6 +78,18 @@ def split(corpus, name, task):
     return {"path": f"{corpus}/{name}_{task}.jsonl", "task": task}
 
 
+# small shapes for any method: each key its block has (a new method's own keys keep defaults)
+SMALL_SHAPE = {"prompt_length": 3, "rank": 2, "lora_rank": 2, "lora_alpha": 4}
+
+
+def small_block(method: str) -> dict:
+    """A training config's method block for `method` in small shapes."""
+    from dept_vl.methods import get_method
+
+    fields = get_method(method).config_class.settings_fields()
+    return {"name": method, **{k: v for k, v in SMALL_SHAPE.items() if k in fields}}
+
+
 def write_config(path: Path, **values) -> str:
     path.write_text(yaml.safe_dump(values))
     return str(path)
@@ -87,10 +99,10 @@ def write_config(path: Path, **values) -> str:
 def backbone(corpus_dir, tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("backbone")
     config = write_config(
-        out / "backbone.yaml", method="full", task="vqa", model=TINY_MODEL,
+        out / "backbone.yaml", method={"name": "full", "lr": 1e-3}, task="vqa", model=TINY_MODEL,
         train_file=[split(corpus_dir, "train", "caption"), split(corpus_dir, "train", "vqa")],
         eval_file=split(corpus_dir, "val", "vqa"), question_types=["color", "shape", "exists"],
-        output_dir=str(out), max_steps=4, batch_size=8, eval_steps=4, lr=1e-3, warmup_steps=1,
+        output_dir=str(out), max_steps=4, batch_size=8, eval_steps=4, warmup_steps=1,
         max_length=24, logging_steps=2,
     )
     from dept_vl.cli.train import main

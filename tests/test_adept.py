@@ -135,9 +135,9 @@ def test_budget_equals_the_counted_parameters(m, r, d):
     assert get_method("adept") is ADePTPrompt
 
 
-def test_param_groups_prompt_at_the_prompt_rate_network_at_the_second_rate():
+def test_param_groups_prompt_and_network_at_their_own_rates():
     adept = module()
-    groups = {g["name"]: g for g in adept.param_groups({"prompt": 0.3, "lowrank": 5e-3})}
+    groups = {g["name"]: g for g in adept.param_groups({"prompt": 0.3, "offset": 5e-3})}
     assert set(groups) == {"prompt", "offset"}
     assert groups["prompt"]["lr"] == 0.3 and groups["offset"]["lr"] == 5e-3
     assert all(g["weight_decay"] == 0.0 for g in groups.values())
@@ -180,15 +180,16 @@ def test_config_checks_fields_and_round_trips():
         ADePTConfig.from_dict(values)
 
 
-def test_from_train_config_matches_the_dept_budget_unless_the_rank_is_given():
-    cfg = TrainConfig(method="adept", prompt_length=12, rank=12, max_length=32,
-                      adept_dropout=0.2)
+def test_from_train_config_reads_the_method_block():
+    cfg = TrainConfig(method={"name": "adept", "prompt_length": 12, "rank": 6, "dropout": 0.2,
+                              "lr": {"offset": 5e-3}}, max_length=32)
     config = ADePTConfig.from_train_config(cfg, 192, "vqa")
     assert (config.prompt_length, config.rank, config.dropout, config.max_length) == \
         (12, 6, 0.2, 32)
+    assert cfg.method["lr"] == {"prompt": 0.3, "offset": 5e-3}  # its own roles
+    # the closest budget to DePT(12, 12)'s, as configs/compare_shapes.yaml's comment says
+    assert adept_split(dept_budget(12, 12, 32, 192), 192, prompt_length=12).rank == 6
     assert abs(config.num_parameters(192) - dept_budget(12, 12, 32, 192)) == 186
-    cfg.adept_rank = 7
-    assert ADePTConfig.from_train_config(cfg, 192, "vqa").rank == 7
 
 
 def test_save_load_round_trip_gives_identical_generations(tmp_path):
@@ -210,8 +211,9 @@ def test_save_load_round_trip_gives_identical_generations(tmp_path):
 def test_training_run_with_method_adept(tmp_path, corpus_dir, backbone):
     from dept_vl.cli.train import main
 
-    main(["--config", dept_config(tmp_path, corpus_dir, backbone, method="adept",
-                                  adept_rank=3, adept_dropout=0.1, eval_file=None)])
+    main(["--config", dept_config(tmp_path, corpus_dir, backbone, eval_file=None,
+                                  method={"name": "adept", "prompt_length": 4, "rank": 3,
+                                          "dropout": 0.1})])
     run = tmp_path / "run"
     meta = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert (meta["method"], meta["prompt_length"], meta["rank"], meta["dropout"]) == \

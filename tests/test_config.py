@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dept_vl.training.config import (
-    ConfigError, TrainConfig, load_config, parse_overrides, settings_differences,
-)
+from dept_vl.training.config import ConfigError, TrainConfig
+from dept_vl.training.config_loading import load_config, parse_overrides
+from dept_vl.training.settings import settings_differences
 from dept_vl.cli.train import main
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -16,11 +16,28 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 def test_cli_overrides_beat_the_file_and_are_typed(tmp_path):
     file = tmp_path / "c.yaml"
-    file.write_text("method: pt\nmax_steps: 10\nlr_lowrank: 1e-4\n")
-    cfg = load_config(file, parse_overrides(["--max_steps", "20", "--lr_prompt=0.4",
-                                             "--question_types", "[color, count]", "--dry_run"]))
-    assert (cfg.method, cfg.max_steps, cfg.lr_prompt, cfg.lr_lowrank) == ("pt", 20, 0.4, 1e-4)
+    file.write_text("method: {name: dept, rank: 4, lr: {lowrank: 1e-4}}\nmax_steps: 10\n")
+    cfg = load_config(file, parse_overrides(["--max_steps", "20", "--method.lr.prompt=0.4",
+                                             "--question_types", "[color, count]", "--dry_run",
+                                             "--method.prompt_length", "7"]))
+    assert cfg.max_steps == 20 and cfg.method_name == "dept"
+    assert cfg.method["lr"] == {"prompt": 0.4, "lowrank": 1e-4}  # rate by rate
+    assert (cfg.method["rank"], cfg.method["prompt_length"]) == (4, 7)  # key by key
     assert cfg.question_types == ["color", "count"] and cfg.dry_run is True
+
+
+def test_the_method_block_is_the_methods_own():
+    """A name alone gives that method's defaults; another method's name starts afresh; the
+    same method's name keeps the file's block; a string stays text for prompt_init_text."""
+    cfg = load_config(CONFIGS / "quickstart.yaml", parse_overrides(["--method", "pt"]))
+    assert cfg.method == {"name": "pt", "prompt_length": 60, "prompt_init": "vocab",
+                          "prompt_init_text": None, "lr": {"prompt": 0.3}}
+    kept = load_config(CONFIGS / "quickstart.yaml", parse_overrides(["--method", "dept"]))
+    assert (kept.method["prompt_length"], kept.method["lr"]["lowrank"]) == (12, 5e-3)
+    block = load_config(None, parse_overrides(["--method", "{name: lora, lora_rank: 2}",
+                                               "--method.lr", "1e-3"])).method
+    assert (block["lora_rank"], block["lr"]) == (2, {"lora": 1e-3})
+    assert TrainConfig(method="full").method == {"name": "full", "lr": {"backbone": 1e-4}}
 
 
 def test_unknown_and_mistyped_keys_are_errors_that_name_them(tmp_path):
@@ -30,7 +47,7 @@ def test_unknown_and_mistyped_keys_are_errors_that_name_them(tmp_path):
         load_config(file)
     with pytest.raises(ConfigError, match="command line: batch_size: expected"):
         load_config(None, parse_overrides(["--batch_size", "many"]))
-    with pytest.raises(ConfigError, match="method: must be one of"):
+    with pytest.raises(ConfigError, match="command line: method.name: must be one of"):
         load_config(None, {"method": "prefix"})
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")
@@ -43,7 +60,7 @@ def test_quickstart_has_a_vqa_and_a_caption_job_and_overrides_reach_both():
     assert set(cfg.jobs) == {"vqa", "caption"}
     vqa, caption = cfg.for_job("vqa"), cfg.for_job("caption")
     assert (vqa.task, caption.task) == ("vqa", "caption")
-    assert vqa.method == caption.method == "pt"
+    assert vqa.method_name == caption.method_name == "pt"
     assert vqa.output_dir == str(Path("runs/x/vqa"))
     assert vqa.evaluate_frozen and caption.evaluate_frozen
     from dept_vl.data import shapes
@@ -61,12 +78,12 @@ def test_gpu_config_builds_with_dry_run_from_local_checkpoints(tmp_path, name):
     donor.t5.save_pretrained(tmp_path / "t5")
     donor.tokenizer.save_pretrained(tmp_path / "t5")
     cfg = load_config(CONFIGS / f"{name}.yaml")
-    assert cfg.method == "dept" and cfg.mixed_precision == "bf16"
+    assert cfg.method_name == "dept" and cfg.mixed_precision == "bf16"
     model = dict(cfg.model, t5=str(tmp_path / "t5"),
                  vision=dict(cfg.model["vision"], model_name="test_vit", pretrained=False))
     results = main(["--config", str(CONFIGS / f"{name}.yaml"), "--dry_run",
                     "--mixed_precision", "no", "--model", repr(model).replace("'", '"'),
-                    "--max_length", "24", "--prompt_length", "6", "--rank", "3"])
+                    "--max_length", "24", "--method.prompt_length", "6", "--method.rank", "3"])
     # DePT(6, 3) at s=24, d=32 + projection (Linear 64→32 + LayerNorm 32)
     assert results[""]["trainable_parameters"] == 6 * 32 + 3 * (24 + 32) + 64 * 32 + 32 + 64
 
@@ -80,8 +97,8 @@ def test_coco_config_is_karpathy_captioning_tested_with_beams_at_the_vqa_budget(
     assert {(f["format"], Path(f["path"]).name) for f in files} == {
         ("karpathy", "dataset_coco.json")}
     assert cfg.model == vqa.model  # the same backbone as the VQA setting ...
-    shape = ("prompt_length", "rank", "max_length")  # ... and the same DePT budget
-    assert [getattr(cfg, k) for k in shape] == [getattr(vqa, k) for k in shape] == [60, 30, 256]
+    assert cfg.method == vqa.method and cfg.max_length == vqa.max_length == 256  # ... and the
+    assert (cfg.method["prompt_length"], cfg.method["rank"]) == (60, 30)  # same DePT budget
 
 
 def test_init_from_takes_a_path_or_a_list_from_the_command_line():
@@ -100,15 +117,18 @@ def write(tmp_path, text, name="c.yaml"):
 
 
 BAD_NUMBERS = [
-    ("lr: -1.0e-4", "lr: must be > 0, got -0.0001"),
-    ("lr: .nan", "lr: must be a finite number, got nan"),
-    ("lr_prompt: nan", "lr_prompt: must be a finite number, got 'nan'"),
-    ("lr_lowrank: .inf", "lr_lowrank: must be a finite number, got inf"),
+    ("lr_projection: -1.0e-4", "lr_projection: must be > 0, got -0.0001"),
+    ("lr_projection: .nan", "lr_projection: must be a finite number, got nan"),
+    ("method: {name: dept, lr: {prompt: nan}}",
+     "method.lr.prompt: must be a finite number, got 'nan'"),
+    ("method: {name: dept, lr: {lowrank: .inf}}",
+     "method.lr.lowrank: must be a finite number, got inf"),
     ("eval_steps: 0", "eval_steps: must be >= 1, got 0"),
     ("save_steps: 0", "save_steps: must be >= 1, got 0"),
     ("logging_steps: 0", "logging_steps: must be >= 1, got 0"),
     ("max_grad_norm: -1", "max_grad_norm: must be >= 0, got -1.0"),
-    ("lora_dropout: 1", "lora_dropout: must be in [0, 1), got 1.0"),
+    ("method: {name: lora, lora_dropout: 1}",
+     "method: LoraMethodConfig: key 'lora_dropout' must be a finite number >= 0 and < 1, got 1.0"),
     ("seed: -3", "seed: must be in [0, 2147483648), got -3"),
     ("max_eval_examples: 0", "max_eval_examples: must be >= 1, got 0"),
 ]
@@ -123,8 +143,11 @@ def test_bad_numbers_are_refused_naming_file_and_key(tmp_path, text, message):
 
 
 def test_a_config_built_in_python_gets_the_same_checks():
-    with pytest.raises(ConfigError, match=r"^lr: must be a finite number, got nan$"):
-        TrainConfig(lr=float("nan"))
+    with pytest.raises(ConfigError, match=r"^lr_projection: must be a finite number, got nan$"):
+        TrainConfig(lr_projection=float("nan"))
+    with pytest.raises(ConfigError, match=r"^method\.lr\.prompt: must be a finite number, "
+                                          r"got nan$"):
+        TrainConfig(method={"name": "pt", "lr": float("nan")})
     with pytest.raises(ConfigError, match=r"^eval_steps: must be >= 1, got 0$"):
         TrainConfig(eval_steps=0)
     with pytest.raises(ConfigError, match=r"^model\.t5\.d_modle: unknown key \(did you mean "
@@ -132,8 +155,10 @@ def test_a_config_built_in_python_gets_the_same_checks():
         TrainConfig(model={"t5": {"d_modle": 32}, "vision": "test_vit"})
     with pytest.raises(ConfigError, match=r"^train_file\.formt: unknown key"):
         TrainConfig(train_file={"path": "a.jsonl", "formt": "jsonl"})
-    with pytest.raises(ConfigError, match=r"^jobs\.a\.lr: must be > 0, got -1\.0$"):
-        TrainConfig(jobs={"a": {"lr": -1}})
+    with pytest.raises(ConfigError, match=r"^jobs\.a\.lr_projection: must be > 0, got -1\.0$"):
+        TrainConfig(jobs={"a": {"lr_projection": -1}})
+    with pytest.raises(ConfigError, match=r"^jobs\.a: method\.lr\.prompt: must be > 0, "):
+        TrainConfig(jobs={"a": {"method": {"lr": {"prompt": -1}}}})
 
 
 def test_on_bad_data_is_error_by_default_or_skip(tmp_path):
@@ -235,8 +260,11 @@ def test_every_shipped_config_and_experiment_cell_loads(tmp_path):
 def test_a_caller_names_the_source_of_its_overrides():
     """experiments.py passes keys of its own file: errors may name that file, not the command
     line."""
-    with pytest.raises(ConfigError, match=r"^exp\.yaml: train: lr: must be > 0, got -1\.0$"):
-        load_config(None, {"lr": -1}, source="exp.yaml: train")
+    with pytest.raises(ConfigError, match=r"^exp\.yaml: train: lr_projection: must be > 0, "
+                                          r"got -1\.0$"):
+        load_config(None, {"lr_projection": -1}, source="exp.yaml: train")
+    with pytest.raises(ConfigError, match=r"^exp\.yaml: train: method\.rank: unknown key"):
+        load_config(None, {"method": {"name": "pt", "rank": 2}}, source="exp.yaml: train")
 
 
 def test_outcome_settings_leave_out_bookkeeping_and_differences_name_keys():
@@ -247,9 +275,11 @@ def test_outcome_settings_leave_out_bookkeeping_and_differences_name_keys():
     assert base.outcome_settings() == elsewhere.outcome_settings()
     assert "output_dir" not in base.outcome_settings()
     assert settings_differences(base.outcome_settings(), elsewhere.outcome_settings()) == []
-    other = TrainConfig(max_steps=20, lr_prompt=0.4, question_types=["color"])
+    other = TrainConfig(max_steps=20, method={"name": "dept", "lr": {"prompt": 0.4}, "rank": 2},
+                        question_types=["color"])
     assert settings_differences(base.outcome_settings(), other.outcome_settings()) == [
-        "lr_prompt: 0.3 → 0.4", "max_steps: 10 → 20", "question_types: None → ['color']"]
+        "max_steps: 10 → 20", "method.lr.prompt: 0.3 → 0.4", "method.rank: 30 → 2",
+        "question_types: None → ['color']"]
     # a key the saved side lacks was added since: it counts as its default, what the older
     # version did; at another value it is a difference
     older = {k: v for k, v in base.outcome_settings().items() if k != "num_beams"}
@@ -260,6 +290,22 @@ def test_outcome_settings_leave_out_bookkeeping_and_differences_name_keys():
     newer = {**base.outcome_settings(), "brand_new_key": 1}
     assert settings_differences(newer, base.outcome_settings()) == [
         "brand_new_key: 1 → '(not set)'"]
+
+
+def test_settings_saved_with_flat_method_keys_compare_key_by_key():
+    """A checkpoint or grid cell of a version with flat method keys resumes or reads back when
+    its settings are today's, and a difference is named by today's key."""
+    now = TrainConfig(max_steps=10).outcome_settings()
+    flat = {key: value for key, value in now.items() if key != "method"}
+    flat.update(method="dept", prompt_length=60, rank=30, alpha=8.0, prompt_init="vocab",
+                prompt_init_text=None, pt_prompt_length=None, adept_rank=None,
+                adept_dropout=0.0, lora_rank=8, lora_alpha=16, lora_dropout=0.0,
+                lora_target_modules=["q", "v"], lr_prompt=0.3, lr_lowrank=1e-4, lr=1e-4)
+    assert settings_differences(flat, now) == []
+    assert settings_differences({**flat, "lr_prompt": 0.2, "rank": 4}, now) == [
+        "method.lr.prompt: 0.2 → 0.3", "method.rank: 4 → 30"]
+    lora = TrainConfig(max_steps=10, method={"name": "lora", "lr": 5e-4}).outcome_settings()
+    assert settings_differences({**flat, "method": "lora", "lr": 5e-4}, lora) == []
 
 
 def test_the_eval_sample_seed_matters_only_when_periodic_evaluation_draws_a_sample():
@@ -275,7 +321,7 @@ def test_the_eval_sample_seed_matters_only_when_periodic_evaluation_draws_a_samp
 
 def test_a_config_that_is_not_a_file_is_found_among_the_shipped_ones(tmp_path, monkeypatch):
     """`--config quickstart` and the docs' `configs/compare_shapes.yaml` work from any folder."""
-    from dept_vl.training.config import SHIPPED_CONFIGS, find_config, shipped_configs
+    from dept_vl.training.config_loading import SHIPPED_CONFIGS, find_config, shipped_configs
 
     monkeypatch.chdir(tmp_path)
     assert find_config("quickstart") == SHIPPED_CONFIGS / "quickstart.yaml"
@@ -295,15 +341,25 @@ def test_a_run_named_by_data_flags_uses_the_quickstart_backbone():
 
 
 def test_every_key_has_documentation():
-    from dept_vl.training.config import config_help, key_docs
+    from dept_vl.training.config_loading import config_help, key_docs
 
     docs = key_docs()
     assert set(docs) == {f.name for f in dataclasses.fields(TrainConfig)}
     assert all(docs.values()), [k for k, v in docs.items() if not v]
-    assert docs["rank"].startswith("r: rank") and docs["max_steps"] == "optimizer steps"
+    assert docs["max_steps"] == "optimizer steps"
     assert "---- " not in " ".join(docs.values())  # section titles belong to no key
     shown = config_help()
-    assert "  --prompt_length (default: 60)\n      m: soft prompt tokens" in shown
+    assert "  --max_steps (default: 1000)\n      optimizer steps" in shown
+    # each method's block keys, documented by its config class (a subclass' comment wins)
+    from dept_vl.methods import METHODS
+    from dept_vl.training.config_loading import method_keys
+    keys = method_keys()
+    assert set(keys) == set(METHODS)
+    assert keys["dept"]["rank"] == (30, "r: rank of the position-wise update A @ B")
+    assert keys["adept"]["rank"][1].startswith("r: hidden width")
+    assert keys["dept"]["lr.lowrank"][0] == 1e-4
+    assert all(doc for method in keys.values() for _, doc in method.values())
+    assert "  --method.rank (default: 30)  r: rank of the position-wise update A @ B" in shown
 
 
 def test_a_corpus_block_names_its_question_types(tmp_path):

@@ -67,10 +67,11 @@ def with_unknown_word(tmp_path: Path, corpus_dir: str) -> str:
 
 def config(tmp_path, corpus_dir, backbone, **values):
     return write_config(
-        tmp_path / "run.yaml", method="dept", backbone=backbone, output_dir=str(tmp_path / "run"),
+        tmp_path / "run.yaml", backbone=backbone, output_dir=str(tmp_path / "run"),
         train_file=split(corpus_dir, "train", "vqa"),
         test_file=with_unknown_word(tmp_path, corpus_dir),
-        prompt_length=4, rank=2, max_length=24, max_steps=2, batch_size=8, save_steps=100,
+        method={"name": "dept", "prompt_length": 4, "rank": 2}, max_length=24, max_steps=2,
+        batch_size=8, save_steps=100,
         warmup_steps=1, **values)
 
 

@@ -28,11 +28,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def config(tmp_path, corpus_dir, backbone, name, **overrides):
     values = dict(
-        method="dept", task="vqa", backbone=backbone, output_dir=str(tmp_path / name),
+        method={"name": "dept", "prompt_length": 4, "rank": 2, "lr": {"lowrank": 1e-2}},
+        task="vqa", backbone=backbone, output_dir=str(tmp_path / name),
         train_file=split(corpus_dir, "train", "vqa"), eval_file=split(corpus_dir, "val", "vqa"),
-        test_file=split(corpus_dir, "test", "vqa"), prompt_length=4, rank=2, max_length=24,
+        test_file=split(corpus_dir, "test", "vqa"), max_length=24,
         max_steps=6, batch_size=8, eval_batch_size=7, eval_steps=3, save_steps=3,
-        logging_steps=1, warmup_steps=1, lr_lowrank=1e-2, seed=1, max_eval_examples=40,
+        logging_steps=1, warmup_steps=1, seed=1, max_eval_examples=40,
     )
     values.update(overrides)
     return write_config(tmp_path / f"{name}.yaml", **values)

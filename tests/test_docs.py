@@ -92,6 +92,20 @@ def test_every_key_has_one_row_giving_its_default():
     assert not unknown, f"rows for keys TrainConfig does not have: {sorted(unknown)}"
 
 
+def test_every_method_key_is_in_the_reference_with_its_default():
+    """Each registered method's block keys (and learning-rate roles, `lr.<role>`) have one row
+    in the method's table under `method`, with the default the method's config class gives."""
+    from dept_vl.training.config_loading import method_keys
+
+    text = section(reference(), "### `method`", "### `model`")
+    for method, keys in method_keys().items():
+        table = text.split(f"\n#### `{method}`\n")[1].split("\n####")[0]
+        rows = dict(re.findall(r"^\| `([\w.]+)` \| `([^`]*)` \|", table, flags=re.MULTILINE))
+        assert set(rows) == set(keys), (method, sorted(rows), sorted(keys))
+        for key, (default, _) in keys.items():
+            assert yaml.safe_load(rows[key]) == default, (method, key, rows[key], default)
+
+
 @pytest.mark.parametrize("config", SHIPPED, ids=lambda path: path.name)
 def test_every_key_of_a_shipped_config_is_in_the_reference(config):
     keys = set(config_keys(yaml.safe_load(config.read_text(encoding="utf-8"))))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from research import experiments
-from dept_vl.training.config import ConfigError
+from dept_vl.training.rules import ConfigError
 from dept_vl.errors import CheckpointError
 from research.experiments import load_experiment, main, merged
 
@@ -88,8 +88,8 @@ def test_compare_cell_cut_short_resumes_from_its_checkpoint(tmp_path, monkeypatc
     cell = tmp_path / "cut" / "runs" / "dept" / "seed0"
     assert not (cell / "eval_results.json").exists()
     monkeypatch.setattr(train_module, "save_checkpoint", save)
-    with pytest.raises(CheckpointError, match="lr_prompt: 0.3 → 0.2"):  # not this cell's run
-        main([*grid(tmp_path / "cut"), "--set", "train.lr_prompt=0.2"])
+    with pytest.raises(CheckpointError, match="method.lr.prompt: 0.3 → 0.2"):  # not this run
+        main([*grid(tmp_path / "cut"), "--set", "train.method.lr.prompt=0.2"])
     main(grid(tmp_path / "cut"))
     resumed = json.loads((cell / "eval_results.json").read_text())
     straight = json.loads((tmp_path / "straight" / "runs" / "dept" / "seed0" /
@@ -114,21 +114,24 @@ def test_a_finished_cell_is_read_back_only_with_the_settings_it_ran_with(tmp_pat
     main(grid)
     done = out / "runs" / "dept" / "seed0" / "eval_results.json"
     first = json.loads(done.read_text())
-    assert first["settings"]["lr_prompt"] == 0.3 and "output_dir" not in first["settings"]
+    assert first["settings"]["method"]["lr"]["prompt"] == 0.3
+    assert "output_dir" not in first["settings"]
     with pytest.raises(ConfigError, match=r"seed0/eval_results.json: this run was made with "
-                       r"other settings.*\(lr_prompt: 0.3 → 0.2\); use another --output_dir"):
-        main([*grid, "--set", "train.lr_prompt=0.2"])
+                       r"other settings.*\(method.lr.prompt: 0.3 → 0.2\); use another "
+                       r"--output_dir"):
+        main([*grid, "--set", "train.method.lr.prompt=0.2"])
     main([*grid, "--set", "train.logging_steps=7"])  # bookkeeping: read back
     assert json.loads(done.read_text()) == first
     # the grid's backbone, pretrained with other settings than the experiment file's now
     spec = load_experiment("configs/compare_shapes.yaml", True, str(out),
-                           ["backbone.overrides.lr=0.001"])
-    with pytest.raises(ConfigError, match=r"backbone/eval_results.json: .*lr: 0.0005 → 0.001"):
+                           ["backbone.overrides.method.lr.backbone=0.001"])
+    with pytest.raises(ConfigError, match=r"backbone/eval_results.json: .*method.lr.backbone: "
+                                          r"0.0005 → 0.001"):
         experiments.ensure_backbone(spec)
     legacy = {k: v for k, v in first.items() if k != "settings"}
     done.write_text(json.dumps(legacy))
     capsys.readouterr()
-    main([*grid, "--set", "train.lr_prompt=0.2"])
+    main([*grid, "--set", "train.method.lr.prompt=0.2"])
     assert "read back unchecked" in capsys.readouterr().out
     assert json.loads(done.read_text()) == legacy
     done.write_text("{not json")  # a damaged results file: one error naming it
@@ -260,7 +263,7 @@ def test_fewshot_inits_of_a_seed_draw_the_same_k_shot_examples(tmp_path):
     k-shot draw (train and dev); another seed draws other examples."""
     from PIL import Image
 
-    from dept_vl.training.config import load_config
+    from dept_vl.training.config_loading import load_config
     from dept_vl.training.taskdata import load_tasks
 
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")

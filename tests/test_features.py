@@ -166,9 +166,10 @@ def test_training_with_cached_features_follows_the_same_loss_curve(tmp_path, cor
     for cached in (False, True):
         out = tmp_path / f"cached-{cached}"
         config = write_config(
-            tmp_path / f"c{cached}.yaml", method="dept", backbone=backbone, output_dir=str(out),
+            tmp_path / f"c{cached}.yaml", method={"name": "dept", "prompt_length": 4, "rank": 2},
+            backbone=backbone, output_dir=str(out),
             train_file=split(corpus_dir, "train", "vqa"), test_file=split(corpus_dir, "test", "vqa"),
-            prompt_length=4, rank=2, max_length=24, max_steps=6, batch_size=8, logging_steps=1,
+            max_length=24, max_steps=6, batch_size=8, logging_steps=1,
             warmup_steps=1, save_steps=100, seed=3, cache_features=cached,
             feature_cache_dir=str(tmp_path / "cache"), feature_cache_dtype="float32")
         main(["--config", config])

@@ -14,7 +14,8 @@ import random
 import pytest
 
 import dept_vl.cli.train
-from dept_vl.training.config import ConfigError, load_config, parse_overrides
+from dept_vl.training.config import ConfigError
+from dept_vl.training.config_loading import load_config, parse_overrides
 from dept_vl.errors import run_cli
 
 # (id, config text, message after "<file>: "; a message ending in "..." is a prefix)
@@ -24,31 +25,42 @@ FILE_CASES = [
     ("type-int-float", "max_steps: 10.5", "max_steps: expected int, got 10.5"),
     ("type-int-bool", "seed: true", "seed: expected int, got True"),
     ("type-bool", "dry_run: 3", "dry_run: expected bool, got 3"),
-    ("type-float-list", "lr: [1]", "lr: expected float, got [1]"),
+    ("type-float-list", "lr_projection: [1]", "lr_projection: expected float, got [1]"),
     ("type-list-items", "question_types: [color, 3]",
      "question_types: expected list[str] | None, got ['color', 3]"),
     ("type-mapping", "model: resnet", "model: expected dict[str, Any] | None, got 'resnet'"),
     # out of range
-    ("lr-negative", "lr: -0.5", "lr: must be > 0, got -0.5"),
+    ("lr-negative", "method: {name: lora, lr: -0.5}", "method.lr.lora: must be > 0, got -0.5"),
     ("lr-projection-zero", "lr_projection: 0", "lr_projection: must be > 0, got 0.0"),
-    ("lr-lowrank-text", "lr_lowrank: -1e-4", "lr_lowrank: must be > 0, got -0.0001"),
+    ("lr-lowrank-text", "method: {name: dept, lr: {lowrank: -1e-4}}",
+     "method.lr.lowrank: must be > 0, got -0.0001"),
     ("weight-decay", "weight_decay: -0.01", "weight_decay: must be >= 0, got -0.01"),
     ("warmup", "warmup_steps: -1", "warmup_steps: must be >= 0, got -1"),
     ("eval-steps", "eval_steps: 0", "eval_steps: must be >= 1, got 0"),
     ("save-steps", "save_steps: -5", "save_steps: must be >= 1, got -5"),
     ("logging-steps", "logging_steps: 0", "logging_steps: must be >= 1, got 0"),
     ("batch-size", "batch_size: 0", "batch_size: must be >= 1, got 0"),
-    ("alpha", "alpha: 0", "alpha: must be > 0, got 0.0"),
-    ("prompt-length", "prompt_length: -1", "prompt_length: must be >= 0, got -1"),
-    ("rank", "rank: -2", "rank: must be >= 0, got -2"),
+    ("alpha", "method: {name: dept, alpha: 0}",
+     "method: DePTConfig: key 'alpha' must be a finite number > 0, got 0.0"),
+    ("prompt-length", "method: {name: dept, prompt_length: -1}",
+     "method: DePTConfig: key 'prompt_length' must be an integer >= 0, got -1"),
+    ("rank", "method: {name: dept, rank: -2}",
+     "method: DePTConfig: key 'rank' must be an integer >= 0, got -2"),
+    ("dept-empty", "method: {name: dept, prompt_length: 0, rank: 0}",
+     "method: DePTConfig needs prompt_length > 0 or rank > 0 (both are 0)"),
     ("max-length", "max_length: 0", "max_length: must be >= 1, got 0"),
     ("max-target-length", "max_target_length: 0", "max_target_length: must be >= 1, got 0"),
-    ("pt-prompt-length", "pt_prompt_length: 0", "pt_prompt_length: must be >= 1, got 0"),
+    ("pt-prompt-length", "method: {name: pt, prompt_length: 0}",
+     "method: PTConfig: key 'prompt_length' must be an integer >= 1, got 0"),
     ("checkpoints-limit", "checkpoints_total_limit: -1",
      "checkpoints_total_limit: must be >= 0, got -1"),
-    ("lora-rank", "lora_rank: 0", "lora_rank: must be >= 1, got 0"),
-    ("lora-alpha", "lora_alpha: 0", "lora_alpha: must be > 0, got 0"),
-    ("lora-dropout", "lora_dropout: -0.1", "lora_dropout: must be in [0, 1), got -0.1"),
+    ("lora-rank", "method: {name: lora, lora_rank: 0}",
+     "method: LoraMethodConfig: key 'lora_rank' must be an integer >= 1, got 0"),
+    ("lora-alpha", "method: {name: lora, lora_alpha: 0}",
+     "method: LoraMethodConfig: key 'lora_alpha' must be a finite number > 0, got 0.0"),
+    ("lora-dropout", "method: {name: lora, lora_dropout: -0.1}",
+     "method: LoraMethodConfig: key 'lora_dropout' must be a finite number >= 0 and < 1, "
+     "got -0.1"),
     ("sampling-temperature", "task_sampling_temperature: 0",
      "task_sampling_temperature: must be > 0, got 0.0"),
     ("init-temperature", "init_temperature: -1", "init_temperature: must be > 0, got -1.0"),
@@ -59,21 +71,53 @@ FILE_CASES = [
     ("seed-huge", "seed: 4294967296", "seed: must be in [0, 2147483648), got 4294967296"),
     ("k-shot", "k_shot: 0", "k_shot: must be >= 1, got 0"),
     # non-finite: YAML's own spellings and the text "nan" / "inf"
-    ("nan-yaml", "lr_prompt: .nan", "lr_prompt: must be a finite number, got nan"),
+    ("nan-yaml", "method: {name: dept, lr: {prompt: .nan}}",
+     "method.lr.prompt: must be a finite number, got nan"),
     ("inf-yaml", "max_grad_norm: .inf", "max_grad_norm: must be a finite number, got inf"),
     ("minus-inf-yaml", "weight_decay: -.inf", "weight_decay: must be a finite number, got -inf"),
-    ("nan-text", "alpha: nan", "alpha: must be a finite number, got 'nan'"),
-    ("inf-text", "lr: inf", "lr: must be a finite number, got 'inf'"),
-    ("overflow-text", "lr: 1e999", "lr: must be a finite number, got '1e999'"),
-    ("nan-in-job", "jobs: {a: {lr: .nan}}", "jobs.a.lr: must be a finite number, got nan"),
+    ("nan-text", "method: {name: dept, alpha: nan}",
+     "method.alpha: must be a finite number, got 'nan'"),
+    ("inf-text", "lr_projection: inf", "lr_projection: must be a finite number, got 'inf'"),
+    ("overflow-text", "lr_projection: 1e999",
+     "lr_projection: must be a finite number, got '1e999'"),
+    ("nan-in-job", "jobs: {a: {lr_projection: .nan}}",
+     "jobs.a.lr_projection: must be a finite number, got nan"),
+    ("nan-in-job-method", "jobs: {a: {method: {lr: {prompt: .nan}}}}",
+     "jobs.a.method.lr.prompt: must be a finite number, got nan"),
     # choices
     ("on-bad-data", "on_bad_data: ignore",
      "on_bad_data: must be one of ('error', 'skip'), got 'ignore'"),
     ("mixed-precision", "mixed_precision: fp8",
      "mixed_precision: must be one of ('no', 'fp16', 'bf16'), got 'fp8'"),
     ("task", "task: gqa", "task: must be one of ('vqa', 'caption'), got 'gqa'"),
-    ("prompt-init", "prompt_init: zeros",
-     "prompt_init: must be one of ('vocab', 'text', 'random'), got 'zeros'"),
+    ("prompt-init", "method: {name: pt, prompt_init: zeros}",
+     "method: PTConfig: key 'prompt_init' must be one of ('vocab', 'text', 'random'), got "
+     "'zeros'"),
+    # the method block
+    ("method-unknown", "method: prefix", "method.name: must be one of ..."),
+    ("method-no-name", "method: {rank: 3}", "method: expected a method name or a mapping with "
+                                            "name: ..."),
+    ("method-key", "method: {name: pt, rank: 3}",
+     "method.rank: unknown key; method pt's keys: lr, name, prompt_init, prompt_init_text, "
+     "prompt_length"),
+    ("method-key-typo", "method: {name: dept, rnak: 3}",
+     "method.rnak: unknown key (did you mean 'rank'?); method dept's keys: ..."),
+    ("method-type", "method: {name: dept, rank: high}", "method.rank: expected int, got 'high'"),
+    ("method-lr-role", "method: {name: dept, lr: {offset: 1.0e-3}}",
+     "method.lr.offset: not a learning-rate role of method dept (its roles: prompt, lowrank)"),
+    ("method-lr-number", "method: {name: dept, lr: 1.0e-3}",
+     "method.lr: method dept learns at 2 rates: give {prompt: ..., lowrank: ...}"),
+    ("method-job-other", "jobs: {a: {method: {name: pt, rank: 2}}}",
+     "jobs.a.method.rank: unknown key; method pt's keys: ..."),
+    # keys of the flat form, now in the method block: one line naming the new key
+    ("flat-rank", "rank: 3", "rank: moved to method.rank: methods keep their settings in their "
+                             "own block, ..."),
+    ("flat-lr", "lr: 1.0e-4", "lr: moved to method.lr (lora: method.lr.lora, full: "
+                              "method.lr.backbone): ..."),
+    ("flat-pt-length", "pt_prompt_length: 26",
+     "pt_prompt_length: moved to method.prompt_length (with name: pt): ..."),
+    ("flat-in-job", "jobs: {a: {lr_prompt: 0.1}}", "jobs.a.lr_prompt: moved to method.lr.prompt"
+                                                  ": ..."),
     ("empty-output-dir", "output_dir: ''", "output_dir: must not be empty"),
     # nested typos and values: model
     ("model-key", "model: {t5: t5-small, vision: resnet10t, tokenzier: t5-small}",
@@ -201,8 +245,12 @@ def test_not_utf8_names_the_file_and_byte(tmp_path):
 
 
 CLI_CASES = [
-    ("cli-nan", ["--lr", "nan"], "lr: must be a finite number, got 'nan'"),
-    ("cli-nan-yaml", ["--lr_prompt=.nan"], "lr_prompt: must be a finite number, got nan"),
+    ("cli-nan", ["--method.alpha", "nan"], "method.alpha: must be a finite number, got 'nan'"),
+    ("cli-nan-yaml", ["--method.lr.prompt=.nan"],
+     "method.lr.prompt: must be a finite number, got nan"),
+    ("cli-flat", ["--rank", "3"], "rank: moved to method.rank: ..."),
+    ("cli-method-key", ["--method", "pt", "--method.rank", "3"],
+     "method.rank: unknown key; method pt's keys: ..."),
     ("cli-inf", ["--max_grad_norm", "inf"], "max_grad_norm: must be a finite number, got 'inf'"),
     ("cli-zero-steps", ["--save_steps", "0"], "save_steps: must be >= 1, got 0"),
     ("cli-type", ["--eval_steps", "1e3"], "eval_steps: expected int, got '1e3'"),
@@ -215,7 +263,8 @@ CLI_CASES = [
      "train_file[1].formt: unknown key (did you mean 'format'?); allowed: ..."),
     ("cli-yaml", ["--model", "{t5: [}"],
      "model: invalid YAML '{t5: [}' (expected the node content, but found '}')"),
-    ("cli-jobs", ["--jobs", "{a: {lr: -1}}"], "jobs.a.lr: must be > 0, got -1.0"),
+    ("cli-jobs", ["--jobs", "{a: {lr_projection: -1}}"],
+     "jobs.a.lr_projection: must be > 0, got -1.0"),
 ]
 
 
@@ -265,7 +314,7 @@ def test_seeded_typo_is_named_with_its_path(tmp_path, seed):
 
 # ---------------------------------------------------------------- through train.py's entry point
 @pytest.mark.parametrize("text, argv, expected", [
-    ("lr: .nan", [], "{file}: lr: must be a finite number, got nan"),
+    ("lr_projection: .nan", [], "{file}: lr_projection: must be a finite number, got nan"),
     ("model: {t5: {d_modle: 8}, vision: resnet10t}", [],
      "{file}: model.t5.d_modle: unknown key (did you mean 'd_model'?); T5Config fields: ..."),
     ("method: dept\ntrain_file: [a\n", [],
@@ -273,8 +322,8 @@ def test_seeded_typo_is_named_with_its_path(tmp_path, seed):
     ("jobs: {vqa: {train_file: {path: a, formt: x}}}", [],
      "{file}: jobs.vqa.train_file.formt: unknown key (did you mean 'format'?); allowed: ..."),
     ("method: dept", ["--eval_steps", "0"], "command line: eval_steps: must be >= 1, got 0"),
-    ("method: dept", ["--lr_lowrank", "-1e-3"], "command line: lr_lowrank: must be > 0, got "
-                                                 "-0.001"),
+    ("method: dept", ["--method.lr.lowrank", "-1e-3"],
+     "command line: method.lr.lowrank: must be > 0, got -0.001"),
 ], ids=["nan", "t5-typo", "yaml-syntax", "job-data-typo", "override-zero", "override-negative"])
 def test_bad_config_through_train_cli_is_one_line_exit_2(tmp_path, capsys, text, argv, expected):
     file = tmp_path / "run.yaml"
@@ -293,13 +342,20 @@ def test_bad_config_through_train_cli_is_one_line_exit_2(tmp_path, capsys, text,
 
 # ---------------------------------------------------------------- valid configs load
 VALID = [
-    ("empty", "", {"method": "dept"}),
-    ("null", "~", {"method": "dept"}),
-    ("text-numbers", "lr: 1e-4\nlr_prompt: '0.3'\nalpha: 8", {"lr": 1e-4, "lr_prompt": 0.3,
-                                                             "alpha": 8.0}),
-    ("edges", "max_steps: 0\nmax_grad_norm: 0\nweight_decay: 0\nlora_dropout: 0.99\n"
-              "checkpoints_total_limit: 0\nseed: 0\nrank: 0\nnum_threads: null",
-     {"max_steps": 0, "rank": 0, "lora_dropout": 0.99, "num_threads": None}),
+    ("empty", "", {"method_name": "dept"}),
+    ("null", "~", {"method_name": "dept"}),
+    ("text-numbers", "lr_projection: 1e-4\nmethod: {name: dept, lr: {prompt: '0.3'}, alpha: 8}",
+     {"lr_projection": 1e-4, "method": {"name": "dept", "prompt_length": 60,
+                                        "prompt_init": "vocab", "prompt_init_text": None,
+                                        "rank": 30, "alpha": 8.0,
+                                        "lr": {"prompt": 0.3, "lowrank": 1e-4}}}),
+    ("edges", "max_steps: 0\nmax_grad_norm: 0\nweight_decay: 0\n"
+              "checkpoints_total_limit: 0\nseed: 0\nmethod: {name: dept, rank: 0}\n"
+              "num_threads: null",
+     {"max_steps": 0, "num_threads": None}),
+    ("lora-edges", "method: {name: lora, lora_dropout: 0.99, lr: 1}",
+     {"method": {"name": "lora", "lora_rank": 8, "lora_alpha": 16.0, "lora_dropout": 0.99,
+                 "target_modules": ["q", "v"], "lr": {"lora": 1.0}}}),
     ("model", "model:\n  t5: {d_model: 32, layer_norm_epsilon: 1e-6, tie_word_embeddings: false,"
               " num_decoder_layers: null}\n  vision: {model_name: test_vit, image_size: 32,"
               " model_kwargs: {drop_rate: 0.0}}\n  num_visual_tokens: 4",
@@ -315,8 +371,10 @@ VALID = [
     ("anchors", "train_file: &t {path: a.jsonl, format: jsonl}\neval_file: {<<: *t, path: b.jsonl}",
      {"eval_file": {"path": "b.jsonl", "format": "jsonl"}}),
     ("tasks-jobs", "tasks: {color: {task: vqa, train_file: a, question_types: [color]}}\n"
-                   "jobs: {one: {lr_prompt: 0.1}, two: {corpus: {dir: x, n_images: 2}}}",
-     {"jobs": {"one": {"lr_prompt": 0.1}, "two": {"corpus": {"dir": "x", "n_images": 2}}}}),
+                   "jobs: {one: {method: {lr: {prompt: 0.1}}}, two: {corpus: {dir: x, "
+                   "n_images: 2}}}",
+     {"jobs": {"one": {"method": {"lr": {"prompt": 0.1}}},
+               "two": {"corpus": {"dir": "x", "n_images": 2}}}}),
 ]
 
 

@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from conftest import WORDS, tiny_model, tiny_t5_config
+from conftest import WORDS, small_block, tiny_model, tiny_t5_config
 
 from dept_vl.training.config import TrainConfig
 from dept_vl.model import VLT5
@@ -32,8 +32,8 @@ def set_up(model: VLT5, method: str, checkpointing: bool = False, **keys) -> lis
     """The run's `setup_method` for `method` on `model`, in float64; every trainable weight
     moved off its initial value (zero-initialised halves, DePT's and LoRA's B, would hide
     their partners)."""
-    cfg = TrainConfig(method=method, prompt_length=3, rank=2, max_length=24, pt_prompt_length=4,
-                      lora_rank=2, lora_alpha=4, gradient_checkpointing=checkpointing, **keys)
+    cfg = TrainConfig(method=small_block(method), max_length=24,
+                      gradient_checkpointing=checkpointing, **keys)
     task = TaskData(name="vqa", kind="vqa", adapter="vqa", spec={})
     groups = setup_method(model, cfg, [task])
     noise = torch.Generator().manual_seed(1)

@@ -113,5 +113,5 @@ def test_the_checks_see_what_they_look_for():
     assert imported(ast.parse(source)) == {"typing", "typing.TYPE_CHECKING", "dept_vl.training",
                                            "dept_vl.training.loop"}
     edges = graph()
-    assert "dept_vl.training.config" in edges["dept_vl.cli.train"]
+    assert "dept_vl.training.config_loading" in edges["dept_vl.cli.train"]
     assert "dept_vl.model" in edges["dept_vl.training.setup"]

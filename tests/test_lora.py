@@ -62,9 +62,10 @@ def bare_logits(model):
 def lora_run(tmp_path_factory, corpus_dir, backbone):
     out = tmp_path_factory.mktemp("lora-run")
     config = write_config(
-        out / "lora.yaml", method="lora", task="vqa", backbone=backbone,
+        out / "lora.yaml", method={"name": "lora", "lora_rank": 4, "lr": 2e-2}, task="vqa",
+        backbone=backbone,
         train_file=split(corpus_dir, "train", "vqa"), test_file=split(corpus_dir, "test", "vqa"),
-        output_dir=str(out / "run"), lora_rank=4, lr=2e-2, max_length=24, max_steps=4,
+        output_dir=str(out / "run"), max_length=24, max_steps=4,
         batch_size=8, save_steps=100, logging_steps=1, warmup_steps=1, seed=1)
     from dept_vl.cli.train import main
 
@@ -153,7 +154,8 @@ def test_a_multitask_lora_run_tests_its_adapters_together_and_starts_a_target(
     tasks = {name: {"task": "vqa", "question_types": [name],
                     "train_file": split(corpus_dir, "train", "vqa"),
                     "test_file": split(corpus_dir, "test", "vqa")} for name in ("color", "shape")}
-    common = dict(method="lora", backbone=backbone, lora_rank=2, lr=2e-2, max_length=24,
+    common = dict(method={"name": "lora", "lora_rank": 2, "lr": 2e-2}, backbone=backbone,
+                  max_length=24,
                   max_steps=2, batch_size=8, save_steps=100, logging_steps=1, warmup_steps=1,
                   seed=1)
     main(["--config", write_config(tmp_path / "src.yaml", tasks=tasks, adapter_per_task=True,

@@ -1,10 +1,11 @@
 """The contract every registered adapter method keeps (dept_vl/methods/base.py), checked for
 each method in `dept_vl.methods.METHODS` (kinds "prompt" and "weights"): registering a method
 is enough for it to be tested here. Each method's shape comes from its own
-`config_class.from_train_config` on small TrainConfig keys, so a new method needs no edit here.
+`config_class.from_train_config` on a small method block, so a new method needs no edit here.
 
 A toy method defined in this file, "prompt with a fixed scale", goes through the same
-contract; `test_a_new_method_is_two_classes_and_a_register_call` shows what it needed.
+contract; `test_a_new_method_is_two_classes_and_a_register_call` shows what it needed, and
+`test_the_toy_method_trains_from_yaml_and_the_command_line_with_its_own_settings` trains it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import small_block, split, tiny_model, write_config
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -25,7 +26,7 @@ import dept_vl
 from dept_vl.training import transfer
 from dept_vl.training.config import ConfigError, TrainConfig
 from dept_vl.methods import METHODS, get_method, register, unregister
-from dept_vl.methods.base import check_number
+from dept_vl.methods.base import check_number, group
 from dept_vl.methods.pt import PTConfig, SoftPrompt
 from dept_vl.model import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterError, AdapterMismatchError
 
@@ -43,7 +44,8 @@ class ScaledPromptConfig(PTConfig):
     """Prompt tuning whose prompt enters the encoder multiplied by a fixed `prompt_scale`."""
 
     method = "scaled_prompt"
-    prompt_scale: float = 0.5
+    lr_roles = {"scaled": 5e-2}  # its own learning-rate role
+    prompt_scale: float = 0.5  # the prompt enters the encoder multiplied by this
 
     def validate(self) -> None:
         super().validate()
@@ -52,6 +54,9 @@ class ScaledPromptConfig(PTConfig):
 
 class ScaledPrompt(SoftPrompt):
     config_class = ScaledPromptConfig
+
+    def param_groups(self, lrs):
+        return group("scaled", [self.prompt_embeddings], lrs["scaled"])
 
     def apply(self, embeds, mask):
         inputs, mask = super().apply(embeds, mask)
@@ -77,8 +82,7 @@ def method(request):
 
 # ---------------------------------------------------------------------------- helpers
 def small_config(name: str, d_model: int = 32):
-    cfg = TrainConfig(method=name, prompt_length=3, rank=2, max_length=24, pt_prompt_length=4,
-                      lora_rank=2, lora_alpha=4)
+    cfg = TrainConfig(method=small_block(name), max_length=24)
     return get_method(name).config_class.from_train_config(cfg, d_model, "vqa")
 
 
@@ -281,10 +285,11 @@ def test_a_new_method_is_two_classes_and_a_register_call(tmp_path):
         TrainConfig(method=TOY)  # unknown before it registers
     register(ScaledPrompt)
     try:
-        cfg = TrainConfig(method=TOY, prompt_length=3, rank=2, max_length=24,
-                          pt_prompt_length=4)
+        cfg = TrainConfig(method={"name": TOY, "prompt_length": 4, "prompt_scale": 0.25},
+                          max_length=24)
         config = adapter_config(cfg, 32, "vqa")
-        assert config == ScaledPromptConfig(prompt_length=4, max_length=24, task="vqa")
+        assert config == ScaledPromptConfig(prompt_length=4, prompt_scale=0.25, max_length=24,
+                                            task="vqa")
         model = tiny_model("test_vit").eval()
         model.add_adapter("toy", config)
         model.load_adapter(saved(model, "toy", tmp_path / "toy"), name="back")
@@ -297,3 +302,37 @@ def test_a_new_method_is_two_classes_and_a_register_call(tmp_path):
     finally:
         unregister(TOY)
     assert TOY not in METHODS
+
+
+def test_the_toy_method_trains_from_yaml_and_the_command_line_with_its_own_settings(
+        tmp_path, corpus_dir, backbone, capsys):
+    """Its block in a YAML file (its own key prompt_scale, its own learning-rate role), a key
+    of it on the command line: both reach the run and the adapter it saves; `--help` lists
+    its keys with their documentation; a key it does not have is refused naming it."""
+    from dept_vl.cli.train import main
+    from dept_vl.training.config_loading import config_help
+
+    config = write_config(
+        tmp_path / "toy.yaml", backbone=backbone, task="vqa", output_dir=str(tmp_path / "run"),
+        method={"name": TOY, "prompt_length": 3, "prompt_scale": 0.25, "lr": {"scaled": 0.05}},
+        train_file=split(corpus_dir, "train", "vqa"), test_file=split(corpus_dir, "val", "vqa"),
+        max_length=24, max_steps=2, batch_size=8, save_steps=100, logging_steps=1,
+        warmup_steps=0, max_eval_examples=16)
+    register(ScaledPrompt)
+    try:
+        assert ("--method.prompt_scale (default: 0.5)  the prompt enters the encoder multiplied "
+                "by this") in config_help()
+        with pytest.raises(ConfigError, match=r"command line: method\.rank: unknown key; "
+                                              rf"method {TOY}'s keys: "):
+            main(["--config", config, "--method.rank", "2"])
+        results = main(["--config", config, "--method.prompt_scale", "0.75"])
+    finally:
+        unregister(TOY)
+    assert results[""]["method"] == TOY and 0 <= results[""]["vqa_accuracy"] <= 100
+    assert "  group scaled: 96 params, lr 0.05" in capsys.readouterr().out  # 3 tokens x d=32
+    meta = json.loads((tmp_path / "run" / "adapter" / ADAPTER_CONFIG).read_text())
+    assert (meta["method"], meta["prompt_length"], meta["prompt_scale"]) == (TOY, 3, 0.75)
+    settings = json.loads((tmp_path / "run" / "eval_results.json").read_text())["settings"]
+    assert settings["method"] == {"name": TOY, "prompt_length": 3, "prompt_init": "vocab",
+                                  "prompt_init_text": None, "prompt_scale": 0.75,
+                                  "lr": {"scaled": 0.05}}

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import split, write_config
-from dept_vl.training.config import ConfigError
+from dept_vl.training.rules import ConfigError
 from dept_vl.cli.train import main
 from dept_vl.training.taskdata import task_schedule
 
@@ -27,10 +27,11 @@ def source_tasks(corpus):
 
 
 def run_config(tmp_path, backbone, name, **values):
-    defaults = dict(method="dept", backbone=backbone, output_dir=str(tmp_path / name),
-                    prompt_length=4, rank=2, max_length=24, max_steps=6, batch_size=8,
-                    eval_steps=3, save_steps=100, logging_steps=1, warmup_steps=1,
-                    lr_lowrank=1e-2, seed=1, eval_batch_size=32)
+    defaults = dict(method={"name": "dept", "prompt_length": 4, "rank": 2,
+                            "lr": {"lowrank": 1e-2}},
+                    backbone=backbone, output_dir=str(tmp_path / name), max_length=24,
+                    max_steps=6, batch_size=8, eval_steps=3, save_steps=100, logging_steps=1,
+                    warmup_steps=1, seed=1, eval_batch_size=32)
     return write_config(tmp_path / f"{name}.yaml", **{**defaults, **values})
 
 

@@ -55,13 +55,14 @@ def trained(tmp_path_factory):
     write_t5(root / "t5", "tiny", [r for records in made["records"].values() for r in records])
     write_encoder(root / "vit.safetensors", "test_vit")
     config = {
-        "method": "dept", "task": "vqa",
+        "task": "vqa",
         "model": {"t5": str(root / "t5"), "num_visual_tokens": 4,
                   "vision": {"model_name": "test_vit", "image_size": 32,
                              "weights_file": str(root / "vit.safetensors")}},
         "train_file": data_entry(root, "train2014"), "eval_file": data_entry(root, "val2014"),
         "test_file": data_entry(root, "val2014"), "output_dir": str(root / "run"),
-        "prompt_length": 2, "rank": 2, "max_length": 24, "max_steps": 4, "batch_size": 4,
+        "method": {"name": "dept", "prompt_length": 2, "rank": 2}, "max_length": 24,
+        "max_steps": 4, "batch_size": 4,
         "eval_steps": 4, "save_steps": 4, "warmup_steps": 1, "logging_steps": 2,
     }
     (root / "run.yaml").write_text(yaml.safe_dump(config))
@@ -74,7 +75,8 @@ def trained(tmp_path_factory):
 def test_help_lists_the_config_keys(tmp_path, capsys):
     done = run("dept-vl-train", "--help", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    for key in ("--prompt_length", "--lr_lowrank", "--backbone", "--num_beams", "--jobs"):
+    for key in ("--method.prompt_length", "--method.lr.lowrank", "--backbone", "--num_beams",
+                "--jobs"):
         assert key in done.stdout
     assert "shipped configs: " in done.stdout and "quickstart" in done.stdout
     # the other scripts' --help is argparse's: asked in this process (each start costs seconds)

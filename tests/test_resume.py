@@ -73,9 +73,10 @@ def run_interrupted(config, out, monkeypatch, at_step):
 
 
 def base_values(corpus, backbone, **values):
-    defaults = dict(method="dept", task="vqa", backbone=backbone, prompt_length=4, rank=2,
-                    max_length=24, max_steps=8, batch_size=8, eval_steps=2, save_steps=3,
-                    logging_steps=1, warmup_steps=1, lr_lowrank=1e-2, lr_prompt=0.3, seed=1,
+    defaults = dict(method={"name": "dept", "prompt_length": 4, "rank": 2,
+                            "lr": {"prompt": 0.3, "lowrank": 1e-2}},
+                    task="vqa", backbone=backbone, max_length=24, max_steps=8, batch_size=8,
+                    eval_steps=2, save_steps=3, logging_steps=1, warmup_steps=1, seed=1,
                     eval_batch_size=32, train_file=split(corpus, "train", "vqa"),
                     eval_file=split(corpus, "val", "vqa"), test_file=split(corpus, "test", "vqa"))
     return {**defaults, **values}
@@ -241,8 +242,8 @@ def test_resume_with_other_settings_is_refused_naming_them(tmp_path, corpus_dir,
     resume = ["--config", config, "--output_dir", str(run), "--resume_from_checkpoint", "latest"]
     before = (run / "eval_results.json").read_bytes()
     with pytest.raises(CheckpointError, match=r"checkpoint_2: made with other settings.*"
-                       r"lr_prompt: 0.3 → 0.2; max_steps: 4 → 6"):
-        main([*resume, "--lr_prompt", "0.2", "--max_steps", "6"])
+                       r"max_steps: 4 → 6; method.lr.prompt: 0.3 → 0.2"):
+        main([*resume, "--method.lr.prompt", "0.2", "--max_steps", "6"])
     assert (run / "eval_results.json").read_bytes() == before  # nothing trained or written
     main([*resume, "--logging_steps", "2", "--eval_batch_size", "16",
           "--checkpoints_total_limit", "3"])
@@ -252,5 +253,5 @@ def test_resume_with_other_settings_is_refused_naming_them(tmp_path, corpus_dir,
     del state["settings"]
     (checkpoint / "trainer_state.json").write_text(json.dumps(state))
     caplog.set_level("WARNING")
-    main([*resume, "--lr_prompt", "0.2"])
+    main([*resume, "--method.lr.prompt", "0.2"])
     assert "did not record the run's settings" in caplog.text

@@ -28,11 +28,12 @@ def test_pretraining_writes_a_loadable_backbone_with_its_question_types(backbone
 
 def dept_config(tmp_path, corpus_dir, backbone, **overrides):
     values = dict(
-        method="dept", task="vqa", backbone=backbone,
+        method={"name": "dept", "prompt_length": 4, "rank": 2, "lr": {"lowrank": 1e-2}},
+        task="vqa", backbone=backbone,
         train_file=split(corpus_dir, "train", "vqa"), eval_file=split(corpus_dir, "val", "vqa"),
         test_file=split(corpus_dir, "test", "vqa"), output_dir=str(tmp_path / "run"),
-        prompt_length=4, rank=2, max_length=24, max_steps=6, batch_size=8, eval_steps=3,
-        save_steps=3, logging_steps=1, warmup_steps=1, lr_lowrank=1e-2, seed=1,
+        max_length=24, max_steps=6, batch_size=8, eval_steps=3,
+        save_steps=3, logging_steps=1, warmup_steps=1, seed=1,
     )
     values.update(overrides)
     return write_config(tmp_path / "dept.yaml", **values)
@@ -112,16 +113,16 @@ def test_resume_from_checkpoint_continues_to_the_same_weights(tmp_path, corpus_d
               "--resume_from_checkpoint", "latest"])
 
 
-@pytest.mark.parametrize("method", ["pt", "lora"])
+@pytest.mark.parametrize("method", [{"name": "pt", "prompt_length": 8}, "lora"])
 def test_other_methods_train(tmp_path, corpus_dir, backbone, method):
     config = dept_config(tmp_path, corpus_dir, backbone, method=method, max_steps=2,
                          eval_file=None, save_steps=100)
+    method = method if isinstance(method, str) else method["name"]
     main(["--config", config])
     results = json.loads((tmp_path / "run" / "eval_results.json").read_text())
     assert results["method"] == method and "vqa_accuracy" in results
     meta = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
-    if method == "pt":
-        # equal budget: DePT(4, 2) at s=24, d=32 = 4*32 + 2*(24+32) = 240 = PT with 7.5 → 8 tokens
+    if method == "pt":  # the block's length, not DePT's
         assert meta["method"] == "pt" and meta["prompt_length"] == 8
     else:
         assert meta["method"] == "lora" and meta["trainable_parameters"] > 0
@@ -248,7 +249,7 @@ def test_flags_naming_data_without_a_config_make_one_run_of_that_data(
     results = main(["--method", "dept", "--backbone", backbone, "--task", "vqa",
                     "--train_file", f"{corpus_dir}/train_vqa.jsonl",
                     "--test_file", f"{corpus_dir}/test_vqa.jsonl", "--output_dir", "mine",
-                    "--prompt_length", "4", "--rank", "2", "--max_length", "24",
+                    "--method.prompt_length", "4", "--method.rank", "2", "--max_length", "24",
                     "--max_steps", "2", "--batch_size", "8", "--save_steps", "100"])
     assert list(results) == [""] and results[""]["method"] == "dept"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no quickstart corpus
@@ -256,7 +257,7 @@ def test_flags_naming_data_without_a_config_make_one_run_of_that_data(
 
 
 def test_which_config_flags_use(tmp_path):
-    from dept_vl.training.config import ConfigError
+    from dept_vl.training.rules import ConfigError
     from dept_vl.cli.train import DEFAULT_CONFIG, config_path
 
     assert config_path(["--max_steps", "5"]) == (str(DEFAULT_CONFIG), ["--max_steps", "5"])

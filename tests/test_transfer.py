@@ -8,7 +8,7 @@ import torch
 
 from conftest import tiny_model
 from dept_vl import AdapterMismatchError, DePTConfig
-from dept_vl.training.config import ConfigError
+from dept_vl.training.rules import ConfigError
 from dept_vl.training.transfer import expand_sources, initialize, loss_weights
 
 CFG = DePTConfig(prompt_length=3, rank=2, max_length=24, task_prefix="vqa:")

@@ -22,7 +22,9 @@ from typing import Any
 
 import yaml
 
-from dept_vl.training.config import ConfigError, Where, data_files, StrictLoader, read_yaml
+from dept_vl.training.config import ConfigError, data_files
+from dept_vl.training.rules import Where
+from dept_vl.training.config_loading import StrictLoader, read_yaml
 from dept_vl.errors import one_line
 
 # entry key -> the flag that sets it for every entry

@@ -20,9 +20,10 @@ from typing import Any
 
 from dept_vl.errors import run_cli
 from dept_vl.files import atomic_write_json
-from dept_vl.training.config import (
-    SHIPPED_CONFIGS, ConfigError, config_help, load_config, parse_overrides, shipped_configs,
+from dept_vl.training.config_loading import (
+    SHIPPED_CONFIGS, config_help, load_config, parse_overrides, shipped_configs,
 )
+from dept_vl.training.rules import ConfigError
 from dept_vl.training.loop import ensure_backbone, run
 from dept_vl.training.taskdata import plan_tasks
 

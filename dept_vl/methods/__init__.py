@@ -1,69 +1,21 @@
-"""The method registry: one module per fine-tuning method, one `register` line each.
+"""The method registry: one module per fine-tuning method, registered beside its class.
 
     from dept_vl.methods import get_method
     get_method("dept")              # the module class; .config_class is its config dataclass
 
-A new method is a module here (a config dataclass and a MethodModule subclass, see base.py)
-plus its import line below; a method defined elsewhere (a test, a plugin) registers itself with
-`register(ItsModule)`. Nothing else names methods: adapters, transfer, training and the config
+A new method is a module here (a config dataclass and a MethodModule subclass with `@register`,
+see base.py) plus its import line below; a method defined elsewhere (a test, a plugin) registers
+itself the same way. Nothing else names methods: adapters, transfer, training and the config
 checks look them up here.
 """
 
-from __future__ import annotations
+from dept_vl.methods.registry import (
+    METHODS, UnknownMethodError, config_from_dict, get_method, method_names, register, unregister,
+)
 
-from typing import Any
+# the built-in methods: importing a module registers its method (in this order: the order
+# of `method_names()`, of error messages and of `--help`)
+from dept_vl.methods import pt, dept, lora, full, adept  # noqa: E402,I001
 
-from dept_vl.errors import UserError
-from dept_vl.methods.base import KINDS, MethodConfig, MethodModule
-
-METHODS: dict[str, type[MethodModule]] = {}
-
-
-class UnknownMethodError(UserError, ValueError):
-    """A method name that is not registered."""
-
-
-def register(module_class: type[MethodModule]) -> type[MethodModule]:
-    """Register a method module class under its config's `method` name (usable as a
-    decorator). Registering a name twice replaces the entry only for the same class."""
-    name = module_class.config_class.method
-    if not name or not name.isidentifier():
-        raise ValueError(f"{module_class.__name__}: its config_class needs a `method` name")
-    if module_class.kind not in KINDS:
-        raise ValueError(f"{module_class.__name__}.kind must be one of {KINDS}")
-    known = METHODS.get(name)
-    if known is not None and known.__qualname__ != module_class.__qualname__:
-        raise ValueError(f"method {name!r} is already registered by {known.__qualname__}")
-    METHODS[name] = module_class
-    return module_class
-
-
-def unregister(name: str) -> None:
-    METHODS.pop(name, None)
-
-
-def get_method(name: str) -> type[MethodModule]:
-    if name not in METHODS:
-        raise UnknownMethodError(f"unknown method {name!r}; registered methods: "
-                                 f"{sorted(METHODS)}")
-    return METHODS[name]
-
-
-def method_names(kind: str | None = None) -> tuple[str, ...]:
-    """Registered method names (of one kind: prompt, weights or backbone)."""
-    return tuple(n for n, m in METHODS.items() if kind is None or m.kind == kind)
-
-
-def config_from_dict(values: dict[str, Any]) -> MethodConfig:
-    """The method config a `to_dict()` / adapter_config.json describes (its `method` key)."""
-    return get_method(values.get("method", "")).config_class.from_dict(values)
-
-
-# the built-in methods: one import (= one registration) per method module
-from dept_vl.methods import adept, dept, full, lora, pt  # noqa: E402
-
-register(pt.PromptTuning)
-register(dept.DePTPrompt)
-register(lora.LoraModule)
-register(full.FullFineTuning)
-register(adept.ADePTPrompt)
+__all__ = ["METHODS", "UnknownMethodError", "adept", "config_from_dict", "dept", "full",
+           "get_method", "lora", "method_names", "pt", "register", "unregister"]

@@ -22,17 +22,15 @@ them one tensor op per row. So the default runs the network on every row; `bench
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dept_vl.methods.base import check_int, check_number, dept_budget, group
+from dept_vl.methods.base import check_int, check_number, group
+from dept_vl.methods.registry import register
 from dept_vl.methods.pt import PromptConfig, SoftPrompt
-
-if TYPE_CHECKING:
-    from dept_vl.training.config import TrainConfig
 
 # the offset network runs on a multiple of this many rows (zero rows appended): BLAS computes a
 # row of a matmul differently when the row count is small or odd (other kernels, or the sum over
@@ -46,6 +44,7 @@ class ADePTConfig(PromptConfig):
     """Shape of one ADePT adapter: m prompt tokens and an offset network of hidden width r."""
 
     method = "adept"
+    lr_roles = {"prompt": 3e-1, "offset": 1e-4}  # P, and the offset network (DePT's A·B rate)
     prompt_length: int = 60  # m: soft-prompt tokens prepended to the encoder input
     rank: int = 19  # r: hidden width of the offset network (d → r → d)
     dropout: float = 0.0  # on the network's hidden layer, in training only
@@ -58,23 +57,6 @@ class ADePTConfig(PromptConfig):
 
     def num_parameters(self, d_model: int) -> int:
         return adept_budget(self.prompt_length, self.rank, d_model)
-
-    @classmethod
-    def from_train_config(cls, cfg: "TrainConfig", d_model: int, task: str) -> "ADePTConfig":
-        """`adept_rank`, or (unset) the r whose budget is closest to DePT(m, r, s)'s with the
-        same m = prompt_length, as `pt_prompt_length` does for PT."""
-        rank = cfg.adept_rank
-        if rank is None:
-            budget = dept_budget(cfg.prompt_length, cfg.rank, cfg.max_length, d_model)
-            split = adept_split(budget, d_model, prompt_length=cfg.prompt_length)
-            rank = split.rank
-            if split.difference:
-                print(f"[dept_vl] note: ADePT({cfg.prompt_length},{rank}) has "
-                      f"{budget + split.difference:,} parameters, DePT({cfg.prompt_length},"
-                      f"{cfg.rank}) has {budget:,} ({split.difference:+,})", flush=True)
-        return cls(prompt_length=cfg.prompt_length, rank=rank, dropout=cfg.adept_dropout,
-                   prompt_init=cfg.prompt_init, prompt_init_text=cfg.prompt_init_text,
-                   max_length=cfg.max_length, task=task)
 
 
 def adept_budget(prompt_length: int, rank: int, d_model: int) -> int:
@@ -135,6 +117,7 @@ def _difference(split: ADePTSplit, budget: int, d_model: int) -> int:
     return adept_budget(split.prompt_length, split.rank, d_model) - budget
 
 
+@register
 class ADePTPrompt(SoftPrompt):
     """The trainable part of ADePT: P (m, d) and the offset network d → r → d."""
 
@@ -191,10 +174,10 @@ class ADePTPrompt(SoftPrompt):
         return [*self.offset_in.parameters(), *self.offset_out.parameters()]
 
     def param_groups(self, lrs: dict[str, float]) -> list[dict[str, Any]]:
-        """The prompt at the prompt rate, the network at the second (DePT's A·B) rate, weight
-        decay 0 on both, as for DePT."""
+        """The prompt at its rate, the network at the `offset` rate, weight decay 0 on both,
+        as for DePT."""
         return [*super().param_groups(lrs),
-                *group("offset", self.offset_parameters(), lrs["lowrank"])]
+                *group("offset", self.offset_parameters(), lrs["offset"])]
 
     @classmethod
     def part_of(cls, key: str) -> str:

@@ -6,7 +6,8 @@ training and the config checks. A method's module has one face:
 
 - `apply(embeds, mask)`: what it does to the encoder's text embeddings and mask (prompt methods;
   a method that changes T5's weights leaves them alone and is switched on around T5 instead);
-- `param_groups(lrs)`: its optimizer groups, by learning-rate role;
+- `param_groups(lrs)`: its optimizer groups, by learning-rate role (the roles and their
+  default rates are its config's `lr_roles`);
 - `part_of(tensor)`: the named parts a transfer copies ("prompt", "lowrank", ...);
 - `budget(config, d_model)`: its trainable-parameter count, without the visual projection;
 - `tensors()` / `assign(tensors)`: its weights under the names `adapter_model.safetensors`
@@ -33,12 +34,6 @@ PROMPT_INITS = ("vocab", "text", "random")
 KINDS = ("prompt", "weights", "backbone")
 
 
-
-def dept_budget(prompt_length: int, rank: int, max_length: int, d_model: int) -> int:
-    """Trainable parameters of DePT: m·d + r·(s + d). With r = 0 this is prompt tuning's l·d
-    (here, not in methods/dept.py, because PT and ADePT match their budgets to it)."""
-    return prompt_length * d_model + rank * (max_length + d_model)
-
 @dataclass(kw_only=True)
 class MethodConfig:
     """Fields every method's config has; a method's config subclasses this with its own.
@@ -49,6 +44,11 @@ class MethodConfig:
     """
 
     method: ClassVar[str] = ""
+    # learning-rate roles → default rate: a training config's `method.lr` sets them, and
+    # `MethodModule.param_groups` reads them by these names
+    lr_roles: ClassVar[dict[str, float]] = {}
+    # fields the training host fills (not settable in a training config's method block)
+    host_fields: ClassVar[tuple[str, ...]] = ("task", "max_length", "extra")
     # keys a saved config may lack (added after dept_vl 0.1, or optional); every other field
     # must be in the file, so a key deleted by hand is an error rather than a silent default
     optional: ClassVar[tuple[str, ...]] = ("task", "extra")
@@ -106,10 +106,16 @@ class MethodConfig:
         return kwargs
 
     @classmethod
+    def settings_fields(cls) -> tuple[str, ...]:
+        """The fields a training config's method block sets (besides `name` and `lr`)."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name not in cls.host_fields)
+
+    @classmethod
     def from_train_config(cls, cfg: "TrainConfig", d_model: int, task: str) -> "MethodConfig":
-        """The config a training run's keys describe for `task` (ValueError when they do not
-        make one)."""
-        raise NotImplementedError
+        """The config a training run describes for `task`: its method block's fields, with
+        the run's text length (ValueError when they do not make one)."""
+        fields = {name: cfg.method[name] for name in cls.settings_fields() if name in cfg.method}
+        return cls(**fields, max_length=cfg.max_length, task=task)
 
     @classmethod
     def check_train_config(cls, cfg: "TrainConfig") -> None:
@@ -174,11 +180,13 @@ class MethodModule(nn.Module):
         return self.apply(embeds, mask)
 
     def param_groups(self, lrs: dict[str, float]) -> list[dict[str, Any]]:
-        """Optimizer groups by role; `lrs` maps a role ("prompt", "lowrank", "lora", ...) to
-        its learning rate. Default: one group named after the method."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        return [{"name": self.config.method, "params": params, "lr": lrs[self.config.method],
-                 "weight_decay": 0.0}] if params else []
+        """Optimizer groups by role; `lrs` maps each of the config's `lr_roles` to its
+        learning rate. Default: every trainable tensor in one group, at the method's only role."""
+        roles = list(type(self.config).lr_roles)
+        if len(roles) != 1:
+            raise NotImplementedError(f"{type(self).__name__} has learning-rate roles {roles}: "
+                                      "it must say which tensors learn at which")
+        return group(roles[0], list(self.parameters()), lrs[roles[0]])
 
     @classmethod
     def part_of(cls, key: str) -> str:

@@ -10,16 +10,14 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 import torch
 from torch import nn
 
-from dept_vl.methods.base import check_int, check_number, dept_budget, group
+from dept_vl.methods.base import check_int, check_number, group
+from dept_vl.methods.registry import register
 from dept_vl.methods.pt import PromptConfig, SoftPrompt
-
-if TYPE_CHECKING:
-    from dept_vl.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +31,8 @@ class DePTConfig(PromptConfig):
     """
 
     method = "dept"
+    # P, and the pair A, B (official ranges 3e-1..4e-1 and 1e-4..5e-3)
+    lr_roles = {"prompt": 3e-1, "lowrank": 1e-4}
     prompt_length: int = 60  # m: soft-prompt tokens prepended to the encoder input
     rank: int = 30  # r: rank of the position-wise update A @ B
     max_length: int = 256  # s: text positions covered by A (rows of A)
@@ -55,17 +55,10 @@ class DePTConfig(PromptConfig):
     def num_parameters(self, d_model: int) -> int:
         return dept_budget(self.prompt_length, self.rank, self.max_length, d_model)
 
-    @classmethod
-    def check_train_config(cls, cfg: "TrainConfig") -> None:
-        super().check_train_config(cfg)
-        if cfg.prompt_length == 0 and cfg.rank == 0:
-            raise ValueError("prompt_length, rank: both 0 leave the prompt nothing to train")
 
-    @classmethod
-    def from_train_config(cls, cfg: "TrainConfig", d_model: int, task: str) -> "DePTConfig":
-        return cls(prompt_length=cfg.prompt_length, rank=cfg.rank, max_length=cfg.max_length,
-                   alpha=cfg.alpha, prompt_init=cfg.prompt_init,
-                   prompt_init_text=cfg.prompt_init_text, task=task)
+def dept_budget(prompt_length: int, rank: int, max_length: int, d_model: int) -> int:
+    """Trainable parameters of DePT: m·d + r·(s + d). With r = 0 this is prompt tuning's l·d."""
+    return prompt_length * d_model + rank * (max_length + d_model)
 
 
 def dept_splits(budget: int, d_model: int, max_length: int) -> list[tuple[int, int]]:
@@ -107,6 +100,7 @@ def dept_split(
     return prompt_length, rest // (max_length + d_model)
 
 
+@register
 class DePTPrompt(SoftPrompt):
     """The trainable part of DePT: prompt P (m, d), A (s, r), B (r, d).
 

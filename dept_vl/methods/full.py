@@ -4,23 +4,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dept_vl.methods.base import MethodConfig, MethodModule
-
-if TYPE_CHECKING:
-    from dept_vl.training.config import TrainConfig
+from dept_vl.methods.registry import register
 
 
 @dataclass(kw_only=True)
 class FullConfig(MethodConfig):
     method = "full"
-
-    @classmethod
-    def from_train_config(cls, cfg: "TrainConfig", d_model: int, task: str) -> "FullConfig":
-        return cls(task=task)
+    lr_roles = {"backbone": 1e-4}  # every backbone weight
 
 
+@register
 class FullFineTuning(MethodModule):
     """A marker: the host unfreezes its backbone; nothing is added to it."""
 

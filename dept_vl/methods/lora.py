@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, Iterator
 import torch
 
 from dept_vl.methods.base import MethodConfig, MethodModule, check_int, check_number, group
+from dept_vl.methods.registry import register
 
 if TYPE_CHECKING:
-    from dept_vl.training.config import TrainConfig
     from dept_vl.model import VLT5
 
 T5_PREFIX = "t5."
@@ -26,10 +26,11 @@ T5_PREFIX = "t5."
 @dataclass(kw_only=True)
 class LoraMethodConfig(MethodConfig):
     method = "lora"
-    lora_rank: int = 8
-    lora_alpha: float = 16
-    lora_dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["q", "v"])
+    lr_roles = {"lora": 1e-4}
+    lora_rank: int = 8  # rank of the update of each target layer
+    lora_alpha: float = 16  # the update is scaled by lora_alpha / lora_rank
+    lora_dropout: float = 0.0  # dropout on the update's input
+    target_modules: list[str] = field(default_factory=lambda: ["q", "v"])  # T5 layers updated
 
     def validate(self) -> None:
         check_int(self, "lora_rank", 1)
@@ -39,13 +40,6 @@ class LoraMethodConfig(MethodConfig):
                 or not all(isinstance(m, str) and m for m in self.target_modules)):
             raise ValueError(f"LoraMethodConfig: key 'target_modules' must be a non-empty list "
                              f"of module names, got {self.target_modules!r}")
-
-    @classmethod
-    def from_train_config(cls, cfg: "TrainConfig", d_model: int, task: str
-                          ) -> "LoraMethodConfig":
-        return cls(lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
-                   lora_dropout=cfg.lora_dropout, target_modules=list(cfg.lora_target_modules),
-                   max_length=cfg.max_length, task=task)
 
 
 def _tuner_layers(t5: torch.nn.Module) -> Iterator[tuple[str, Any]]:
@@ -67,6 +61,7 @@ def _kept_requires_grad(t5: torch.nn.Module) -> Iterator[None]:
             param.requires_grad_(flag)
 
 
+@register
 class LoraModule(MethodModule):
     """Handles on one LoRA adapter's weights inside T5 (they live in peft's layers, named
     `<layer>.lora_A.<adapter>.weight`; the file stores them as `t5.<layer>.lora_A.weight`)."""
@@ -132,7 +127,7 @@ class LoraModule(MethodModule):
         return dict(self._refs)
 
     def param_groups(self, lrs: dict[str, float]) -> list[dict[str, Any]]:
-        return group("lora", list(self._refs.values()), lrs["weights"])
+        return group("lora", list(self._refs.values()), lrs["lora"])
 
     @classmethod
     def part_of(cls, key: str) -> str:

@@ -10,12 +10,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from dept_vl.methods.base import (
-    PROMPT_INITS, MethodConfig, MethodModule, check_int, dept_budget, group,
-)
+from dept_vl.methods.base import PROMPT_INITS, MethodConfig, MethodModule, check_int, group
+from dept_vl.methods.registry import register
 
 if TYPE_CHECKING:
-    from dept_vl.training.config import TrainConfig
     from dept_vl.model import VLT5
 
 
@@ -24,6 +22,7 @@ class PromptConfig(MethodConfig):
     """The soft-prompt fields shared by pt, dept and adept."""
 
     optional = ("prompt_init", "prompt_init_text")
+    lr_roles = {"prompt": 3e-1}  # P (the official range 3e-1..4e-1)
 
     prompt_length: int = 60  # tokens prepended to the encoder input
     prompt_init: str = "vocab"  # "vocab" rows, "text" token embeddings (tiled), or "random"
@@ -45,12 +44,6 @@ class PromptConfig(MethodConfig):
         """Trainable parameters of the method at width d_model (the prompt alone: m·d)."""
         return self.prompt_length * d_model
 
-    @classmethod
-    def check_train_config(cls, cfg: "TrainConfig") -> None:
-        if cfg.prompt_init == "text" and not cfg.prompt_init_text:
-            raise ValueError("prompt_init: text needs prompt_init_text (the sentence whose "
-                             "token embeddings start the prompt)")
-
 
 @dataclass(kw_only=True)
 class PTConfig(PromptConfig):
@@ -67,25 +60,6 @@ class PTConfig(PromptConfig):
             raise ValueError(f"key 'method' is 'pt' but key 'rank' is {values['rank']!r} (a pt "
                              "adapter has rank 0; a dept adapter has method 'dept')")
         return kwargs
-
-    @classmethod
-    def check_train_config(cls, cfg: "TrainConfig") -> None:
-        super().check_train_config(cfg)
-        if not cfg.pt_prompt_length and cfg.prompt_length == 0 and cfg.rank == 0:
-            raise ValueError("prompt_length, rank: both 0 leave the prompt nothing to train")
-
-    @classmethod
-    def from_train_config(cls, cfg: "TrainConfig", d_model: int, task: str) -> "PTConfig":
-        """`pt_prompt_length`, or (unset) the DePT budget m·d + r·(s+d) in whole tokens."""
-        length = cfg.pt_prompt_length
-        if length is None:
-            budget = dept_budget(cfg.prompt_length, cfg.rank, cfg.max_length, d_model)
-            length = round(budget / d_model)
-            if length * d_model != budget:
-                print(f"[dept_vl] note: PT length {length} gives {length * d_model:,} parameters, "
-                      f"DePT({cfg.prompt_length},{cfg.rank}) has {budget:,}", flush=True)
-        return cls(prompt_length=length, prompt_init=cfg.prompt_init,
-                   prompt_init_text=cfg.prompt_init_text, max_length=cfg.max_length, task=task)
 
 
 def init_prompt_from_embeddings(
@@ -182,6 +156,7 @@ class SoftPrompt(MethodModule):
         raise KeyError(key)
 
 
+@register
 class PromptTuning(SoftPrompt):
     """Vanilla prompt tuning: P alone."""
 

@@ -209,7 +209,7 @@ def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
 def check_settings(checkpoint: Path, settings: dict[str, Any]) -> None:
     """Refuse to resume from a checkpoint made with other outcome settings: the run would end
     neither where the checkpoint's run nor where a fresh run with today's settings ends."""
-    from dept_vl.training.config import settings_differences
+    from dept_vl.training.settings import settings_differences
 
     saved = read_trainer_state(checkpoint).get("settings")
     if saved is not None and not isinstance(saved, dict):

@@ -17,24 +17,22 @@ and a caption adapter in one command); command-line overrides apply to every job
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import inspect
-import io
 import json
-import math
-import tokenize
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
-
-import yaml
+from typing import Any
 
 from dept_vl.data.formats import LOADERS
 from dept_vl.data.shapes import MIN_IMAGE_SIZE, PALETTES, SHAPE_SETS, TYPE_SETS
-from dept_vl.errors import UserError, one_line
+from dept_vl.errors import one_line
+from dept_vl.training.method_block import MOVED, check_partial, merge, method_block, moved
+from dept_vl.training.rules import (
+    AT_LEAST_0, AT_LEAST_1, POSITIVE, SEED, Bound, Choice, ConfigError, Rule, Spec, Where,
+    check_mapping, checked, nonempty, shown,
+)
 from dept_vl.tasks import TASKS
 
 INIT_SELECT = ("best", "average")
@@ -46,167 +44,16 @@ JOB_FORBIDDEN = ("output_dir", "jobs")  # a job writes to <output_dir>/<job name
 # build_model sets these T5Config fields from the tokenizer; given twice, T5Config would fail
 T5_FROM_TOKENIZER = ("vocab_size", "pad_token_id", "eos_token_id", "decoder_start_token_id")
 T5_META = ("self", "transformers_version", "architectures")  # bookkeeping, not model shape
-# the configs shipped inside the package (the repository's configs/ folder), found by file name
-# wherever dept_vl is installed
-SHIPPED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-
-
-class ConfigError(UserError, ValueError):
-    """A bad config file or command-line override; the message names the key (and file)."""
-
-
-# ---------------------------------------------------------------------------- where and rules
-@dataclass(frozen=True)
-class Where:
-    """Where a value was read: its file ("command line"; None for a config built in Python)
-    and its key path (`model.t5.d_model`, `train_file[1].format`)."""
-
-    source: str | None
-    path: str = ""
-
-    def key(self, name: Any) -> "Where":
-        return Where(self.source, f"{self.path}.{name}" if self.path else str(name))
-
-    def item(self, index: int) -> "Where":
-        return Where(self.source, f"{self.path}[{index}]")
-
-    def error(self, problem: str) -> ConfigError:
-        parts = [part for part in (self.source, self.path) if part]
-        return ConfigError(": ".join([*parts, problem]))
-
-
-Rule = Callable[[Any, Where], Any]  # a checked value (maybe normalised) or a ConfigError
-
-
-@dataclass(frozen=True)
-class Bound:
-    """A number's range: at least `low` (above it when `above`), below `high` when given."""
-
-    low: float
-    above: bool = False
-    high: float | None = None
-
-    def __call__(self, value: Any, where: Where) -> Any:
-        inside = value > self.low if self.above else value >= self.low
-        if not (math.isfinite(value) and inside and (self.high is None or value < self.high)):
-            raise where.error(f"must be {self}, got {value!r}")
-        return value
-
-    def __str__(self) -> str:
-        low, high = _number(self.low), _number(self.high)
-        return f"in [{low}, {high})" if high else f"{'>' if self.above else '>='} {low}"
-
-
-@dataclass(frozen=True)
-class Choice:
-    options: tuple[str, ...]
-
-    def __call__(self, value: Any, where: Where) -> Any:
-        if value not in self.options:
-            raise where.error(f"must be one of {self.options}, got {value!r}")
-        return value
-
-
-POSITIVE = Bound(0, above=True)
-AT_LEAST_0 = Bound(0)
-AT_LEAST_1 = Bound(1)
-SEED = Bound(0, high=2**31)  # numpy wants < 2**32, and runs add epochs to the seed
-
-
-def _number(value: float | None) -> str:
-    return "" if value is None else str(int(value)) if value == int(value) else f"{value:g}"
-
-
-def _nonempty(value: Any, where: Where) -> Any:
-    if not value:
-        raise where.error("must not be empty")
-    return value
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _type_name(hint: Any) -> str:
-    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
-
-
-def _is(value: Any, kind: Any) -> bool:
-    if kind is Any or typing.get_args(kind):  # a nested mapping: its own rule names the key
-        return True
-    return isinstance(value, kind)
-
-
-def _items_fit(kind: Any, value: Any) -> bool:
-    """Whether a list's items / a mapping's keys and values have the types `kind` names (one
-    level deep: what a nested mapping holds is its own rule's to check)."""
-    args = typing.get_args(kind)
-    if not args:
-        return True
-    if isinstance(value, list):
-        return all(_is(item, args[0]) for item in value)
-    return all(_is(key, args[0]) and _is(item, args[1]) for key, item in value.items())
-
-
-def _typed(hint: Any, value: Any, where: Where) -> Any:
-    """Coerce what YAML parsed to the type `hint` (int → float, text "1e-4" → 1e-4), or say
-    where it is wrong. Floats must be finite: `.nan`, `.inf` and "nan" never get through."""
-    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    if value is None and type(None) in allowed:
-        return None
-    for kind in allowed:
-        origin = typing.get_origin(kind) or kind
-        if kind is Any:
-            return value
-        if origin is float and not isinstance(value, bool) and isinstance(value, (int, float, str)):
-            try:
-                number = float(value)
-            except ValueError:
-                continue
-            if not math.isfinite(number):
-                raise where.error(f"must be a finite number, got {value!r}")
-            return number
-        if origin is int and isinstance(value, bool):
-            continue
-        if isinstance(origin, type) and isinstance(value, origin) and _items_fit(kind, value):
-            return value
-    raise where.error(f"expected {_type_name(hint)}, got {_shown(value)}")
-
-
-def _checked(hint: Any, rule: Rule | None, value: Any, where: Where) -> Any:
-    value = _typed(hint, value, where)
-    return value if rule is None or value is None else rule(value, where)
-
-
-Spec = dict[str, tuple[Any, "Rule | None"]]  # key → (type, rule) of a mapping's values
-
-
-def _check_mapping(value: Any, spec: Spec, where: Where, label: str,
-                   required: tuple[str, ...] = ()) -> dict[str, Any]:
-    """A nested mapping's keys checked against `spec` (the first unknown one named, with the
-    `label`led list of what is allowed), its required keys present, and each value checked."""
-    if not isinstance(value, dict):
-        raise where.error(f"expected a mapping, got {_shown(value)}")
-    for key in value:
-        if key not in spec:
-            close = difflib.get_close_matches(str(key), list(spec), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise where.key(key).error(f"unknown key{hint}; {label}: {', '.join(sorted(spec))}")
-    missing = [key for key in required if value.get(key) is None]
-    if missing:
-        raise where.error(f"needs {' and '.join(missing)}")
-    return {key: _checked(*spec[key], item, where.key(key)) for key, item in value.items()}
 
 
 # ---------------------------------------------------------------------------- nested values
 def _data_file(entry: Any, where: Where) -> Any:
     if isinstance(entry, str):
-        return _nonempty(entry, where)
+        return nonempty(entry, where)
     if isinstance(entry, dict):
-        return _check_mapping(entry, DATA_FILE, where, "allowed", required=("path",))
+        return check_mapping(entry, DATA_FILE, where, "allowed", required=("path",))
     raise where.error(f"expected a path, a mapping with path: and load options, or a list of "
-                      f"those, got {_shown(entry)}")
+                      f"those, got {shown(entry)}")
 
 
 def data_files(entry: Any, where: Where) -> Any:
@@ -220,18 +67,18 @@ def _tokenizer(value: Any, where: Where) -> Any:
     """`model.tokenizer`: a tokenizer directory, or {kind: word | byte_bpe, vocab_size,
     word_list} to learn one from the training texts (for a fresh T5)."""
     if isinstance(value, str):
-        return _nonempty(value, where)
-    return _check_mapping(value, TOKENIZER, where, "allowed", required=("kind",))
+        return nonempty(value, where)
+    return check_mapping(value, TOKENIZER, where, "allowed", required=("kind",))
 
 
 def _t5(value: Any, where: Where) -> Any:
     """`model.t5`: a hub name / local directory, or T5Config fields for a fresh T5."""
     if isinstance(value, str):
-        return _nonempty(value, where)
+        return nonempty(value, where)
     given = [key for key in T5_FROM_TOKENIZER if key in value]
     if given:
         raise where.key(given[0]).error("set by dept_vl from the tokenizer; leave it out")
-    checked = _check_mapping(value, _t5_spec(), where, "T5Config fields")
+    checked = check_mapping(value, _t5_spec(), where, "T5Config fields")
     _t5_builds(checked, where)
     return checked
 
@@ -285,21 +132,21 @@ def _t5_spec() -> Spec:
 def _vision(value: Any, where: Where) -> Any:
     """`model.vision`: a timm model name, or VisionConfig's fields (dept_vl/vision.py)."""
     if isinstance(value, str):
-        return _nonempty(value, where)
+        return nonempty(value, where)
     from dept_vl.vision import VisionConfig  # timm and torch: only when a backbone is built
 
     hints = typing.get_type_hints(VisionConfig)
-    rules: dict[str, Rule] = {"model_name": _nonempty, "image_size": AT_LEAST_1}
+    rules: dict[str, Rule] = {"model_name": nonempty, "image_size": AT_LEAST_1}
     spec = {f.name: (hints[f.name], rules.get(f.name)) for f in dataclasses.fields(VisionConfig)}
-    return _check_mapping(value, spec, where, "VisionConfig fields", required=("model_name",))
+    return check_mapping(value, spec, where, "VisionConfig fields", required=("model_name",))
 
 
 def _model(value: Any, where: Where) -> Any:
-    return _check_mapping(value, MODEL, where, "allowed", required=("t5", "vision"))
+    return check_mapping(value, MODEL, where, "allowed", required=("t5", "vision"))
 
 
 def _corpus(value: Any, where: Where) -> Any:
-    return _check_mapping(value, CORPUS, where, "allowed", required=("dir",))
+    return check_mapping(value, CORPUS, where, "allowed", required=("dir",))
 
 
 def _tasks(value: dict[str, Any], where: Where) -> dict[str, Any]:
@@ -307,15 +154,16 @@ def _tasks(value: dict[str, Any], where: Where) -> dict[str, Any]:
     for name, spec in value.items():
         if not (isinstance(name, str) and name.isidentifier()):
             raise where.key(name).error("task names must be identifiers (adapter names)")
-        checked[name] = _check_mapping(spec, TASK, where.key(name), "allowed",
+        checked[name] = check_mapping(spec, TASK, where.key(name), "allowed",
                                        required=("train_file",))
     return checked
 
 
 def _jobs(value: dict[str, Any], where: Where) -> dict[str, Any]:
     """Each job: config keys (checked like the top level's) but not output_dir or jobs."""
-    spec = {key: entry for key, entry in _train_spec().items() if key not in JOB_FORBIDDEN}
-    checked = {}
+    spec = {key: entry for key, entry in train_spec().items() if key not in JOB_FORBIDDEN}
+    spec["method"] = (Any, check_partial)  # merged into the shared block, then checked whole
+    result = {}
     for name, job in value.items():
         at = where.key(name)
         if not isinstance(name, str) or name in ("", ".", "..") or set(name) & set("/\\"):
@@ -325,8 +173,11 @@ def _jobs(value: dict[str, Any], where: Where) -> dict[str, Any]:
             if isinstance(job, dict) and key in job:
                 raise at.key(key).error("a job cannot set output_dir or jobs (it writes to "
                                         "<output_dir>/<job name>)")
-        checked[name] = _check_mapping(job, spec, at, "config keys")
-    return checked
+        for key in MOVED:
+            if isinstance(job, dict) and key in job:
+                raise moved(key, at)
+        result[name] = check_mapping(job, spec, at, "config keys")
+    return result
 
 
 def init_parts() -> tuple[str, ...]:
@@ -348,21 +199,9 @@ def _task(value: str, where: Where) -> str:
     return Choice(tuple(TASKS))(value, where)
 
 
-def _method(value: str, where: Where) -> str:
-    from dept_vl.methods import method_names  # torch: kept out of this module's import
-
-    return Choice(method_names())(value, where)
-
-
-def _prompt_init(value: str, where: Where) -> str:
-    from dept_vl.methods.base import PROMPT_INITS  # torch: kept out of this module's import
-
-    return Choice(PROMPT_INITS)(value, where)
-
-
 # data-file mapping: `path` plus load_records' options (dept_vl/data/formats/)
 DATA_FILE: Spec = {
-    "path": (str, _nonempty),
+    "path": (str, nonempty),
     "format": (str, Choice(("auto", *sorted(LOADERS)))),
     "task": (str, _task),
     "image_dir": (str | None, None),
@@ -390,7 +229,7 @@ TOKENIZER: Spec = {
 }
 # the built-in corpus: shapes.write_corpus's arguments, `dir` its out_dir
 CORPUS: Spec = {
-    "dir": (str, _nonempty),
+    "dir": (str, nonempty),
     "n_images": (int, AT_LEAST_1),
     "seed": (int, SEED),
     "image_size": (int, Bound(MIN_IMAGE_SIZE)),
@@ -403,7 +242,7 @@ TASK: Spec = {
     "train_file": (Any, data_files),
     "eval_file": (Any, data_files),
     "test_file": (Any, data_files),
-    "question_types": (list[str] | None, _nonempty),
+    "question_types": (list[str] | None, nonempty),
 }
 
 
@@ -411,8 +250,10 @@ TASK: Spec = {
 @dataclass
 class TrainConfig:
     # ---- what to train
-    # dept | pt (vanilla prompt tuning, equal budget) | adept | lora (peft) | full
-    method: str = "dept"
+    # the method and its settings: a name (dept | pt | adept | lora | full: its defaults), or
+    # {name, <its keys>, lr: {<role>: rate}}, e.g. {name: dept, prompt_length: 60, rank: 30,
+    # lr: {prompt: 3.0e-1, lowrank: 1.0e-4}}; `--method.rank 30` sets one key
+    method: str | dict[str, Any] = "dept"
     task: str = "vqa"  # vqa | caption (the adapter's task; records of both may be mixed)
     # backbone directory (VLT5.save_pretrained), or builtin (the one shipped in the package)
     backbone: str = "runs/backbone-shapes/model"
@@ -452,33 +293,15 @@ class TrainConfig:
     # None: each task's own (greedy VQA, 5-beam captions, dept_vl/tasks.py)
     num_beams: int | None = None
     gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
-    lr_prompt: float = 3e-1  # DePT prompt P (official range 3e-1..4e-1)
-    lr_lowrank: float = 1e-4  # DePT pair A, B (official range 1e-4..5e-3)
-    lr_projection: float = 1e-3  # trainable visual projection
-    lr: float = 1e-4  # lora and full fine-tuning
-    weight_decay: float = 0.01  # projection / full / lora; always 0 on P, A, B
+    lr_projection: float = 1e-3  # trainable visual projection (the method's rates: method.lr)
+    weight_decay: float = 0.01  # the projection and full fine-tuning; 0 on every method's tensors
     warmup_steps: int = 100  # linear warmup, then linear decay to 0 at max_steps
     max_grad_norm: float = 1.0  # 0: no clipping
     seed: int = 42  # initialisation, shuffling, few-shot draws
     mixed_precision: str = "no"  # no | fp16 | bf16 (accelerate's)
-    # ---- DePT shape
-    prompt_length: int = 60  # m: soft prompt tokens
-    rank: int = 30  # r: rank of the low-rank pair A (s x r), B (r x d)
-    max_length: int = 256  # s: also the text truncation length
-    alpha: float = 8.0  # A·B is scaled by alpha / sqrt(rank), as in the official code
-    prompt_init: str = "vocab"  # P starts as: vocab (sampled vocabulary rows) | text | random
-    # prompt_init text: the sentence whose token embeddings, tiled to m, start P
-    prompt_init_text: str | None = None
-    pt_prompt_length: int | None = None  # pt: None = the DePT budget m·d + r·(s+d) divided by d
-    adept_rank: int | None = None  # adept: None = the r closest to the DePT budget (same m)
-    adept_dropout: float = 0.0  # adept: dropout on the offset network's hidden layer
+    # ---- text and projection
+    max_length: int = 256  # text inputs are truncated to this many tokens (DePT: also s)
     train_projection: bool = True  # each adapter trains its own copy of the visual projection
-    # ---- lora (peft)
-    lora_rank: int = 8  # lora: rank of the update of each target layer
-    lora_alpha: int = 16  # lora: scale numerator (the update is scaled by alpha / rank)
-    lora_dropout: float = 0.0  # lora: dropout on the update's input
-    # lora: the T5 layers that get an update
-    lora_target_modules: list[str] = field(default_factory=lambda: ["q", "v"])
     # ---- bookkeeping
     max_target_length: int = 48  # answer / caption tokens trained on (longer targets are cut)
     eval_steps: int = 200  # evaluate every this many steps (best weights kept on its metric)
@@ -521,8 +344,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         # the same checks as a config file's (a config built in Python, a job's), no file named
         where = Where(None)
-        for key, (hint, rule) in _train_spec().items():
-            setattr(self, key, _checked(hint, rule, getattr(self, key), where.key(key)))
+        for key, (hint, rule) in train_spec().items():
+            setattr(self, key, checked(hint, rule, getattr(self, key), where.key(key)))
         if not self.jobs:
             self._check_combinations()
         for name in self.jobs:  # the jobs are what runs: each with the shared keys must make sense
@@ -534,14 +357,14 @@ class TrainConfig:
     def _check_combinations(self) -> None:
         from dept_vl.methods import get_method, method_names
 
-        method = get_method(self.method)
+        method = get_method(self.method_name)
         adapters = [n for n in method_names() if get_method(n).kind != "backbone"]
         if self.adapter_per_task and (not self.tasks or method.kind == "backbone"):
             raise ConfigError(f"adapter_per_task: needs `tasks:` and an adapter method "
                               f"({', '.join(adapters)})")
         if self.init_from is not None and method.kind == "backbone":
             raise ConfigError(f"init_from: only adapters ({', '.join(adapters)}) can start from "
-                              f"a source adapter, not method {self.method!r}")
+                              f"a source adapter, not method {self.method_name!r}")
         if self.model is not None and method.kind != "backbone" and not self.train_projection:
             raise ConfigError("train_projection: false needs a backbone directory; a backbone "
                               "built from `model:` has a freshly initialised visual projection, "
@@ -553,9 +376,15 @@ class TrainConfig:
 
     def for_job(self, name: str) -> "TrainConfig":
         """This config with job `name`'s keys applied, writing to `<output_dir>/<name>`."""
-        values = {**dataclasses.asdict(self), **self.jobs[name], "jobs": {},
+        job = self.jobs[name]
+        values = {**dataclasses.asdict(self), **job, "jobs": {},
+                  "method": merge(self.method, job.get("method")),
                   "output_dir": str(Path(self.output_dir) / name)}
         return TrainConfig(**values)
+
+    @property
+    def method_name(self) -> str:
+        return self.method["name"]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -577,36 +406,11 @@ BOOKKEEPING = frozenset({
     "on_unknown_tokens"})  # warn or stop before training: the same result either way
 
 
-# outcome keys that change nothing while another key holds a value, on both sides: the sample
-# seed of a periodic evaluation that reads the whole split draws no sample
-MOOT_WHILE = {"eval_sample_seed": ("max_eval_examples", None)}
-
-
-def settings_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """`key: saved → now` for each outcome setting that differs. A key only one side has comes
-    from a version of dept_vl with other keys: a key added since then counts as its default
-    (what the older version did), any other is shown as missing."""
-    missing = "(not set)"
-    defaults = json.loads(json.dumps(dataclasses.asdict(TrainConfig()), default=str))
-    saved = {**{k: v for k, v in defaults.items() if k not in saved and k in now}, **saved}
-
-    def moot(key: str) -> bool:
-        if key not in MOOT_WHILE:
-            return False
-        other, value = MOOT_WHILE[key]
-        return saved.get(other, missing) == now.get(other, missing) == value
-
-    return [f"{key}: {saved.get(key, missing)!r} → {now.get(key, missing)!r}"
-            for key in sorted(set(saved) | set(now))
-            if key not in BOOKKEEPING and saved.get(key, missing) != now.get(key, missing)
-            and not moot(key)]
-
-
 # what each field may hold beyond its type (fields not named here: any value of the type)
 RULES: dict[str, Rule] = {
-    "method": _method,
+    "method": method_block,
     "task": _task,
-    "backbone": _nonempty,
+    "backbone": nonempty,
     "model": _model,
     "corpus": _corpus,
     "train_file": data_files,
@@ -614,42 +418,28 @@ RULES: dict[str, Rule] = {
     "test_file": data_files,
     "on_bad_data": Choice(ON_BAD_DATA),
     "on_unknown_tokens": Choice(ON_UNKNOWN_TOKENS),
-    "question_types": _nonempty,
+    "question_types": nonempty,
     "max_eval_examples": AT_LEAST_1,
     "eval_sample_seed": SEED,
-    "output_dir": _nonempty,
+    "output_dir": nonempty,
     "max_steps": AT_LEAST_0,
     "batch_size": AT_LEAST_1,
     "eval_batch_size": AT_LEAST_1,
     "num_beams": AT_LEAST_1,
     "gradient_accumulation_steps": AT_LEAST_1,
-    "lr_prompt": POSITIVE,
-    "lr_lowrank": POSITIVE,
     "lr_projection": POSITIVE,
-    "lr": POSITIVE,
     "weight_decay": AT_LEAST_0,
     "warmup_steps": AT_LEAST_0,
     "max_grad_norm": AT_LEAST_0,
     "seed": SEED,
     "mixed_precision": Choice(MIXED_PRECISION),
-    "prompt_length": AT_LEAST_0,
-    "rank": AT_LEAST_0,
     "max_length": AT_LEAST_1,
-    "alpha": POSITIVE,
-    "prompt_init": _prompt_init,
-    "pt_prompt_length": AT_LEAST_1,
-    "adept_rank": AT_LEAST_1,
-    "adept_dropout": Bound(0, high=1),
-    "lora_rank": AT_LEAST_1,
-    "lora_alpha": POSITIVE,
-    "lora_dropout": Bound(0, high=1),
-    "lora_target_modules": _nonempty,
     "max_target_length": AT_LEAST_1,
     "eval_steps": AT_LEAST_1,
     "save_steps": AT_LEAST_1,
     "logging_steps": AT_LEAST_1,
     "checkpoints_total_limit": AT_LEAST_0,
-    "feature_cache_dir": _nonempty,
+    "feature_cache_dir": nonempty,
     "feature_cache_dtype": Choice(FEATURE_DTYPES),
     "feature_cache_shard_mb": AT_LEAST_1,
     "num_workers": AT_LEAST_0,
@@ -657,7 +447,7 @@ RULES: dict[str, Rule] = {
     "tasks": _tasks,
     "task_sampling_temperature": POSITIVE,
     "k_shot": AT_LEAST_1,
-    "init_from": _nonempty,
+    "init_from": nonempty,
     "init_parts": _init_parts,
     "init_select": Choice(INIT_SELECT),
     "init_temperature": POSITIVE,
@@ -666,176 +456,10 @@ RULES: dict[str, Rule] = {
 
 
 @functools.cache
-def _train_spec() -> Spec:
+def train_spec() -> Spec:
     hints = typing.get_type_hints(TrainConfig)
     return {f.name: (hints[f.name], RULES.get(f.name)) for f in dataclasses.fields(TrainConfig)}
 
 
-def _field_names() -> set[str]:
-    return set(_train_spec())
-
-
-# ---------------------------------------------------------------------------- reading
-class StrictLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
-
-
-def _no_repeated_keys(loader: StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    first: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
-            continue  # `<<:` merges may be overridden by design
-        key = loader.construct_object(key_node)
-        if key in first:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"key {key!r} given twice (first on line {first[key] + 1})",
-                key_node.start_mark)
-        first[key] = key_node.start_mark.line
-    return loader.construct_mapping(node, deep=True)
-
-
-StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_repeated_keys)
-
-
-def read_yaml(file: Path) -> Any:
-    """The parsed file; a syntax error or a repeated key names the file, line and column."""
-    try:
-        return yaml.load(file.read_text(encoding="utf-8"), Loader=StrictLoader)
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"{file}: not UTF-8 text (byte {error.start})") from error
-    except OSError as error:
-        raise ConfigError(f"{file}: cannot read the config ({error.strerror})") from error
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        if mark is None:
-            raise ConfigError(f"{file}: invalid YAML: {one_line(error)}") from error
-        raise ConfigError(f"{file}: line {mark.line + 1}, column {mark.column + 1}: invalid "
-                          f"YAML: {error.problem}") from error
-
-
-def parse_overrides(argv: list[str]) -> dict[str, Any]:
-    """`--key value`, `--key=value`, or a bare `--flag` (True) → {key: raw text}; `load_config`
-    turns the text into the field's type."""
-    values: dict[str, Any] = {}
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("--"):
-            raise ConfigError(f"unexpected argument {arg!r}: overrides look like --key value")
-        key, eq, raw = arg[2:].partition("=")
-        key = key.replace("-", "_")
-        if not eq:
-            if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-                raw = argv[i + 1]
-                i += 1
-            else:
-                raw = True
-        values[key] = raw
-        i += 1
-    return values
-
-
-def _from_cli(key: str, raw: Any) -> Any:
-    """A command-line string → the value for `key`: kept as text for text fields (so `--mixed_precision
-    no` stays "no"), YAML-parsed otherwise (numbers, booleans, lists, mappings)."""
-    if not isinstance(raw, str) or key not in _field_names():
-        return raw
-    hint = _train_spec()[key][0]
-    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    if raw in ("null", "None", "~") and type(None) in allowed:
-        return None
-    if str in allowed and not (raw.startswith("[") and any(
-            typing.get_origin(kind) is list for kind in allowed)):
-        return raw  # text stays text; `--init_from "[a, b]"` is still a list
-    try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"command line: {key}: invalid YAML {raw!r} "
-                          f"({getattr(error, 'problem', None) or one_line(error)})") from error
-
-
-def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None,
-                source: str = "command line") -> TrainConfig:
-    """YAML file (optional) + overrides → validated TrainConfig; errors in the overrides name
-    `source` (a caller passing keys of its own file names that file)."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        file = find_config(path)
-        loaded = read_yaml(file) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{file}: top level must be a mapping of keys to values")
-        values.update(_validated(loaded, str(file)))
-    cli = _validated({k: _from_cli(k, v) for k, v in (overrides or {}).items()}, source)
-    values.update(cli)
-    # the command line beats the file, the jobs' own keys included
-    job_cli = {k: v for k, v in cli.items() if k not in JOB_FORBIDDEN}
-    values["jobs"] = {name: {**job, **job_cli} for name, job in values.get("jobs", {}).items()}
-    return TrainConfig(**values)
-
-
-def shipped_configs() -> list[str]:
-    """The names of the configs shipped with dept_vl (`--config NAME` finds them)."""
-    return sorted(file.stem for file in SHIPPED_CONFIGS.glob("*.yaml"))
-
-
-def find_config(path: str | Path) -> Path:
-    """A config file: `path` itself when it exists, else the shipped config of that file name
-    (`quickstart`, `configs/compare_shapes.yaml`: what the docs name works from any folder)."""
-    file = Path(path)
-    if file.is_file():
-        return file
-    shipped = SHIPPED_CONFIGS / (file.name if file.suffix else f"{file.name}.yaml")
-    if shipped.is_file():
-        return shipped
-    raise ConfigError(f"config file not found: {file} (shipped configs: "
-                      f"{', '.join(shipped_configs())})")
-
-
-def key_docs() -> dict[str, str]:
-    """Each TrainConfig key's documentation, read from the comments of its definition: the one
-    on its line, after any comment lines just above it (`# ---- title` lines title sections and
-    belong to no key). What `--help` and the configuration reference print."""
-    source = inspect.getsource(TrainConfig)
-    comments: dict[int, str] = {}
-    code_lines: set[int] = set()
-    for token in tokenize.generate_tokens(io.StringIO(source).readline):
-        if token.type == tokenize.COMMENT and not token.string.startswith("# ----"):
-            comments[token.start[0]] = token.string.lstrip("#").strip()  # not a section title
-        elif token.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT):
-            code_lines.add(token.start[0])
-    docs = {}
-    for number, line in enumerate(source.splitlines(), start=1):
-        name = line.strip().partition(":")[0]
-        if name not in _field_names() or not line.startswith("    ") or line[4] == " ":
-            continue
-        above, row = [], number - 1
-        while row in comments and row not in code_lines:
-            above.insert(0, comments[row])
-            row -= 1
-        docs[name] = " ".join([*above, comments.get(number, "")]).strip()
-    return docs
-
-
-def config_help() -> str:
-    """Every key with its default and documentation, as `dept-vl-train --help` lists them."""
-    defaults = {f.name: f.default if f.default is not dataclasses.MISSING
-                else f.default_factory() for f in dataclasses.fields(TrainConfig)}
-    docs = key_docs()
-    lines = []
-    for name in sorted(defaults):
-        lines.append(f"  --{name} (default: {json.dumps(defaults[name], default=str)})")
-        if docs.get(name):
-            lines.append(f"      {docs[name]}")
-    return "\n".join(lines)
-
-
-def _validated(values: dict[str, Any], source: str) -> dict[str, Any]:
-    """Values of one source (a file, the command line) checked, the source named in errors."""
-    spec = _train_spec()
-    unknown = sorted(str(key) for key in values if key not in spec)
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown keys {unknown}; known keys: {', '.join(sorted(spec))}"
-        )
-    where = Where(source)
-    return {key: _checked(*spec[key], value, where.key(key)) for key, value in values.items()}
+def field_names() -> set[str]:
+    return set(train_spec())

@@ -27,7 +27,8 @@ from dept_vl.training.checkpoints import (
     Progress, check_settings, find_checkpoint, keep_only_trainables, load_progress, restore_state,
     save_checkpoint,
 )
-from dept_vl.training.config import ConfigError, TrainConfig, load_config
+from dept_vl.training.config import ConfigError, TrainConfig
+from dept_vl.training.config_loading import load_config
 from dept_vl.training.coverage import CoverageError, coverage_lines, coverage_report
 from dept_vl.data.collate import RecordDataset, VLCollator, input_text
 from dept_vl.data.fewshot import class_counts
@@ -146,7 +147,7 @@ def load_data(cfg: TrainConfig, accelerator: Accelerator
                           f"{skipped['file']}")
     for task in tasks:
         shots = f" ({cfg.k_shot}-shot: {class_counts(task.train)})" if cfg.k_shot else ""
-        accelerator.print(f"[dept_vl] {cfg.method} on {task.name} ({task.kind}): "
+        accelerator.print(f"[dept_vl] {cfg.method_name} on {task.name} ({task.kind}): "
                           f"{len(task.train)} train, {len(task.eval)} eval, {len(task.test)} "
                           f"test records{shots}")
     return tasks, tokenizer_records, skipped
@@ -296,7 +297,7 @@ class TrainLoop:
                    for i, (loader, generator) in enumerate(zip(self.loaders, self.generators))]
         bar = tqdm(total=cfg.max_steps, initial=progress.step,
                    disable=not self.accelerator.is_main_process,
-                   desc=f"{cfg.method}/{'+'.join(t.name for t in self.tasks)}")
+                   desc=f"{cfg.method_name}/{'+'.join(t.name for t in self.tasks)}")
         start, losses = time.perf_counter(), []
         self.model.train()
         with bar:  # closed before an error is printed, not after
@@ -359,11 +360,11 @@ class TrainLoop:
             return
         kept = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
                 else "no checkpoint was written yet")
+        rates = ", ".join(f"{role} {rate:g}" for role, rate in self.cfg.method["lr"].items())
         raise TrainingError(
             f"step {self.progress.step + 1}: the training {what} is {value}; stopped without "
-            f"saving a result ({kept}). Lower the learning rates (lr_prompt={self.cfg.lr_prompt}, "
-            f"lr_lowrank={self.cfg.lr_lowrank}, lr_projection={self.cfg.lr_projection}, "
-            f"lr={self.cfg.lr}) or max_grad_norm, and resume or restart")
+            f"saving a result ({kept}). Lower the learning rates (method.lr: {rates}, "
+            f"lr_projection: {self.cfg.lr_projection}) or max_grad_norm, and resume or restart")
 
     def after_step(self, bar: Any) -> None:
         """Periodic evaluation (the best weights kept) and checkpoints."""
@@ -440,7 +441,7 @@ def test_and_report(loop: TrainLoop, saved_to: Path, command: str, trainable_lin
         tested, rows = evaluate_tasks(model, loop.tasks, "test", cfg, loop.features,
                                       loop.accelerator.state)
         frozen = (evaluate_frozen(model, loop.tasks, cfg, loop.features, loop.accelerator.state)
-                  if cfg.evaluate_frozen and get_method(cfg.method).kind != "backbone" else {})
+                  if cfg.evaluate_frozen and get_method(cfg.method_name).kind != "backbone" else {})
     except UserError as error:
         raise TrainingError(f"test evaluation failed after training: {error}. The trained "
                             f"model is saved in {saved_to}; evaluate it again with "
@@ -456,7 +457,7 @@ def test_and_report(loop: TrainLoop, saved_to: Path, command: str, trainable_lin
     # unused default): saved_to names the backbone this run wrote
     started_from = cfg.backbone if cfg.model is None else None
     results = {
-        "task": task, "method": cfg.method, "backbone": started_from, "split": "test",
+        "task": task, "method": cfg.method_name, "backbone": started_from, "split": "test",
         **test_metrics, "best_eval": loop.progress.best_metrics, "steps": loop.progress.step,
         "train_seconds": round(loop.train_seconds, 1), "trainable_parameters": trainable,
         "total_parameters": total, "trainable_summary": trainable_line,
@@ -466,7 +467,7 @@ def test_and_report(loop: TrainLoop, saved_to: Path, command: str, trainable_lin
     if frozen:  # shaped like the run's own metrics: flat for one task, by task for several
         results["frozen_backbone"] = loop.layout.shape(frozen, {})[1]
     results.update({name: report for name, report in reports.items() if report})
-    if get_method(cfg.method).kind != "backbone":  # the model card now carries the test metrics
+    if get_method(cfg.method_name).kind != "backbone":  # the model card now has the test metrics
         save_result_model(model, cfg, out, tested if cfg.adapter_per_task else test_metrics,
                           command)
     results["saved_to"] = str(saved_to)

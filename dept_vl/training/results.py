@@ -33,7 +33,7 @@ def save_result_model(model: VLT5, cfg: TrainConfig, out: Path, metrics: dict[st
         target = out / "adapters"
         for name in model.adapters:
             model.save_adapter(name, target / name, metrics=metrics.get(name), command=command)
-    elif get_method(cfg.method).kind != "backbone":
+    elif get_method(cfg.method_name).kind != "backbone":
         target = out / "adapter"
         model.save_adapter(ADAPTER_NAME, target, metrics=metrics, command=command)
     else:

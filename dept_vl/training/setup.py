@@ -73,19 +73,12 @@ def learn_tokenizer(spec: str | dict[str, Any], records: list[Record]) -> Any:
 
 
 def adapter_config(cfg: TrainConfig, d_model: int, task: str | None = None) -> MethodConfig:
-    """The config of `cfg.method` (looked up in the registry) as the run's keys describe it."""
-    method = get_method(cfg.method)
+    """The config of the run's method (looked up in the registry) as its block describes it."""
+    method = get_method(cfg.method_name)
     try:
         return method.config_class.from_train_config(cfg, d_model, task or cfg.task)
     except ValueError as error:  # the config dataclass checks the shape the run's keys set
-        raise ConfigError(f"method {cfg.method}: {error}") from None
-
-
-def learning_rates(cfg: TrainConfig) -> dict[str, float]:
-    """Learning rate by role, for `MethodModule.param_groups`: the prompt, the second DePT-style
-    rate (DePT's A·B, ADePT's offset network), and the rate of methods that change weights."""
-    return {"prompt": cfg.lr_prompt, "lowrank": cfg.lr_lowrank, "weights": cfg.lr,
-            "projection": cfg.lr_projection}
+        raise ConfigError(f"method {cfg.method_name}: {error}") from None
 
 
 def setup_method(model: VLT5, cfg: TrainConfig, tasks: Sequence[TaskData]) -> list[dict[str, Any]]:
@@ -94,15 +87,15 @@ def setup_method(model: VLT5, cfg: TrainConfig, tasks: Sequence[TaskData]) -> li
     across adapters. With `gradient_checkpointing`, T5 recomputes its activations in backward."""
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
-    if get_method(cfg.method).kind == "backbone":
-        model.unfreeze_backbone()
+    lrs = cfg.method["lr"]
+    if get_method(cfg.method_name).kind == "backbone":
+        model.unfreeze_backbone()  # one group, at the method's one rate
         return [{"name": "all", "params": [p for p in model.parameters() if p.requires_grad],
-                 "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
+                 "lr": next(iter(lrs.values())), "weight_decay": cfg.weight_decay}]
     groups: dict[str, dict[str, Any]] = {}
     kinds: dict[str, str] = {}  # adapter → the task kind of its first task
     for task in tasks:
         kinds.setdefault(task.adapter, task.kind)
-    lrs = learning_rates(cfg)
     for index, (name, kind) in enumerate(kinds.items()):
         generator = torch.Generator().manual_seed(cfg.seed + index)
         adapter = model.add_adapter(name, adapter_config(cfg, model.d_model, kind),

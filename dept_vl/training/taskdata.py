@@ -90,7 +90,7 @@ def plan_tasks(cfg: TrainConfig) -> list[TaskData]:
             raise ConfigError(f"train_file{f' of task {name!r}' if cfg.tasks else ''}: no "
                               "training data given")
         adapter = None
-        if get_method(cfg.method).kind != "backbone":
+        if get_method(cfg.method_name).kind != "backbone":
             adapter = name if cfg.adapter_per_task else ADAPTER_NAME
         tasks.append(TaskData(name, kind, adapter, spec))
     return tasks

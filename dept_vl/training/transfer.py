@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from dept_vl.training.config import ConfigError
+from dept_vl.training.rules import ConfigError
 from dept_vl.methods import get_method
 from dept_vl.model import ADAPTER_CONFIG, Adapter, AdapterMismatchError, VLT5
 
