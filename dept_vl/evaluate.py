@@ -19,7 +19,8 @@ from accelerate.utils import gather_object
 from torch.utils.data import DataLoader
 
 from dept_vl.data.collate import RecordDataset, VLCollator
-from dept_vl.data.records import Record, VQARecord, skip_line
+from dept_vl.data.records import Record, VQARecord
+from dept_vl.data.bad_data import skip_line
 from dept_vl.errors import UserError
 from dept_vl.metrics import normalize_answer
 from dept_vl.model import VLT5

@@ -1,9 +1,10 @@
 """What each task means to dept_vl, in one `TaskSpec` per task: the records its data loads into,
 the encoder's input text (VL-T5 style prefix), the training targets, the references and metrics
 of evaluation, the rows written per prediction, the decoding, and the metric that ranks
-checkpoints. Callers (the collator, evaluation, generation, the demo) ask a record's or an
-adapter's spec and never test a task's name, so a new task is one entry in `TASKS` (plus a
-record type in dept_vl/data/records.py when no existing one fits its rows).
+checkpoints. Callers (the collator, evaluation, generation, the demo, reports, k-shot sampling
+through the record type) ask a record's or an adapter's spec and never test a task's name, so a
+new task is one `register_task` call (plus a record class with `@record_type`, in
+dept_vl/data/records.py or anywhere else, when no existing one fits its rows).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from dept_vl.data.formats import load_records
-from dept_vl.data.records import CaptionRecord, Record, VQARecord
+from dept_vl.data.records import RECORD_TYPES, CaptionRecord, Record, VQARecord
 from dept_vl.errors import UserError
 from dept_vl.metrics import caption_scores, vqa_accuracy, vqa_accuracy_by_type
 
@@ -28,7 +29,7 @@ class UnknownTaskError(UserError, ValueError):
 class TaskSpec:
     prefix: str  # prepended to the text input: "vqa: what color ..."
     label: str  # what the demo calls the task: "question answering"
-    record_type: type  # the records of its data (dept_vl/data/records.py); `task` names the spec
+    record_type: type  # the records of its data (a registered Record class); `task` names the spec
     # the record's own text after the prefix (the question); None: the prefix alone (captioning)
     text: Callable[[Any], str] | None
     targets: Callable[[Any], Sequence[str]]  # acceptable decoder targets of a record
@@ -167,6 +168,24 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
+def register_task(name: str, spec: TaskSpec) -> TaskSpec:
+    """Add a task (a test's, a plugin's) under `name`; its record type must be registered
+    (`dept_vl.data.records.record_type`). Registering a name twice is refused."""
+    if not name.isidentifier():
+        raise ValueError(f"task names are identifiers, got {name!r}")
+    if name in TASKS and TASKS[name] is not spec:
+        raise ValueError(f"task {name!r} is already registered")
+    if RECORD_TYPES.get(getattr(spec.record_type, "rows", None)) is not spec.record_type:
+        raise ValueError(f"task {name!r}: its record type {spec.record_type.__name__} is not "
+                         "registered (@record_type)")
+    TASKS[name] = spec
+    return spec
+
+
+def unregister_task(name: str) -> None:
+    TASKS.pop(name, None)
+
+
 def get_task(name: str) -> TaskSpec:
     if not isinstance(name, str) or name not in TASKS:
         raise UnknownTaskError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}")
@@ -176,7 +195,7 @@ def get_task(name: str) -> TaskSpec:
 def load_task_records(path: Any, task: str, format: str = "auto", **options: Any) -> list[Record]:
     """A task's records from a data file (`load_records`' options): read as the rows of its
     record type, so a task that reuses one loads from the same files, each tagged `task`."""
-    rows = get_task(task).record_type.task
+    rows = get_task(task).record_type.rows
     records = load_records(path, rows, format, **options)
     return records if rows == task else [replace(r, task=task) for r in records]
 

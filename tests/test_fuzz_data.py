@@ -23,7 +23,8 @@ from PIL import Image
 
 from dept_vl.data.formats import load_jsonl, load_karpathy, load_records, load_vqav2
 from dept_vl.data.image_files import load_image, validate_images
-from dept_vl.data.records import CaptionRecord, DataError
+from dept_vl.data.records import CaptionRecord
+from dept_vl.data.bad_data import DataError
 
 GOOD_FIRST = {"id": "g1", "image": "img/a.png", "question": "What color?", "answers": ["red"]}
 GOOD_LAST = {"id": "g4", "image": "img/b.png", "question": "Which shape?", "answers": ["square"]}

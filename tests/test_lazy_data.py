@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader
 from dept_vl.data.formats import hf as hf_format
 from dept_vl.data.formats import load_records
 from dept_vl.data.image_files import load_image, validate_images
-from dept_vl.data.records import CaptionRecord, DataError, skip_summary
+from dept_vl.data.records import CaptionRecord
+from dept_vl.data.bad_data import DataError, skip_summary
 from dept_vl.data.table_images import EncodedImage, ImageColumn, TableImage
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -17,7 +17,8 @@ from dept_vl.data.formats import (
     LOADERS, detect_format, load_hf, load_jsonl, load_karpathy, load_records, load_vqav2,
 )
 from dept_vl.data.image_files import load_image, validate_images
-from dept_vl.data.records import CaptionRecord, DataError, VQARecord, refuse_unanswered
+from dept_vl.data.records import CaptionRecord, VQARecord, refuse_unanswered
+from dept_vl.data.bad_data import DataError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from dept_vl import VLT5
 from dept_vl.data import shapes
-from dept_vl.data.records import DataError
+from dept_vl.data.bad_data import DataError
 from dept_vl.errors import CheckpointError
 from conftest import split, write_config
 from dept_vl.cli.train import main

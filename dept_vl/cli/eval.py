@@ -36,7 +36,8 @@ import torch
 from accelerate import PartialState
 
 from dept_vl.cli.data_flags import add_bad_data_argument, add_data_arguments, data_entries
-from dept_vl.data.records import DataError, Record, skip_summary
+from dept_vl.data.bad_data import DataError, skip_summary
+from dept_vl.data.records import Record
 from dept_vl.errors import UserError, run_cli
 from dept_vl.evaluate import check_submission, evaluate, vqa_submission
 from dept_vl.files import atomic_write_json

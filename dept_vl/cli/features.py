@@ -35,8 +35,10 @@ import time
 import torch
 from accelerate import PartialState
 
-from dept_vl.data.records import TASKS, image_key, skip_line
+from dept_vl.data.records import image_key
+from dept_vl.data.bad_data import skip_line
 from dept_vl.cli.data_flags import add_bad_data_argument, add_data_arguments, data_entries
+from dept_vl.tasks import TASKS
 from dept_vl.errors import run_cli
 from dept_vl.model import VLT5
 from dept_vl.training.taskdata import load_split

@@ -2,7 +2,8 @@
 
 The same function draws the k-shot training set from the training split and the k-shot dev set
 (for model selection) from held-out data; the score is always taken on the full test split.
-Knows nothing of models.
+What a record is balanced on is its type's (`Record.kshot_key`, `kshot_whole_groups`). Knows
+nothing of models.
 """
 
 from __future__ import annotations
@@ -11,52 +12,45 @@ import random
 from collections import Counter, defaultdict
 from typing import Sequence
 
-from dept_vl.data.records import CaptionRecord, Record, VQARecord
-
-
-def answer_class(record: VQARecord) -> str:
-    """The class a VQA example is balanced on: its most common reference answer."""
-    counts = Counter(record.answers)
-    return min(counts, key=lambda answer: (-counts[answer], answer))
-
-
-def _image_key(record: Record) -> str:
-    return record.image_key or str(record.id)  # a file path or a dataset row
+from dept_vl.data.records import RECORD_TYPES, Record
 
 
 def sample_kshot(records: Sequence[Record], k: int, seed: int) -> list[Record]:
-    """k VQA records per answer class plus every caption record of k images.
+    """k records per key of a record type that balances records (VQA: per answer class), and
+    every record of k keys of one that keeps whole groups (captions: k images).
 
-    Deterministic for a seed whatever order `records` come in (they are sorted by id first).
-    A class with fewer than k examples contributes all it has. The result is in a seeded
-    random order, so a loader without shuffling still sees classes mixed.
+    Deterministic for a seed whatever order `records` come in (they are sorted by id first);
+    record types are drawn in the order they were registered. A key with fewer than k records
+    contributes all it has. The result is in a seeded random order, so a loader without
+    shuffling still sees classes mixed.
     """
     if k < 1:
         raise ValueError(f"k_shot: must be at least 1, got {k}")
     rng = random.Random(seed)
-    ordered = sorted(records, key=lambda r: str(r.id))
-    by_class: dict[str, list[VQARecord]] = defaultdict(list)
-    by_image: dict[str, list[CaptionRecord]] = defaultdict(list)
-    for record in ordered:
-        if isinstance(record, VQARecord):
-            by_class[answer_class(record)].append(record)
-        else:
-            by_image[_image_key(record)].append(record)
+    groups: dict[type, dict[str, list[Record]]] = defaultdict(lambda: defaultdict(list))
+    for record in sorted(records, key=lambda r: str(r.id)):
+        groups[type(record)][record.kshot_key()].append(record)
+    known = list(RECORD_TYPES.values())
+    order = [*known, *(kind for kind in groups if kind not in known)]
     chosen: list[Record] = []
-    for label in sorted(by_class):
-        group = by_class[label]
-        chosen += rng.sample(group, min(k, len(group)))
-    images = sorted(by_image)
-    for image in rng.sample(images, min(k, len(images))):
-        chosen += by_image[image]
+    for kind in (kind for kind in order if not kind.kshot_whole_groups and kind in groups):
+        for key in sorted(groups[kind]):
+            chosen += rng.sample(groups[kind][key], min(k, len(groups[kind][key])))
+    for kind in (kind for kind in order if kind.kshot_whole_groups and kind in groups):
+        keys = sorted(groups[kind])
+        for key in rng.sample(keys, min(k, len(keys))):
+            chosen += groups[kind][key]
     rng.shuffle(chosen)
     return chosen
 
 
 def class_counts(records: Sequence[Record]) -> dict[str, int]:
-    """Examples per answer class (VQA) and images (captions): what a k-shot log line shows."""
-    counts = Counter(answer_class(r) for r in records if isinstance(r, VQARecord))
-    images = {_image_key(r) for r in records if isinstance(r, CaptionRecord)}
-    if images:
-        counts["<caption images>"] = len(images)
+    """Records per key of the types that balance records (VQA: answer classes), and the keys
+    of those that keep whole groups (`<caption images>`): what a k-shot log line shows."""
+    counts = Counter(r.kshot_key() for r in records if not r.kshot_whole_groups)
+    whole: dict[str, set[str]] = defaultdict(set)
+    for record in records:
+        if record.kshot_whole_groups:
+            whole[f"<{record.rows} images>"].add(record.kshot_key())
+    counts.update({label: len(keys) for label, keys in whole.items()})
     return dict(sorted(counts.items()))

@@ -11,7 +11,9 @@ from typing import Any
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from dept_vl.data.table_images import LazyImage
-from dept_vl.data.records import _encoded, _Policy, image_key, DataError, ImageRef, Record
+from dept_vl.data.records import Record, encoded, image_key
+from dept_vl.data.bad_data import DataError, Policy
+from dept_vl.data.rows import ImageRef
 from dept_vl.errors import one_line
 from dept_vl.images import to_rgb
 
@@ -53,7 +55,7 @@ def _decoded(image: ImageRef, *, cheap: bool = False, data: bytes | None = None)
     every byte, so a truncated JPEG fails exactly as it does at full size (tested). `data`:
     the image's bytes when the caller has read them already.
     """
-    data = _encoded(image) if data is None else data
+    data = encoded(image) if data is None else data
     if data is None:
         return image  # type: ignore[return-value]
     opened = Image.open(io.BytesIO(data))
@@ -83,7 +85,7 @@ def _decode_problem(image: ImageRef) -> BaseException | None:
     training does), PNG and other formats with checksums are verified: decoding ignores a
     damaged tail or a bad CRC that verify() reports."""
     try:
-        data = _encoded(image)
+        data = encoded(image)
         if data is not None:
             with Image.open(io.BytesIO(data)) as opened:
                 opened.verify()
@@ -114,7 +116,7 @@ def validate_images(
         raise DataError(
             "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True in this process (set by other code): "
             "truncated images would decode as grey fill and pass; leave it False", "bad_option")
-    policy = _Policy(skipped)
+    policy = Policy(skipped)
     problems: dict[Any, BaseException | None] = {}
     kept = []
     for record in records:

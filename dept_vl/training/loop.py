@@ -32,7 +32,8 @@ from dept_vl.training.config_loading import load_config
 from dept_vl.training.coverage import CoverageError, coverage_lines, coverage_report
 from dept_vl.data.collate import RecordDataset, VLCollator, input_text
 from dept_vl.data.fewshot import class_counts
-from dept_vl.data.records import image_key, skip_line
+from dept_vl.data.records import image_key
+from dept_vl.data.bad_data import skip_line
 from dept_vl.errors import BackboneError, CheckpointError, TrainingError, UserError
 from dept_vl.evaluate import mean_loss
 from dept_vl.files import atomic_write_json

@@ -19,7 +19,8 @@ from dept_vl.training.config import ConfigError, TrainConfig
 from dept_vl.data import shapes
 from dept_vl.data.fewshot import sample_kshot
 from dept_vl.data.image_files import validate_images
-from dept_vl.data.records import DataError, Record, VQARecord, refuse_unanswered, skip_summary
+from dept_vl.data.bad_data import DataError, skip_summary
+from dept_vl.data.records import Record, refuse_unanswered
 from dept_vl.files import atomic_write_text
 from dept_vl.methods import get_method
 from dept_vl.tasks import get_task, load_task_records
@@ -42,7 +43,7 @@ def ensure_corpus(cfg: TrainConfig) -> None:
 def load_split(entry: Any, task: str, question_types: list[str] | None = None,
                skipped: list[dict[str, Any]] | None = None) -> list[Record]:
     """Records from a config entry: a path, a mapping of load_records options, or a list of them;
-    VQA records kept only for `question_types` (None: all).
+    records with question types kept only for `question_types` (None: all).
 
     Every image is decoded now, before any step is taken. With `skipped` (on_bad_data: skip)
     bad rows and undecodable images are dropped and listed there; without it the first one
@@ -60,7 +61,7 @@ def load_split(entry: Any, task: str, question_types: list[str] | None = None,
                                 **options)
     if question_types is not None:
         wanted = set(question_types)
-        records = [r for r in records if not isinstance(r, VQARecord) or r.question_type in wanted]
+        records = [r for r in records if r.has_type(wanted)]
     return validate_images(records, skipped=skipped)
 
 
@@ -106,8 +107,7 @@ def load_tasks(cfg: TrainConfig) -> tuple[list[TaskData], list[Record], list[dic
         spec, types = task.spec, task.spec.get("question_types")
         every = load_split(spec["train_file"], task.kind, None, skipped)
         unfiltered += every
-        task.train = every if types is None else [
-            r for r in every if not isinstance(r, VQARecord) or r.question_type in set(types)]
+        task.train = every if types is None else [r for r in every if r.has_type(set(types))]
         task.eval = load_split(spec.get("eval_file"), task.kind, types, skipped)
         task.test = load_split(spec.get("test_file"), task.kind, types, skipped)
         for key, records in (("train_file", every), ("eval_file", task.eval),

@@ -6,18 +6,26 @@ A new format is one function `(path, task, LoadOptions) -> list[Record]` and one
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dept_vl.data.records import (
-    _check_task, _FILE_SUFFIXES, _HF_FILE_BUILDERS, _HUB_NAME, DataError, Record,
-)
-from dept_vl.data.formats.documents import _read_json
-from dept_vl.data.formats.hf import load_hf
+from dept_vl.data.records import Record, rows_type
+from dept_vl.data.bad_data import DataError
+from dept_vl.data.formats.documents import read_json
+from dept_vl.data.formats.hf import HF_FILE_BUILDERS, load_hf
 from dept_vl.data.formats.jsonl import load_jsonl
 from dept_vl.data.formats.karpathy import load_karpathy
 from dept_vl.data.formats.vqav2 import load_vqav2
+
+
+# a non-existing path with one of these endings is a missing file, never a hub name
+_FILE_SUFFIXES = {
+    ".json", ".jsonl", ".parquet", ".csv", ".tsv", ".arrow", ".txt", ".yaml", ".yml",
+    ".png", ".jpg", ".jpeg", ".zip", ".tar", ".gz",
+}
+_HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 
 @dataclass(frozen=True)
@@ -81,7 +89,7 @@ def _detect_json(path: Path, label: str) -> str:
     """Peek at the top level: VQAv2 has 'questions', Karpathy has images with 'sentences'."""
     if not path.is_file():
         raise DataError(f"{label}: file not found")
-    doc = _read_json(path)
+    doc = read_json(path)
     if isinstance(doc, dict) and "questions" in doc:
         return "vqav2"
     images = doc.get("images") if isinstance(doc, dict) else None
@@ -102,7 +110,7 @@ def detect_format(path: str | os.PathLike) -> str:
         return "jsonl"
     if suffix == ".json":
         return _detect_json(p, label)
-    if p.is_dir() or suffix in _HF_FILE_BUILDERS:
+    if p.is_dir() or suffix in HF_FILE_BUILDERS:
         return "hf"
     if not p.exists() and suffix not in _FILE_SUFFIXES and _HUB_NAME.fullmatch(label):
         return "hf"
@@ -122,12 +130,13 @@ def load_records(
     check_images: bool = True,
     skipped: list[dict[str, str]] | None = None,
 ) -> list[Record]:
-    """Load any supported dataset into validated records of one of the row kinds (`TASKS`: 'vqa'
-    or 'caption'); `dept_vl.tasks.load_task_records` loads them for any registered task.
+    """Load any supported dataset into validated records of one row kind (a registered record
+    type's `rows`: 'vqa', 'caption', ...); `dept_vl.tasks.load_task_records` loads them for any
+    registered task.
 
     `skipped`: None stops at the first bad row; a list drops bad rows into it (module docstring).
     """
-    _check_task(task)
+    rows_type(task)
     label = os.fspath(path)
     fmt = detect_format(label) if format == "auto" else format
     if fmt not in LOADERS:

@@ -7,11 +7,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dept_vl.data.records import DataError
+from dept_vl.data.bad_data import DataError
 from dept_vl.errors import one_line
 
 
-def _read_json(path: str | os.PathLike) -> Any:
+def read_json(path: str | os.PathLike) -> Any:
     try:
         with open(path, encoding="utf-8-sig") as f:
             return json.load(f)
@@ -30,13 +30,13 @@ def _read_json(path: str | os.PathLike) -> Any:
                         ) from None
 
 
-def _json_list(doc: Any, key: str, path: str | os.PathLike) -> list[Any]:
+def json_list(doc: Any, key: str, path: str | os.PathLike) -> list[Any]:
     if not isinstance(doc, dict) or not isinstance(doc.get(key), list):
         raise DataError(f"{os.fspath(path)}: expected a JSON object with a list under '{key}'")
     return doc[key]
 
 
-def _check_dir(directory: str | os.PathLike, option: str, label: str) -> Path:
+def check_dir(directory: str | os.PathLike, option: str, label: str) -> Path:
     path = Path(directory).expanduser()
     if not path.is_dir():
         raise DataError(f"{label}: {option} is not a directory: {os.fspath(directory)}",

@@ -9,17 +9,13 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from dept_vl.data.table_images import ImageColumn, LazyImage, TableImage
-from dept_vl.data.records import (
-    _check_task, _fail, _finish, _HF_FILE_BUILDERS, _path_resolver, _Policy, _row_to_record, DataError, ImageRef, ImageResolver, Record,
-)
+from dept_vl.data.records import Record, read_row, rows_type
+from dept_vl.data.bad_data import DataError, Policy, fail
+from dept_vl.data.rows import ImageRef, ImageResolver, finish, path_resolver
 
 
-# Per task: required field groups (first name wins, the others are accepted aliases) and
-# optional fields. `column_map` keys must be among these names.
-_HF_FIELDS: dict[str, tuple[tuple[tuple[str, ...], ...], tuple[str, ...]]] = {
-    "vqa": ((("image",), ("question",), ("answers", "answer")), ("id", "question_type")),
-    "caption": ((("image",), ("captions", "caption")), ("id",)),
-}
+# single-file formats that `datasets` reads with a packaged builder
+HF_FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 _TEXT_KEYS = ("answer", "raw", "caption", "text")
 _HF_BATCH = 1024  # rows read from the arrow table at a time while loading
 
@@ -52,9 +48,9 @@ def _open_hf(name: str, split: str, label: str) -> tuple[Any, Path | None]:
         if path.is_dir():
             return datasets.load_dataset(str(path), split=split), path
         if path.is_file():
-            builder = _HF_FILE_BUILDERS.get(path.suffix.lower())
+            builder = HF_FILE_BUILDERS.get(path.suffix.lower())
             if builder is None:
-                known = sorted(_HF_FILE_BUILDERS)
+                known = sorted(HF_FILE_BUILDERS)
                 raise DataError(f"{label}: cannot read {path.suffix!r} files; use one of {known}")
             # A single data file always forms the 'train' split, whatever split was asked for.
             return datasets.load_dataset(builder, data_files=str(path), split="train"), path.parent
@@ -77,7 +73,7 @@ def _map_columns(
     task: str, column_map: Mapping[str, str] | None, available: Sequence[str], label: str
 ) -> dict[str, str]:
     """Decide which dataset column feeds each of our fields (identity unless mapped)."""
-    groups, optional = _HF_FIELDS[task]
+    groups, optional = rows_type(task).fields  # `column_map` keys must be among these
     known = {f for group in groups for f in group} | set(optional)
     given = dict(column_map or {})
     unknown = sorted(set(given) - known)
@@ -129,21 +125,21 @@ def _item_text(item: Any) -> Any:
 
 def _hf_image_resolver(base_dir: Path | None, check_exists: bool) -> ImageResolver:
     """HF image cells (`_image_cells`): a row of the table, a path dict, or a path string."""
-    resolve_path = _path_resolver(base_dir or Path.cwd(), check_exists)
+    resolve_path = path_resolver(base_dir or Path.cwd(), check_exists)
 
     def resolve(value: Any, where: str) -> ImageRef:
         if isinstance(value, LazyImage):
             return value
         if isinstance(value, Mapping):
             if value.get("bytes"):  # a struct column whose 'bytes' is not binary
-                _fail(where, "field 'image' bytes must be bytes, got "
-                      f"{type(value['bytes']).__name__}", "bad_field")
+                fail(where, "field 'image' bytes must be bytes, got "
+                     f"{type(value['bytes']).__name__}", "bad_field")
             if value.get("path"):
                 return resolve_path(value["path"], where)
-            _fail(where, "field 'image' has neither bytes nor a path", "bad_field")
+            fail(where, "field 'image' has neither bytes nor a path", "bad_field")
         if isinstance(value, str):
             return resolve_path(value, where)
-        _fail(where, f"field 'image' has unsupported type {type(value).__name__}", "bad_field")
+        fail(where, f"field 'image' has unsupported type {type(value).__name__}", "bad_field")
 
     return resolve
 
@@ -214,7 +210,7 @@ def load_hf(
     Embedded images stay in the memory-mapped table (`TableImage`, read when a batch needs
     them); they are decoded, and bad ones found, by `validate_images`, not here.
     """
-    _check_task(task)
+    rows_type(task)
     name = os.fspath(name_or_path)
     split = split or "train"
     label = f"hf:{name}[{split}]"
@@ -223,10 +219,10 @@ def load_hf(
     images = _image_table(dataset, columns["image"])
     resolve = _hf_image_resolver(base_dir, check_images)
     stem = Path(name.rstrip("/\\")).stem or "hf"
-    policy = _Policy(skipped)
+    policy = Policy(skipped)
     records = []
     for index, row in _hf_rows(dataset, columns, images):
         where = f"{label}#{index}"
-        records.append(policy.row(where, _row_to_record, row, task, where, f"{stem}-{index}",
+        records.append(policy.row(where, read_row, row, task, where, f"{stem}-{index}",
                                   resolve))
-    return _finish(records, label, policy)
+    return finish(records, label, policy)

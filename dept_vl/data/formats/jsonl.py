@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dept_vl.data.records import (
-    _check_task, _fail, _finish, _path_resolver, _Policy, _row_to_record, DataError, ImageResolver, Record,
-)
+from dept_vl.data.records import Record, read_row, rows_type
+from dept_vl.data.bad_data import DataError, Policy, fail
+from dept_vl.data.rows import ImageResolver, finish, path_resolver
 from dept_vl.errors import one_line
 
 
@@ -38,13 +38,13 @@ def _parse_line(line: bytes, where: str) -> Any:
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as e:
-        _fail(where, f"not UTF-8 text ({e.reason} at byte {e.start})", "invalid_json")
+        fail(where, f"not UTF-8 text ({e.reason} at byte {e.start})", "invalid_json")
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        _fail(where, f"invalid JSON ({e.msg} at column {e.colno})", "invalid_json")
+        fail(where, f"invalid JSON ({e.msg} at column {e.colno})", "invalid_json")
     except (ValueError, RecursionError) as e:  # an int over Python's digit limit, deep nesting
-        _fail(where, f"invalid JSON ({type(e).__name__}: {one_line(e)})", "invalid_json")
+        fail(where, f"invalid JSON ({type(e).__name__}: {one_line(e)})", "invalid_json")
 
 
 def _jsonl_record(
@@ -52,8 +52,8 @@ def _jsonl_record(
 ) -> Record:
     row = _parse_line(line, where)
     if not isinstance(row, dict):
-        _fail(where, f"expected a JSON object, got {type(row).__name__}", "not_an_object")
-    return _row_to_record(row, task, where, f"{stem}-{number}", resolve)
+        fail(where, f"expected a JSON object, got {type(row).__name__}", "not_an_object")
+    return read_row(row, task, where, f"{stem}-{number}", resolve)
 
 
 def load_jsonl(
@@ -64,13 +64,13 @@ def load_jsonl(
     skipped: list[dict[str, str]] | None = None,
 ) -> list[Record]:
     """One JSON object per line; image paths resolve against the JSONL file's folder."""
-    _check_task(task)
+    rows_type(task)
     label = os.fspath(path)
-    resolve = _path_resolver(Path(label).expanduser().absolute().parent, check_images)
+    resolve = path_resolver(Path(label).expanduser().absolute().parent, check_images)
     stem = Path(label).stem
-    policy = _Policy(skipped)
+    policy = Policy(skipped)
     records = []
     for number, line in _read_lines(label):
         where = f"{label}:{number}"
         records.append(policy.row(where, _jsonl_record, line, number, where, task, stem, resolve))
-    return _finish(records, label, policy)
+    return finish(records, label, policy)

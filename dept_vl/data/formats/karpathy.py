@@ -6,20 +6,28 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dept_vl.data.records import (
-    _fail, _finish, _path_resolver, _Policy, _row_to_record, _text_field, CaptionRecord, DataError, ImageResolver, KARPATHY_SPLITS, Record,
-)
-from dept_vl.data.formats.documents import _check_dir, _json_list, _read_json
+from dept_vl.data.bad_data import DataError, Policy, fail
+from dept_vl.data.rows import ImageResolver, finish, path_resolver, text_field
+from dept_vl.data.records import CaptionRecord, Record, read_row
+from dept_vl.data.formats.documents import check_dir, json_list, read_json
+
+# Karpathy's "restval" images are training images in every paper that uses the split.
+KARPATHY_SPLITS: dict[str, tuple[str, ...]] = {
+    "train": ("train", "restval"),
+    "restval": ("restval",),
+    "val": ("val",),
+    "test": ("test",),
+}
 
 
 def _karpathy_row(entry: dict[str, Any], where: str) -> dict[str, Any]:
-    filename = _text_field(entry, "filename", where)
+    filename = text_field(entry, "filename", where)
     folder = entry.get("filepath") or ""
     if not isinstance(folder, str):
-        _fail(where, f"field 'filepath' must be a string, got {type(folder).__name__}", "bad_field")
+        fail(where, f"field 'filepath' must be a string, got {type(folder).__name__}", "bad_field")
     sentences = entry.get("sentences")
     if not isinstance(sentences, list) or not all(isinstance(s, dict) for s in sentences):
-        _fail(where, "field 'sentences' must be a list of {'raw': ...} objects", "bad_field")
+        fail(where, "field 'sentences' must be a list of {'raw': ...} objects", "bad_field")
     return {
         "id": entry.get("cocoid", entry.get("imgid")),
         "image": os.path.join(folder, filename),
@@ -32,11 +40,11 @@ def _karpathy_record(
 ) -> Record | None:
     """The entry's record, or None when it belongs to another split."""
     if not isinstance(entry, dict):
-        _fail(where, f"expected a JSON object, got {type(entry).__name__}", "not_an_object")
-    if _text_field(entry, "split", where) not in wanted:
+        fail(where, f"expected a JSON object, got {type(entry).__name__}", "not_an_object")
+    if text_field(entry, "split", where) not in wanted:
         return None
     row = _karpathy_row(entry, where)
-    return _row_to_record(row, "caption", where, Path(row["image"]).stem, resolve)
+    return read_row(row, "caption", where, Path(row["image"]).stem, resolve)
 
 
 def load_karpathy(
@@ -52,14 +60,14 @@ def load_karpathy(
     if split not in KARPATHY_SPLITS:
         raise DataError(f"{path}: unknown Karpathy split {split!r}; "
                         f"choose one of {list(KARPATHY_SPLITS)}", "bad_option")
-    images = _json_list(_read_json(path), "images", path)
+    images = json_list(read_json(path), "images", path)
     if check_images:
-        _check_dir(image_dir, "image_dir", path)
-    resolve = _path_resolver(Path(image_dir).expanduser().absolute(), check_images)
+        check_dir(image_dir, "image_dir", path)
+    resolve = path_resolver(Path(image_dir).expanduser().absolute(), check_images)
     wanted = KARPATHY_SPLITS[split]
-    policy = _Policy(skipped)
+    policy = Policy(skipped)
     records = []
     for k, entry in enumerate(images):
         where = f"{path}:images[{k}]"
         records.append(policy.row(where, _karpathy_record, entry, where, wanted, resolve))
-    return _finish(records, f"{path} (split {split!r})", policy)  # type: ignore[return-value]
+    return finish(records, f"{path} (split {split!r})", policy)  # type: ignore[return-value]
