@@ -135,7 +135,7 @@ def adept_inference(shape: str, batch_size: int, warmup: int, repeats: int) -> d
     """ADePT at inference with and without deduplicated rows: the offset update alone and the
     whole forward, on the benchmark batch (distinct rows) and on `question_batch` (repeats)."""
     model, name, _ = build(shape, "adept60")
-    module = model.get_adapter(name).prompt
+    module = model.get_adapter(name).tuner
     batches = {"distinct": inputs(model, batch_size), "repeated": question_batch(model)}
     cases: dict[str, Callable[[], None]] = {}
     rows: dict[str, dict[str, int]] = {}

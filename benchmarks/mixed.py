@@ -23,7 +23,7 @@ def with_adapters(shape: str) -> VLT5:
         adapter = model.add_adapter(name, DePTConfig(prompt_length=60, rank=30, max_length=256,
                                                      task_prefix="vqa:"))
         with torch.no_grad():
-            adapter.prompt.lowrank_B.normal_(std=0.02 * (i + 1))
+            adapter.tuner.lowrank_B.normal_(std=0.02 * (i + 1))
     return model.eval()
 
 

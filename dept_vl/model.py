@@ -54,13 +54,14 @@ def _version() -> str:
 
 class Adapter(nn.Module):
     """One task's trainable state: its method's module (a registered MethodModule, under
-    `.prompt`) and (by default) its own visual projection."""
+    `.tuner`: a soft prompt, DePT's pair, LoRA's layers, ...) and (by default) its own visual
+    projection."""
 
-    def __init__(self, config: MethodConfig, prompt: MethodModule,
+    def __init__(self, config: MethodConfig, tuner: MethodModule,
                  projection: VisualProjection | None):
         super().__init__()
         self.config = config
-        self.prompt = prompt
+        self.tuner = tuner
         self.projection = projection
 
     @property
@@ -73,7 +74,7 @@ class Adapter(nn.Module):
 
     def weights(self) -> dict[str, torch.Tensor]:
         """Copies of the tensors, under the names `adapter_model.safetensors` stores them by."""
-        tensors = self.prompt.tensors()
+        tensors = self.tuner.tensors()
         if self.projection is not None:
             for name, param in self.projection.state_dict().items():
                 tensors[f"visual_projection.{name}"] = param.detach().clone()
@@ -84,19 +85,19 @@ class Adapter(nn.Module):
         if key.startswith("visual_projection."):
             return "projection"
         try:
-            return self.prompt.part_of(key)
+            return self.tuner.part_of(key)
         except KeyError:
             raise AdapterMismatchError(f"tensor {key}: not part of a {self.method} adapter") \
                 from None
 
     @property
     def parts(self) -> tuple[str, ...]:
-        return (*self.prompt.parts, *(("projection",) if self.projection is not None else ()))
+        return (*self.tuner.parts, *(("projection",) if self.projection is not None else ()))
 
     @torch.no_grad()
     def assign(self, tensors: dict[str, torch.Tensor]) -> None:
         """Copy the given tensors (file-format names, any subset) into this adapter's weights."""
-        params = self.prompt.weight_refs()
+        params = self.tuner.weight_refs()
         if self.projection is not None:
             params.update({f"visual_projection.{k}": v
                            for k, v in self.projection.state_dict().items()})
@@ -244,7 +245,7 @@ class VLT5(nn.Module):
             self.vision.eval()
             self.projection.eval()
             for adapter in self.adapters.values():  # a method's own layers inside T5
-                adapter.prompt.host_train(self, mode)
+                adapter.tuner.host_train(self, mode)
             if mode and self.gradient_checkpointing:
                 # transformers checkpoints a stack / block only while that module itself is
                 # training; its dropout lives in child modules, which stay in eval mode
@@ -319,7 +320,7 @@ class VLT5(nn.Module):
         if method.kind == "backbone":
             raise ValueError(f"method {config.method!r} trains the backbone itself; it is not "
                              "an adapter (call unfreeze_backbone)")
-        prompt = method.build(config, self, generator, name).to(self.t5.device)
+        tuner = method.build(config, self, generator, name).to(self.t5.device)
         self._engaged = ()  # a weights method may have changed T5's layers: switch again
         projection = None
         if train_projection:
@@ -328,7 +329,7 @@ class VLT5(nn.Module):
                 self.projection.positions
             )
             projection.load_state_dict(self.projection.state_dict())
-        adapter = Adapter(config, prompt, projection).to(self.t5.device)
+        adapter = Adapter(config, tuner, projection).to(self.t5.device)
         self.adapters[name] = adapter
         if self.active_adapter is None:
             self.active_adapter = name
@@ -336,7 +337,7 @@ class VLT5(nn.Module):
 
     def delete_adapter(self, name: str) -> None:
         adapter = self.get_adapter(name)
-        adapter.prompt.detach_from(self)
+        adapter.tuner.detach_from(self)
         del self.adapters[name]
         self._engaged = ()
         if self.active_adapter == name:
@@ -413,12 +414,12 @@ class VLT5(nn.Module):
         self, name: str | None, embeds: torch.Tensor, mask: torch.Tensor, features: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One adapter's `[P | E']`, its mask, and its projected visual tokens."""
-        dept = self.get_adapter(name) if name is not None else None
-        projection = dept.projection if dept is not None and dept.projection is not None \
+        adapter = self.get_adapter(name) if name is not None else None
+        projection = adapter.projection if adapter is not None and adapter.projection is not None \
             else self.projection
         visual = projection(features).to(embeds.dtype)
-        if dept is not None:
-            embeds, mask = dept.prompt(embeds, mask)
+        if adapter is not None:
+            embeds, mask = adapter.tuner(embeds, mask)
         return embeds, mask, visual
 
     def forward(
@@ -443,7 +444,7 @@ class VLT5(nn.Module):
         """Switch T5's injected weights (LoRA) to the batch's adapter, or off for prompt
         adapters. An adapter that changes T5's weights cannot share a batch with another."""
         names = [adapter] if adapter is None or isinstance(adapter, str) else list(adapter)
-        hosts = {n for n in names if n is not None and self.get_adapter(n).prompt.kind == "weights"}
+        hosts = {n for n in names if n is not None and self.get_adapter(n).tuner.kind == "weights"}
         if hosts and len(set(names)) > 1:
             raise ValueError(f"adapter {sorted(hosts)[0]!r} changes T5's weights and cannot share "
                              "a batch with other adapters; run its examples in their own batch "
@@ -451,8 +452,8 @@ class VLT5(nn.Module):
         target = hosts.pop() if hosts else None
         if target == self._engaged:
             return
-        for method in {type(a.prompt) for a in self.adapters.values() if a.prompt.kind == "weights"}:
-            owned = target is not None and isinstance(self.get_adapter(target).prompt, method)
+        for method in {type(a.tuner) for a in self.adapters.values() if a.tuner.kind == "weights"}:
+            owned = target is not None and isinstance(self.get_adapter(target).tuner, method)
             method.switch(self, target if owned else None)
         self._engaged = target
 
@@ -558,7 +559,7 @@ class VLT5(nn.Module):
                 if not text or not text.strip():
                     raise ValueError(f"text {i} is empty: task {task!r} needs a question")
         names = adapter if isinstance(adapter, list) else [adapter] * len(texts)
-        limits = [self.get_adapter(n).prompt.text_limit if n is not None else None for n in names]
+        limits = [self.get_adapter(n).tuner.text_limit if n is not None else None for n in names]
         batch = self.tokenize([task_input(task, t) for t in texts],
                               limits[0] if len(set(limits)) == 1 else limits)
         device = self.t5.device
@@ -574,7 +575,7 @@ class VLT5(nn.Module):
         layers, see `engage`) in a forward of its own. Indices in batch order."""
         groups: dict[str | None, list[int]] = {}
         for i, name in enumerate(names):
-            alone = name is not None and self.get_adapter(name).prompt.kind != "prompt"
+            alone = name is not None and self.get_adapter(name).tuner.kind != "prompt"
             groups.setdefault(name if alone else None, []).append(i)
         return list(groups.values())
 
@@ -738,7 +739,7 @@ class VLT5(nn.Module):
             (tmp / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2))
             save_file(weights, tmp / ADAPTER_WEIGHTS, metadata={"format": "pt"})
             (tmp / "README.md").write_text(_model_card(
-                name, adapter.config, adapter.prompt.reported_budget(), meta, metrics, command))
+                name, adapter.config, adapter.tuner.reported_budget(), meta, metrics, command))
 
     def _adapter_meta(self, adapter: Adapter, weights: dict[str, torch.Tensor]
                       ) -> dict[str, Any]:

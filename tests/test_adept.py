@@ -50,14 +50,14 @@ def test_step_zero_equals_prompt_tuning_with_the_same_prompt():
     ids, mask, pixels = batch_for(model, ["vqa: what color is the circle ?", "vqa: how many ?"])
     for train, dedup in ((True, False), (False, False), (False, True)):
         model.train(train)
-        model.adapters["adept"].prompt.dedup_at_inference = dedup
+        model.adapters["adept"].tuner.dedup_at_inference = dedup
         with torch.set_grad_enabled(train):
             pt = model.build_inputs(ids, mask, pixels, adapter="pt")
             adept = model.build_inputs(ids, mask, pixels, adapter="adept")
         assert torch.equal(pt[0], adept[0]) and torch.equal(pt[1], adept[1])
     # the offset network is live: one step on W2 alone moves the inputs away from PT's
     with torch.no_grad():
-        model.adapters["adept"].prompt.offset_out.bias.add_(0.1)
+        model.adapters["adept"].tuner.offset_out.bias.add_(0.1)
     assert not torch.equal(model.build_inputs(ids, mask, pixels, adapter="adept")[0],
                            model.build_inputs(ids, mask, pixels, adapter="pt")[0])
 
@@ -196,7 +196,7 @@ def test_save_load_round_trip_gives_identical_generations(tmp_path):
     model = tiny_model("test_vit").eval()
     adapter = model.add_adapter("vqa", ADePTConfig(prompt_length=3, rank=4, dropout=0.1,
                                                    max_length=24))
-    perturbed(adapter.prompt)
+    perturbed(adapter.tuner)
     expected = model.generate(images(3), QUESTIONS, adapter="vqa")
     model.save_adapter("vqa", tmp_path / "vqa")
     meta = json.loads((tmp_path / "vqa" / "adapter_config.json").read_text())

@@ -36,7 +36,7 @@ def model():
                                                    max_length=24, task="vqa"))
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():  # peft starts lora_B at zero: the adapter would change nothing
-        for tensor in [*lora.prompt.weight_refs().values(), *lora.parameters()]:
+        for tensor in [*lora.tuner.weight_refs().values(), *lora.parameters()]:
             tensor.add_(0.5 * torch.randn(tensor.shape, generator=generator))
     with torch.no_grad():  # a caption adapter that is not the identity either
         for param in model.get_adapter("cap").parameters():

@@ -116,7 +116,7 @@ def test_a_checkpoint_of_an_adapter_method_holds_only_what_trains(runs, backbone
     bare = {n: p.numel() for n, p in VLT5.from_pretrained(backbone).named_parameters()}
     assert not set(saved) & set(bare)  # nothing of the frozen backbone
     assert {n.split(".", 2)[2] for n in saved} == {
-        "prompt.prompt_embeddings", "prompt.lowrank_A", "prompt.lowrank_B",
+        "tuner.prompt_embeddings", "tuner.lowrank_A", "tuner.lowrank_B",
         "projection.linear.weight", "projection.linear.bias", "projection.norm.weight",
         "projection.norm.bias"}
     assert sum(t.numel() for t in saved.values()) < sum(bare.values()) / 10

@@ -38,7 +38,7 @@ def perturb(adapter, scale=0.5, seed=0):
     """Non-trivial weights everywhere (peft starts lora_B at zero: LoRA would change nothing)."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for tensor in [*adapter.prompt.weight_refs().values(), *adapter.parameters()]:
+        for tensor in [*adapter.tuner.weight_refs().values(), *adapter.parameters()]:
             tensor.add_(scale * torch.randn(tensor.shape, generator=generator))
     return adapter
 
@@ -96,7 +96,7 @@ def test_load_adapter_reproduces_the_runs_test_predictions(lora_run, backbone, c
     with torch.no_grad():
         on = model(batch["input_ids"], batch["attention_mask"], pixels,
                    labels=batch["input_ids"], adapter=name).logits
-        for key, tensor in model.get_adapter(name).prompt.weight_refs().items():
+        for key, tensor in model.get_adapter(name).tuner.weight_refs().items():
             if "lora_B" in key:
                 tensor.zero_()
         off = model(batch["input_ids"], batch["attention_mask"], pixels,
@@ -238,7 +238,7 @@ def test_switching_adapters_keeps_every_requires_grad_flag():
     model.add_adapter("a", lora())
     model.add_adapter("b", lora(("q", "k")))
     model.add_adapter("d", DePTConfig(prompt_length=2, rank=2, max_length=24))
-    for param in model.get_adapter("b").prompt.weight_refs().values():
+    for param in model.get_adapter("b").tuner.weight_refs().values():
         param.requires_grad_(False)  # e.g. a source kept frozen while "a" trains
     flags = {k: p.requires_grad for k, p in model.named_parameters()}
     assert any(flags.values()) and not all(flags.values())
@@ -366,5 +366,5 @@ def test_lora_dropout_acts_in_training_only_although_the_frozen_t5_stays_in_eval
 def test_a_lora_adapters_reported_budget_is_r_times_in_plus_out_of_the_layers_it_wraps():
     model = tiny_model("test_vit")
     adapter = model.add_adapter("l", lora(rank=2))
-    counted = sum(t.numel() for t in adapter.prompt.tensors().values())
-    assert adapter.prompt.reported_budget() == counted > 0
+    counted = sum(t.numel() for t in adapter.tuner.tensors().values())
+    assert adapter.tuner.reported_budget() == counted > 0

@@ -124,7 +124,7 @@ def adapter_tensor_ids(model) -> set[int]:
     """Storage of every adapter weight (LoRA's live inside T5's modules)."""
     found = {p.data_ptr() for p in model.adapters.parameters()}
     for adapter in model.adapters.values():
-        found |= {t.data_ptr() for t in adapter.prompt.weight_refs().values()}
+        found |= {t.data_ptr() for t in adapter.tuner.weight_refs().values()}
     return found
 
 
@@ -132,7 +132,7 @@ def adapter_tensor_ids(model) -> set[int]:
 def test_training_changes_only_the_methods_parameters(method):
     model = tiny_model("test_vit").train()
     adapter = add(model, method, "a")
-    groups = adapter.prompt.param_groups(LRS) + [
+    groups = adapter.tuner.param_groups(LRS) + [
         {"params": list(adapter.projection.parameters()), "lr": 1e-2}]
     trained = {id(p) for g in groups for p in g["params"]}
     assert trained == {id(p) for p in model.parameters() if p.requires_grad}
@@ -140,7 +140,7 @@ def test_training_changes_only_the_methods_parameters(method):
     backbone = {k: v.clone() for k, v in model.state_dict().items() if v.data_ptr() not in ours}
     before = adapter.weights()
     optimizer = torch.optim.Adam(groups)
-    data = batch(model, adapter.prompt.text_limit)
+    data = batch(model, adapter.tuner.text_limit)
     for _ in range(3):  # zero-initialised halves (B) first move, then their partners (A)
         model(**data, adapter="a").loss.backward()
         optimizer.step()
@@ -154,7 +154,7 @@ def test_training_changes_only_the_methods_parameters(method):
 def test_save_load_gives_identical_generations(method, tmp_path):
     model = tiny_model("test_vit").eval()
     adapter = add(model, method, "a", seed=1)
-    data = batch(model, adapter.prompt.text_limit)
+    data = batch(model, adapter.tuner.text_limit)
     expected = model.generate(images(), QUESTIONS, adapter="a", **CUT)
     fresh = tiny_model("test_vit").eval()
     assert fresh.load_adapter(saved(model, "a", tmp_path / "a"), name="b") == "b"
@@ -206,8 +206,8 @@ def test_transfer_copies_exactly_the_parts_asked_for(method, tmp_path):
 def test_reported_budget_is_the_counted_parameters(method, tmp_path):
     model = tiny_model("test_vit")
     adapter = add(model, method, "a")
-    counted = sum(t.numel() for t in adapter.prompt.tensors().values())
-    assert adapter.prompt.reported_budget() == counted > 0
+    counted = sum(t.numel() for t in adapter.tuner.tensors().values())
+    assert adapter.tuner.reported_budget() == counted > 0
     try:  # the formula, from the config alone (what budget-matched grids are planned with)
         formula = get_method(method).budget(adapter.config, model.d_model)
     except ValueError:  # allowed where the count depends on the host's layers (LoRA)
@@ -267,7 +267,7 @@ def test_damaged_or_mismatched_files_are_refused_naming_the_path(method, tmp_pat
     # the refusals left the model as it was: adapter "a" still computes what it did
     again = tiny_model("test_vit").eval()
     again.load_adapter(source, name="a")
-    data = batch(model, model.get_adapter("a").prompt.text_limit)
+    data = batch(model, model.get_adapter("a").tuner.text_limit)
     assert torch.equal(logits(model, "a", data), logits(again, "a", data))
 
 

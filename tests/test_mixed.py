@@ -63,9 +63,9 @@ def test_mixed_batch_trains_each_adapter_from_its_own_examples(model):
     loss = model(batch["input_ids"], batch["attention_mask"], model.vision.preprocess(images(2)),
                  labels=labels, adapter=["a", "d"]).loss
     loss.backward()
-    assert model.get_adapter("a").prompt.lowrank_B.grad.abs().sum() > 0
-    assert model.get_adapter("d").prompt.lowrank_B.grad.abs().sum() > 0
-    assert model.get_adapter("c").prompt.lowrank_B.grad is None
+    assert model.get_adapter("a").tuner.lowrank_B.grad.abs().sum() > 0
+    assert model.get_adapter("d").tuner.lowrank_B.grad.abs().sum() > 0
+    assert model.get_adapter("c").tuner.lowrank_B.grad is None
     model.zero_grad(set_to_none=True)
     model.eval()
 

@@ -58,7 +58,7 @@ def test_only_adapter_parameters_change_and_backbone_is_bit_identical():
                      adapter="vqa").loss
         loss.backward()
         for name, param in adapter.named_parameters():
-            if name != "prompt.lowrank_A" or _ > 0:  # A has no gradient while B is still 0
+            if name != "tuner.lowrank_A" or _ > 0:  # A has no gradient while B is still 0
                 assert param.grad is not None and param.grad.abs().sum() > 0, name
         optimizer.step()
         optimizer.zero_grad()
@@ -72,7 +72,7 @@ def test_only_adapter_parameters_change_and_backbone_is_bit_identical():
 def test_dynamic_padding_equals_padding_to_max_length():
     model = tiny_model("test_vit").eval()
     adapter = model.add_adapter("vqa", CFG)
-    torch.nn.init.normal_(adapter.prompt.lowrank_B)  # make A·B matter
+    torch.nn.init.normal_(adapter.tuner.lowrank_B)  # make A·B matter
     texts = ["vqa: what color is the small red circle ?", "vqa: how many ?"]
     labels = model.tokenizer(["red", "two"], return_tensors="pt", padding=True)["input_ids"]
     ids, mask, pixels = batch_for(model, texts)
@@ -126,7 +126,7 @@ def test_adapter_save_load_round_trip_gives_identical_generations(tmp_path):
     model = tiny_model("test_vit").eval()
     adapter = model.add_adapter("vqa", CFG)
     with torch.no_grad():
-        torch.nn.init.normal_(adapter.prompt.lowrank_B)
+        torch.nn.init.normal_(adapter.tuner.lowrank_B)
         adapter.projection.linear.weight.mul_(1.5)
     questions = ["what color is the circle ?", "how many objects are there ?", "is there a red ?"]
     expected = model.generate(images(3), questions, adapter="vqa")
@@ -261,7 +261,7 @@ def test_adapter_with_a_nan_weight_is_never_saved_and_the_old_one_stays(tmp_path
     model = saved_adapter(tmp_path / "vqa")
     before = (tmp_path / "vqa" / "adapter_model.safetensors").read_bytes()
     with torch.no_grad():
-        model.adapters["vqa"].prompt.lowrank_B[0, 0] = float("nan")
+        model.adapters["vqa"].tuner.lowrank_B[0, 0] = float("nan")
     with pytest.raises(UserError, match=r"adapter 'vqa': tensor lowrank_B holds NaN or inf"):
         model.save_adapter("vqa", tmp_path / "vqa")
     assert (tmp_path / "vqa" / "adapter_model.safetensors").read_bytes() == before

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import dept_vl.training.loop as train_module
 from conftest import split, write_config
@@ -94,6 +94,31 @@ def test_resume_with_periodic_eval_ends_with_the_uninterrupted_best_weights(
     rows = (tmp_path / "resumed" / "logs" / "metrics.csv").read_text().splitlines()
     losses = [r.split(",")[0] for r in rows if ",train/loss," in r]
     assert losses == [str(s) for s in range(1, 9)]
+
+
+def test_a_checkpoint_of_an_earlier_version_resumes_exactly(
+        tmp_path, corpus_dir, backbone, monkeypatch):
+    """Earlier versions named an adapter's method module `.prompt`: their checkpoints (the
+    trained tensors and the best weights) resume under today's `.tuner` names."""
+    config = write_config(tmp_path / "c.yaml", **base_values(corpus_dir, backbone))
+    main(["--config", config, "--output_dir", str(tmp_path / "straight")])
+    out = tmp_path / "resumed"
+    interrupt_after_checkpoint(monkeypatch, 6)
+    with pytest.raises(Interrupted):
+        main(["--config", config, "--output_dir", str(out)])
+    monkeypatch.undo()
+    checkpoint = out / "checkpoints" / "checkpoint_6"
+    for name in ("model.safetensors", "best_weights.safetensors"):
+        tensors = load_file(checkpoint / name)
+        assert any(".tuner." in key for key in tensors)
+        save_file({key.replace(".tuner.", ".prompt."): value for key, value in tensors.items()},
+                  checkpoint / name)
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    state["files"] = {name: (checkpoint / name).stat().st_size for name in state["files"]}
+    (checkpoint / "trainer_state.json").write_text(json.dumps(state))
+    main(["--config", config, "--output_dir", str(out), "--resume_from_checkpoint",
+          str(checkpoint)])  # this one, never an earlier one
+    assert_same_result(tmp_path / "straight", out)
 
 
 def test_resume_of_a_multitask_run_is_exact(tmp_path, corpus_dir, backbone, monkeypatch):

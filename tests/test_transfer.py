@@ -77,11 +77,11 @@ def test_other_max_length_truncates_or_zero_extends_a_with_a_warning(tmp_path, c
     target = model.add_adapter("tgt", DePTConfig(prompt_length=3, rank=2, max_length=target_s))
     with caplog.at_level(logging.WARNING, logger="dept_vl.training.transfer"):
         initialize(model, "tgt", path, ["lowrank"])
-    a = target.prompt.lowrank_A.detach()
+    a = target.tuner.lowrank_A.detach()
     rows = min(24, target_s)
     assert torch.equal(a[:rows], source["lowrank_A"][:rows])
     assert torch.count_nonzero(a[rows:]) == 0
-    assert torch.equal(target.prompt.lowrank_B.detach(), source["lowrank_B"])
+    assert torch.equal(target.tuner.lowrank_B.detach(), source["lowrank_B"])
     warned = [r.getMessage() for r in caplog.records]
     if target_s == 24:
         assert not warned
@@ -97,14 +97,14 @@ def test_several_sources_pick_the_lowest_score_and_log_every_score(tmp_path):
     fresh = target.weights()
 
     def score():  # the source whose prompt is nearest 1.8 "fits the target" best
-        return float((target.prompt.prompt_embeddings.detach() - 1.8).abs().mean())
+        return float((target.tuner.prompt_embeddings.detach() - 1.8).abs().mean())
 
     report = initialize(model, "tgt", list(paths.values()), select="best", score=score)
     assert report["selected"] == str(paths[2.0])
     assert set(report["scores"]) == {"scratch", *map(str, paths.values())}
     assert report["scores"]["scratch"] == pytest.approx(
         float((fresh["prompt_embeddings"] - 1.8).abs().mean()))
-    assert torch.all(target.prompt.prompt_embeddings == 2.0)
+    assert torch.all(target.tuner.prompt_embeddings == 2.0)
     with pytest.raises(ValueError, match="need a score"):
         initialize(model, "tgt", list(paths.values()))
 
@@ -120,7 +120,7 @@ def test_average_weights_sources_by_softmax_of_negative_loss(tmp_path):
     assert report["weights"] == {str(low): pytest.approx(weights[0]),
                                  str(high): pytest.approx(weights[1])}
     expected = weights[1] * 3.0
-    assert torch.allclose(target.prompt.prompt_embeddings, torch.full((3, 32), expected))
+    assert torch.allclose(target.tuner.prompt_embeddings, torch.full((3, 32), expected))
 
 
 def test_a_folder_of_adapters_expands_to_each_of_them(tmp_path):

@@ -78,7 +78,7 @@ def keep_only_trainables(accelerator: Any, model: torch.nn.Module) -> None:
 def load_trainables_into(model: torch.nn.Module, file: Path) -> None:
     """Copy a checkpoint's trained tensors into `model`; every trainable parameter must be there
     with its shape (a checkpoint of the whole model, as older versions wrote, has them too)."""
-    state = read_safetensors(file, CheckpointError)
+    state = renamed_tensors(read_safetensors(file, CheckpointError))
     params = trainable_parameters(model)
     missing = sorted(set(params) - set(state))
     if missing:
@@ -92,6 +92,16 @@ def load_trainables_into(model: torch.nn.Module, file: Path) -> None:
     with torch.no_grad():
         for name, param in params.items():
             param.copy_(state[name])
+
+
+# an adapter's method module was `.prompt` in the checkpoints of earlier versions
+_OLDER_NAME = re.compile(r"^(adapters\.[^.]+)\.prompt\.")
+
+
+def renamed_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors under today's names (`adapters.<name>.tuner.`), whatever
+    version of dept_vl wrote it."""
+    return {_OLDER_NAME.sub(r"\1.tuner.", name): tensor for name, tensor in state.items()}
 
 
 @dataclass
@@ -232,7 +242,7 @@ def load_progress(checkpoint: Path) -> Progress:
     best = state.get("best")
     best_state = None
     if (checkpoint / BEST_WEIGHTS).is_file():
-        best_state = read_safetensors(checkpoint / BEST_WEIGHTS, CheckpointError)
+        best_state = renamed_tensors(read_safetensors(checkpoint / BEST_WEIGHTS, CheckpointError))
     elif state["best_metrics"]:
         raise CheckpointError(f"{checkpoint}: has best_metrics but no {BEST_WEIGHTS} (written "
                               "by an older dept_vl, whose resume lost the best weights)")

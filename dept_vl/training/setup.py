@@ -100,7 +100,7 @@ def setup_method(model: VLT5, cfg: TrainConfig, tasks: Sequence[TaskData]) -> li
         generator = torch.Generator().manual_seed(cfg.seed + index)
         adapter = model.add_adapter(name, adapter_config(cfg, model.d_model, kind),
                                     train_projection=cfg.train_projection, generator=generator)
-        found = adapter.prompt.param_groups(lrs)
+        found = adapter.tuner.param_groups(lrs)
         if adapter.projection is not None:
             found += method_group("projection", list(adapter.projection.parameters()),
                                   cfg.lr_projection, cfg.weight_decay)

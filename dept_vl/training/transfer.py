@@ -70,7 +70,7 @@ def source_tensors(model: VLT5, target: Adapter, source: str | Path,
         raise AdapterMismatchError(f"{where}: the source ({meta['method']} adapter) has no "
                                    f"part {absent}; drop it from init_parts")
     selected = {k: v for k, v in tensors.items() if source_parts[k] in parts}
-    selected = target.prompt.fit_source(selected, meta, where)
+    selected = target.tuner.fit_source(selected, meta, where)
     expected = target.weights()
     for key, value in selected.items():
         if key not in expected or value.shape != expected[key].shape:
