@@ -34,7 +34,8 @@ from dept_vl.data.collate import RecordDataset, VLCollator
 from dept_vl.data.records import VQARecord
 from dept_vl.tables import markdown_table
 from dept_vl.tokenization import build_word_tokenizer
-from dept_vl.vision import FeatureCache, ImageEncoder, VisionConfig
+from dept_vl.vision import ImageEncoder, VisionConfig
+from dept_vl.feature_cache import FeatureCache
 
 WORDS = "vqa: what color is the circle square red green blue yes no ?"
 

@@ -86,7 +86,7 @@ def _square(value: int) -> str | None:
 
 # adapter_config.json as save_adapter writes it: the host's keys here, the method's own keys
 # checked by its config dataclass; unknown keys are left alone (notes, newer fields)
-_ADAPTER_KEYS = {
+ADAPTER_KEYS = {
     "method": _Key((str,)),
     "d_model": _Key((int,), check=_at_least(1)),
     "train_projection": _Key((bool,)),
@@ -134,7 +134,7 @@ def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
     return isinstance(value, types)
 
 
-def _check_keys(values: dict[str, Any], keys: dict[str, _Key], file: Path | str,
+def check_keys(values: dict[str, Any], keys: dict[str, _Key], file: Path | str,
                 error: type[UserError], closed: bool = False) -> None:
     """Every key of `values` against `keys`: presence, JSON type, range; `closed` also refuses
     keys not listed. The error names the file and the key."""
@@ -157,7 +157,7 @@ def _check_keys(values: dict[str, Any], keys: dict[str, _Key], file: Path | str,
             raise error(f"{file}: key {key!r} {problem}, got {json.dumps(value)}")
 
 
-def _first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
     """The name of the first floating tensor holding a NaN or inf, or None."""
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
@@ -165,7 +165,7 @@ def _first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
-def _check_replaceable(target: Path, marker: str, error: type[UserError]) -> None:
+def check_replaceable(target: Path, marker: str, error: type[UserError]) -> None:
     """A save replaces the whole folder, so it only replaces an empty folder or one it wrote
     before (holding `marker`): a wrong path must never delete a user's other files."""
     if target.exists() and not target.is_dir():
@@ -177,10 +177,10 @@ def _check_replaceable(target: Path, marker: str, error: type[UserError]) -> Non
 
 # ---------------------------------------------------------------------------- adapter files
 def read_adapter_config(file: Path) -> dict[str, Any]:
-    """adapter_config.json checked against the host's schema (_ADAPTER_KEYS) and its method's
+    """adapter_config.json checked against the host's schema (ADAPTER_KEYS) and its method's
     config rules."""
     meta = read_json_object(file, AdapterError)
-    _check_keys(meta, _ADAPTER_KEYS, file, AdapterError)
+    check_keys(meta, ADAPTER_KEYS, file, AdapterError)
     if "backbone" in meta:
         check_source(meta["backbone"], file)
     method_config_of(meta, file)
@@ -218,7 +218,7 @@ def read_adapter_weights(file: Path) -> dict[str, torch.Tensor]:
         if not tensor.is_floating_point():
             raise AdapterError(f"{file}: tensor {key} has dtype {tensor.dtype}; adapter weights "
                                "are floating point")
-    bad = _first_non_finite(tensors)
+    bad = first_non_finite(tensors)
     if bad is not None:
         raise AdapterError(f"{file}: tensor {bad} holds NaN or inf values")
     return tensors
@@ -238,7 +238,7 @@ _T = TypeVar("_T")
 
 
 @contextlib.contextmanager
-def _quiet_progress() -> Iterator[None]:
+def quiet_progress() -> Iterator[None]:
     """No transformers progress bars while a backbone loads or saves: a local folder takes a
     moment, and an entry point's stderr must stay one line when the load fails."""
     was_enabled = hf_logging.is_progress_bar_enabled()
@@ -263,7 +263,7 @@ def _load_from(source: str, load: Callable[[str], _T], what: str) -> _T:
     a failure as one BackboneError naming the source."""
     local = Path(source).expanduser().is_dir()
     try:
-        with _quiet_progress():
+        with quiet_progress():
             return load(str(Path(source).expanduser()) if local else source)
     except OSError as error:
         if local:
@@ -302,7 +302,7 @@ def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
     return _load_from(source, AutoTokenizer.from_pretrained, "tokenizer")
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
+def read_manifest(path: Path) -> dict[str, Any]:
     file = path / BACKBONE_MANIFEST
     if not path.is_dir():
         raise BackboneError(f"{path}: no such backbone directory")
@@ -311,7 +311,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
             f"{path} is not a dept_vl backbone directory (no {BACKBONE_MANIFEST}); build one "
             "with `dept-vl-train --config backbone_shapes` or VLT5.save_pretrained")
     manifest = read_json_object(file, BackboneError)
-    _check_keys(manifest, _MANIFEST_KEYS, file, BackboneError)
+    check_keys(manifest, _MANIFEST_KEYS, file, BackboneError)
     if manifest.get("visual_positions", "none") != "none" and not manifest.get("num_visual_tokens"):
         raise BackboneError(f"{file}: visual_positions {manifest['visual_positions']!r} needs "
                             "num_visual_tokens (the grid its table is laid out for)")
@@ -323,7 +323,7 @@ def _build_encoder(path: Path) -> ImageEncoder:
     to load (the hub and any weights_file are never consulted)."""
     file = path / VISION_CONFIG
     values = read_json_object(file, BackboneError)
-    _check_keys(values, _VISION_KEYS, file, BackboneError, closed=True)
+    check_keys(values, _VISION_KEYS, file, BackboneError, closed=True)
     try:
         return ImageEncoder(VisionConfig(**{**values, "pretrained": False, "weights_file": None}))
     except BackboneError as error:  # e.g. a model name this timm does not know
@@ -406,7 +406,7 @@ def packed_weights(states: dict[str, dict[str, torch.Tensor]], out: Path
             tensor = tensor.detach()
             packed[f"{part}.{name}"] = (tensor.to(torch.float16) if tensor.is_floating_point()
                                         else tensor).contiguous()
-    bad = _first_non_finite(packed)
+    bad = first_non_finite(packed)
     if bad is not None:
         part, _, name = bad.partition(".")
         peak = float(states[part][name].abs().max())
@@ -437,7 +437,7 @@ def _packed_parts(file: Path) -> dict[str, dict[str, torch.Tensor]]:
     """A packed weights file's tensors by part, the part's prefix taken off; a tensor of no part
     or one holding NaN or inf is a BackboneError naming the file and the tensor."""
     tensors = read_safetensors(file, BackboneError)
-    bad = _first_non_finite(tensors)
+    bad = first_non_finite(tensors)
     if bad is not None:
         raise BackboneError(f"{file}: tensor {bad} holds NaN or inf values")
     parts: dict[str, dict[str, torch.Tensor]] = {part: {} for part in BACKBONE_PARTS}
@@ -529,10 +529,10 @@ def check_source(source: dict[str, Any], file: Path) -> None:
     """An adapter's recorded backbone source against its schema; the error names the file."""
     where = f"{file}: key 'backbone'"
     if "directory" in source:
-        _check_keys(source, _DIRECTORY_SOURCE, where, AdapterError, closed=True)
+        check_keys(source, _DIRECTORY_SOURCE, where, AdapterError, closed=True)
         return
-    _check_keys(source, _COMPONENTS_SOURCE, where, AdapterError, closed=True)
-    _check_keys(source["vision"], _VISION_KEYS, f"{where}, 'vision'", AdapterError, closed=True)
+    check_keys(source, _COMPONENTS_SOURCE, where, AdapterError, closed=True)
+    check_keys(source["vision"], _VISION_KEYS, f"{where}, 'vision'", AdapterError, closed=True)
 
 
 def describe_source(source: dict[str, Any]) -> str:

@@ -10,7 +10,7 @@ import torch
 from transformers import T5ForConditionalGeneration
 
 import dept_vl.files
-import dept_vl.model
+import dept_vl.persistence
 from conftest import tiny_model
 from dept_vl import DePTConfig, VLT5
 from dept_vl.files import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -38,7 +38,7 @@ def crash_at_write(k: int, tokenizer_class: type):
             return original(*args, **kwargs)
         return write
 
-    targets = [(dept_vl.model, "save_file"), (pathlib.Path, "write_text"),
+    targets = [(dept_vl.persistence, "save_file"), (pathlib.Path, "write_text"),
                (pathlib.Path, "write_bytes"), (T5ForConditionalGeneration, "save_pretrained"),
                (tokenizer_class, "save_pretrained"), (dept_vl.files, "replace_dir")]
     with pytest.MonkeyPatch.context() as patch:

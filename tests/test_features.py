@@ -17,7 +17,8 @@ from safetensors import safe_open
 from dept_vl.errors import run_cli
 from dept_vl.cli.features import main as features_main
 from dept_vl.cli.train import main
-from dept_vl.vision import FeatureCache, ImageEncoder, VisionConfig, VisualProjection
+from dept_vl.vision import ImageEncoder, VisionConfig, VisualProjection
+from dept_vl.feature_cache import FeatureCache
 
 ROW_BYTES_F16 = 4 * 64 * 2  # test_vit at 64 px pooled to 4 tokens: 4 x 64 features, fp16
 

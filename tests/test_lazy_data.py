@@ -200,7 +200,7 @@ def test_a_dataset_datasets_keeps_in_memory_loads_and_pickles_per_row(tmp_path: 
 
 def test_the_feature_cache_keys_and_encodes_dataset_rows(tmp_path: Path) -> None:
     from conftest import tiny_model
-    from dept_vl.vision import FeatureCache
+    from dept_vl.feature_cache import FeatureCache
 
     model = tiny_model().eval()
     images = varied_images()

@@ -42,7 +42,7 @@ from dept_vl.tasks import TASKS
 from dept_vl.errors import run_cli
 from dept_vl.model import VLT5
 from dept_vl.training.taskdata import load_split
-from dept_vl.vision import STORAGE_DTYPES, FeatureCache
+from dept_vl.feature_cache import STORAGE_DTYPES, FeatureCache
 
 
 def positive_mb(text: str) -> float:

@@ -49,7 +49,7 @@ from dept_vl.tasks import get_task
 from dept_vl.training.tracking import CSVTracker
 from dept_vl.training.setup import build_model, feature_cache, setup_method
 from dept_vl.training.transfer import initialize
-from dept_vl.vision import FeatureCache
+from dept_vl.feature_cache import FeatureCache
 
 
 def run(cfg: TrainConfig, command: str) -> dict[str, Any]:

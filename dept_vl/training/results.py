@@ -18,7 +18,7 @@ from dept_vl.methods import get_method
 from dept_vl.model import VLT5
 from dept_vl.training.taskdata import ADAPTER_NAME, TaskData
 from dept_vl.tasks import get_task
-from dept_vl.vision import FeatureCache
+from dept_vl.feature_cache import FeatureCache
 
 
 def save_result_model(model: VLT5, cfg: TrainConfig, out: Path, metrics: dict[str, Any] | None,

@@ -19,7 +19,8 @@ from dept_vl.tasks import corpus_texts, spec_of
 from dept_vl.tokenization import (
     build_byte_bpe_tokenizer, build_word_tokenizer, english_words,
 )
-from dept_vl.vision import FeatureCache, VisionConfig
+from dept_vl.vision import VisionConfig
+from dept_vl.feature_cache import FeatureCache
 
 
 def build_model(cfg: TrainConfig, tokenizer_records: list[Record]) -> VLT5:
