@@ -18,7 +18,7 @@ from typing import Any
 from dept_vl.data.formats import load_records
 from dept_vl.data.records import RECORD_TYPES, CaptionRecord, Record, VQARecord
 from dept_vl.errors import UserError
-from dept_vl.metrics import caption_scores, vqa_accuracy, vqa_accuracy_by_type
+from dept_vl.metrics import caption_scores, vqa_accuracy, vqa_accuracy_by_type, vqa_score
 
 
 class UnknownTaskError(UserError, ValueError):
@@ -51,6 +51,10 @@ class TaskSpec:
     report_title: str = ""
     report_columns: tuple[tuple[str, str], ...] = ()
     report_by_type: str | None = None
+    # (metrics, prediction rows, the backbone's pretraining question types) → the metric on the
+    # types the backbone never saw and on those it did; None: the task has no question types
+    type_report: Callable[[dict[str, Any], list[dict[str, Any]], Sequence[str]],
+                          dict[str, Any]] | None = None
 
     @property
     def uses_text(self) -> bool:
@@ -111,6 +115,28 @@ def _vqa_metrics(predictions: list[str], records: list[VQARecord]) -> dict[str, 
     return metrics
 
 
+def _vqa_type_report(metrics: dict[str, Any], rows: list[dict[str, Any]],
+                     pretrained: Sequence[str]) -> dict[str, Any]:
+    """Accuracy on question types the backbone never saw (reserved), apart from the types it
+    did see. Only answered questions whose type is known count: a row without a question type
+    (user data) is neither, and with no typed rows there is no report."""
+    if "vqa_accuracy" not in metrics:
+        return {}
+    typed = [r for r in rows if r.get("answers") and r.get("question_type")]
+    if not typed:
+        return {}
+    unseen = [r for r in typed if r["question_type"] not in pretrained]
+    seen = [r for r in typed if r["question_type"] in pretrained]
+    report: dict[str, Any] = {"reserved_question_types": sorted(
+        {r["question_type"] for r in unseen})}
+    for key, group in (("vqa_accuracy_reserved_types", unseen),
+                       ("vqa_accuracy_pretrained_types", seen)):
+        if group:
+            right = sum(vqa_score(r["prediction"], r["answers"]) for r in group)
+            report[key] = 100 * right / len(group)
+    return report
+
+
 def _vqa_row(record: VQARecord, prediction: str) -> dict[str, Any]:
     return {"id": record.id, "question": record.question, "prediction": prediction,
             "answers": list(record.answers), "question_type": record.question_type}
@@ -157,7 +183,7 @@ TASKS: dict[str, TaskSpec] = {
         report_columns=(("vqa_accuracy", "VQA acc"), ("vqa_accuracy_reserved_types",
                                                        "reserved types"),
                         ("vqa_accuracy_pretrained_types", "pretrained types")),
-        report_by_type="vqa_accuracy_by_type"),
+        report_by_type="vqa_accuracy_by_type", type_report=_vqa_type_report),
     "caption": TaskSpec(
         prefix="caption:", label="captioning", record_type=CaptionRecord, text=None,
         targets=_captions, sample_target=_any_caption, references=_captions,

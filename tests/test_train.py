@@ -287,14 +287,22 @@ def test_data_without_question_types_reports_no_reserved_types(tmp_path, corpus_
 
 
 def test_reserved_types_count_only_typed_questions():
+    """The VQA task's own report (its TaskSpec's type_report); a task without one, or a
+    backbone that records no pretraining types, has none."""
+    from types import SimpleNamespace
+
     from dept_vl.training.results import reserved_type_report
 
     rows = [{"answers": ["red"], "prediction": "red", "question_type": "color"},
             {"answers": ["2"], "prediction": "3", "question_type": "count"},
             {"answers": ["yes"], "prediction": "yes", "question_type": None}]
-    report = reserved_type_report({"vqa_accuracy": 66.7}, rows, ["color"])
+    model = SimpleNamespace(metadata={"pretrain_question_types": ["color"]})
+    report = reserved_type_report("vqa", {"vqa_accuracy": 66.7}, rows, model)
     assert report == {"reserved_question_types": ["count"], "vqa_accuracy_reserved_types": 0.0,
                       "vqa_accuracy_pretrained_types": 100.0}
+    assert reserved_type_report("caption", {"cider": 1.0}, rows, model) == {}
+    assert reserved_type_report("vqa", {"vqa_accuracy": 66.7}, rows,
+                                SimpleNamespace(metadata={})) == {}
 
 
 def test_on_bad_data_skip_drops_counts_and_lists_bad_rows_and_images(

@@ -449,9 +449,9 @@ def test_and_report(loop: TrainLoop, saved_to: Path, command: str, trainable_lin
                             "`python -m dept_vl.evaluate`") from error
     if not loop.accelerator.is_main_process:
         return {}
-    pretrained = model.metadata.get("pretrain_question_types")
+    kinds = {task.name: task.kind for task in loop.tasks}
     for name, metrics in tested.items():
-        metrics.update(reserved_type_report(metrics, rows[name], pretrained))
+        metrics.update(reserved_type_report(kinds[name], metrics, rows[name], model))
     task, test_metrics, predictions = loop.layout.shape(tested, rows)
     trainable, total = model.trainable_parameters()
     # a backbone built from `model:` starts from no backbone directory (cfg.backbone is then the

@@ -119,30 +119,16 @@ def evaluate_frozen(model: Any, tasks: list[TaskData], cfg: TrainConfig,
     groups = {task.name: (task.test, None) for task in tasks if task.test}
     evaluated = evaluate_many(model, groups, cfg.eval_batch_size, cfg.max_length, None,
                               features, processes, num_beams=cfg.num_beams) if groups else {}
-    pretrained = model.metadata.get("pretrain_question_types")
-    return {name: {**metrics, **reserved_type_report(metrics, rows, pretrained)}
+    kinds = {task.name: task.kind for task in tasks}
+    return {name: {**metrics, **reserved_type_report(kinds[name], metrics, rows, model)}
             for name, (metrics, rows) in evaluated.items()}
 
 
-def reserved_type_report(metrics: dict[str, Any], rows: list[dict], pretrained: list[str] | None
+def reserved_type_report(task: str, metrics: dict[str, Any], rows: list[dict], model: Any
                          ) -> dict[str, Any]:
-    """Accuracy on question types the backbone never saw, apart from the types it did see.
-
-    Only questions whose type is known count: a row without a question type (user data) is
-    neither reserved nor pretrained, and with no typed rows there is no report."""
-    if not pretrained or "vqa_accuracy" not in metrics:
-        return {}
-    from dept_vl.metrics import vqa_score
-
-    typed = [r for r in rows if "answers" in r and r.get("question_type")]
-    seen = [r for r in typed if r["question_type"] in pretrained]
-    unseen = [r for r in typed if r["question_type"] not in pretrained]
-    if not typed:
-        return {}
-    report: dict[str, Any] = {"reserved_question_types": sorted(
-        {r["question_type"] for r in unseen})}
-    for key, group in (("vqa_accuracy_reserved_types", unseen),
-                       ("vqa_accuracy_pretrained_types", seen)):
-        if group:
-            report[key] = 100 * sum(vqa_score(r["prediction"], r["answers"]) for r in group) / len(group)
-    return report
+    """The task's metric on the question types the backbone never saw in pretraining, apart
+    from those it did see (its TaskSpec's `type_report`; none for a task without one, or a
+    backbone that records no pretraining types)."""
+    report = get_task(task).type_report
+    pretrained = model.metadata.get("pretrain_question_types")
+    return report(metrics, rows, pretrained) if report is not None and pretrained else {}
