@@ -21,6 +21,7 @@ Experiment YAML: `output_dir`, `corpus` ({dir, n_images, seed, image_size}), `ba
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import multiprocessing
 import os
@@ -45,6 +46,13 @@ from dept_vl.tables import markdown_table, save_plot, write_csv
 from dept_vl.tasks import TASKS, get_task
 
 INITS = ("scratch", "transferred", "auto", "average")
+# the top-level keys of each grid file (and of its `quick:` block)
+COMMON_KEYS = ("output_dir", "corpus", "backbone", "train", "seeds", "workers", "quick")
+GRID_KEYS = {
+    "compare": (*COMMON_KEYS, "data", "runs", "pairs"),
+    "fewshot": (*COMMON_KEYS, "sources", "targets", "fewshot", "shots", "methods", "inits",
+                "source_sweep"),
+}
 
 
 # ---------------------------------------------------------------------------- config
@@ -78,9 +86,10 @@ def _expand(value: Any, names: dict[str, str]) -> Any:
 
 
 def load_experiment(path: str | Path, quick: bool, output_dir: str | None,
-                    sets: list[str] = ()) -> dict[str, Any]:
+                    sets: list[str] = (), grid: str | None = None) -> dict[str, Any]:
     """The experiment YAML, with `quick:` applied when asked, then the `--set KEY=VALUE`
-    changes, and `{out}` / `{corpus}` filled."""
+    changes, and `{out}` / `{corpus}` filled. A top-level key (or one of `quick:`) that no
+    grid reads, or with `grid` that this grid does not read, is an error naming it."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"experiment config not found: {file}")
@@ -88,6 +97,8 @@ def load_experiment(path: str | Path, quick: bool, output_dir: str | None,
     if not isinstance(spec, dict):
         raise ConfigError(f"{file}: top level must be a mapping of keys to values")
     quick_spec = spec.pop("quick", {})
+    check_grid_keys(spec, file, grid)
+    check_grid_keys(quick_spec, file, grid, "quick.")
     if quick:
         spec = merged(spec, quick_spec)
     if output_dir:
@@ -100,6 +111,22 @@ def load_experiment(path: str | Path, quick: bool, output_dir: str | None,
     names = {"out": spec["output_dir"]}
     names["corpus"] = _expand(spec["corpus"]["dir"], names)
     return {**_expand(spec, names), "source": str(file)}  # named in the cells' config errors
+
+
+def check_grid_keys(spec: Any, file: Path, grid: str | None, prefix: str = "") -> None:
+    """Refuse a key the grid (any grid, when `grid` is None) never reads: a typo would
+    otherwise change nothing, silently."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{file}: {prefix.rstrip('.') or 'top level'} must be a mapping")
+    known = GRID_KEYS[grid] if grid else tuple(dict.fromkeys(k for g in GRID_KEYS.values()
+                                                              for k in g))
+    for key in spec:
+        if key not in known or (prefix and key == "quick"):
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            which = f"a {grid} grid" if grid else "a grid file"
+            raise ConfigError(f"{file}: {prefix}{key}: not a key of {which}{hint}; keys: "
+                              f"{', '.join(known)}")
 
 
 def set_key(spec: dict[str, Any], item: str, file: Path) -> None:
@@ -632,7 +659,7 @@ def main(argv: list[str] | None = None) -> Path:
                         help="change one key of the experiment file, e.g. shots=[16] or "
                              "train.num_threads=1 (repeatable)")
     args = parser.parse_args(argv)
-    spec = load_experiment(args.config, args.quick, args.output_dir, args.set)
+    spec = load_experiment(args.config, args.quick, args.output_dir, args.set, args.grid)
     if args.workers is not None:
         spec["workers"] = args.workers
     return run_fewshot(spec) if args.grid == "fewshot" else run_compare(spec)

@@ -147,6 +147,18 @@ def test_experiment_config_errors_and_quick_merge(tmp_path):
         load_experiment(tmp_path / "bad.yaml", False, None)
     assert merged({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"b": 5}}) == {"a": {"b": 5, "c": 2},
                                                                      "d": 3}
+    # a key no grid reads is refused, with the closest one named; so is one of the other grid
+    (tmp_path / "typo.yaml").write_text("output_dir: x\ncorpus: {dir: c}\nbackbone: {}\n"
+                                        "seeds: [0]\nseed: [1]\n")
+    with pytest.raises(ConfigError, match=r"typo.yaml: seed: not a key of a grid file \(did you "
+                                          r"mean 'seeds'\?\)"):
+        load_experiment(tmp_path / "typo.yaml", False, None)
+    (tmp_path / "other.yaml").write_text("output_dir: x\ncorpus: {dir: c}\nbackbone: {}\n"
+                                         "seeds: [0]\nshots: [4]\nquick: {runs: []}\n")
+    with pytest.raises(ConfigError, match=r"other.yaml: shots: not a key of a compare grid"):
+        load_experiment(tmp_path / "other.yaml", False, None, grid="compare")
+    with pytest.raises(ConfigError, match=r"other.yaml: quick.runs: not a key of a fewshot grid"):
+        load_experiment(tmp_path / "other.yaml", False, None, grid="fewshot")
 
 
 def test_set_changes_keys_of_the_experiment_file_and_refuses_typos(tmp_path):

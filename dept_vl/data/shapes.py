@@ -428,13 +428,6 @@ def render(scene: Scene, resolution: int | None = None, rng: random.Random | Non
     return image
 
 
-def object_box(obj: SceneObject, size: int) -> tuple[int, int, int, int]:
-    """Pixel box (left, top, right, bottom) of the object's unturned square at ``size``."""
-    half = obj.extent * size / 2
-    return (round(obj.x * size - half), round(obj.y * size - half),
-            round(obj.x * size + half), round(obj.y * size + half))
-
-
 # ------------------------------------------------------------------------------- captions
 def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"

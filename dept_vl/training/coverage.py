@@ -62,10 +62,6 @@ def coverage_report(tokenizer: Any, splits: dict[str, Sequence[Any]]) -> dict[st
             if records}
 
 
-def has_unknown(report: dict[str, Any]) -> bool:
-    return any(side["with_unknown"] for split in report.values() for side in split.values())
-
-
 def coverage_lines(report: dict[str, Any]) -> list[str]:
     """One line per split and side that has unknown tokens, with its first example."""
     lines = []
