@@ -18,7 +18,7 @@ from typing import Any, Callable
 import psutil
 import torch
 
-from dept_vl.tables import save_plot
+from research.tables import save_plot
 
 # T5 v1.0-shaped configs (random init is enough for speed): d_model, d_ff, heads, layers
 T5_SHAPES: dict[str, dict[str, int]] = {

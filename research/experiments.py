@@ -42,7 +42,8 @@ from dept_vl.errors import one_line, run_cli
 from dept_vl.files import atomic_write_json, atomic_write_text
 from dept_vl.model import BACKBONE_MANIFEST
 from research.stats import Paired, mean_std, paired, summary
-from dept_vl.tables import markdown_table, save_plot, write_csv
+from dept_vl.tables import markdown_table
+from research.tables import save_plot, write_csv
 from dept_vl.tasks import TASKS, get_task
 
 INITS = ("scratch", "transferred", "auto", "average")
