@@ -9,7 +9,6 @@ never a bare library traceback."""
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 from pathlib import Path
@@ -24,6 +23,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from dept_vl.checks import AT_LEAST_0, AT_LEAST_1, Choice, Rule, Where, check_mapping
 from dept_vl.errors import BackboneError, UserError, one_line
 from dept_vl.files import check_safetensors, read_json_object, read_safetensors
 from dept_vl.methods import UnknownMethodError, get_method
@@ -64,97 +64,77 @@ class AdapterMismatchError(AdapterError):
 
 # ---------------------------------------------------------------------------- file checks
 class _Key(NamedTuple):
-    """What one key of a JSON file written by dept_vl may hold."""
+    """What one key of a JSON file written by dept_vl may hold: its type and rule (checked by
+    dept_vl/checks.py, strictly: a file dept_vl wrote holds the types it wrote)."""
 
-    types: tuple[type, ...]
+    hint: Any
+    rule: Rule | None = None
     required: bool = True
-    check: Callable[[Any], str | None] | None = None  # a complaint about the value, or None
 
 
-_NONE = type(None)
-_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-               dict: "a JSON object", _NONE: "null"}
+def _square(value: int, where: Where) -> int:
+    if value < 1 or math.isqrt(value) ** 2 != value:
+        raise where.error(f"must be a square number, got {value!r}")
+    return value
 
 
-def _at_least(low: int) -> Callable[[Any], str | None]:
-    return lambda value: None if value >= low else f"must be >= {low}"
-
-
-def _square(value: int) -> str | None:
-    return None if value >= 1 and math.isqrt(value) ** 2 == value else "must be a square number"
+def _not_newer(value: int, where: Where) -> int:
+    if value > FORMAT_VERSION:
+        raise where.error(f"is {value}, newer than this dept_vl reads ({FORMAT_VERSION})")
+    return value
 
 
 # adapter_config.json as save_adapter writes it: the host's keys here, the method's own keys
 # checked by its config dataclass; unknown keys are left alone (notes, newer fields)
 ADAPTER_KEYS = {
-    "method": _Key((str,)),
-    "d_model": _Key((int,), check=_at_least(1)),
-    "train_projection": _Key((bool,)),
-    "backbone_fingerprint": _Key((str,)),
-    "base_model": _Key((str,), required=False),
-    "trainable_parameters": _Key((int,), required=False, check=_at_least(0)),
-    "extra": _Key((dict,), required=False),
-    "dept_vl_version": _Key((str,), required=False),
+    "method": _Key(str),
+    "d_model": _Key(int, AT_LEAST_1),
+    "train_projection": _Key(bool),
+    "backbone_fingerprint": _Key(str),
+    "base_model": _Key(str, required=False),
+    "trainable_parameters": _Key(int, AT_LEAST_0, required=False),
+    "extra": _Key(dict, required=False),
+    "dept_vl_version": _Key(str, required=False),
     # how to build the backbone again (see `backbone_source`); absent in adapters of dept_vl
     # 0.1, which need the backbone named
-    "backbone": _Key((dict,), required=False),
+    "backbone": _Key(dict, required=False),
 }
 
 _MANIFEST_KEYS = {
-    "format_version": _Key((int,), required=False, check=lambda v: None if v <= FORMAT_VERSION
-                           else f"is newer than this dept_vl reads ({FORMAT_VERSION})"),
-    "base_model": _Key((str,), required=False),
-    "vision_model": _Key((str,), required=False),
-    "num_visual_tokens": _Key((int, _NONE), required=False, check=_square),
-    "visual_positions": _Key((str,), required=False, check=lambda v: None
-                             if v in VISUAL_POSITIONS else f"is not one of {VISUAL_POSITIONS}"),
-    "max_text_length": _Key((int,), required=False, check=_at_least(1)),
-    "backbone_fingerprint": _Key((str,), required=False),
-    "metadata": _Key((dict,), required=False),
-    "dept_vl_version": _Key((str,), required=False),
+    "format_version": _Key(int, _not_newer, required=False),
+    "base_model": _Key(str, required=False),
+    "vision_model": _Key(str, required=False),
+    "num_visual_tokens": _Key(int | None, _square, required=False),
+    "visual_positions": _Key(str, Choice(VISUAL_POSITIONS), required=False),
+    "max_text_length": _Key(int, AT_LEAST_1, required=False),
+    "backbone_fingerprint": _Key(str, required=False),
+    "metadata": _Key(dict, required=False),
+    "dept_vl_version": _Key(str, required=False),
     # absent: the weights in T5's own files, vision/model.safetensors and projection.safetensors
     # as saved; "packed-fp16": all of them in PACKED_WEIGHTS
-    "weights": _Key((str,), required=False, check=lambda v: None if v == PACKED_FP16
-                    else f"is not {PACKED_FP16!r} (or absent)"),
+    "weights": _Key(str, Choice((PACKED_FP16,)), required=False),
 }
 
 # vision/config.json: exactly VisionConfig's fields, since they are passed to it
 _VISION_KEYS = {
-    "model_name": _Key((str,)),
-    "model_kwargs": _Key((dict,), required=False),
-    "image_size": _Key((int, _NONE), required=False, check=_at_least(1)),
-    "pretrained": _Key((bool,), required=False),
-    "weights_file": _Key((str, _NONE), required=False),
+    "model_name": _Key(str),
+    "model_kwargs": _Key(dict, required=False),
+    "image_size": _Key(int | None, AT_LEAST_1, required=False),
+    "pretrained": _Key(bool, required=False),
+    "weights_file": _Key(str | None, required=False),
 }
 
 
-def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
-    if isinstance(value, bool):  # JSON true is not an integer here
-        return bool in types
-    return isinstance(value, types)
-
-
 def check_keys(values: dict[str, Any], keys: dict[str, _Key], file: Path | str,
-                error: type[UserError], closed: bool = False) -> None:
-    """Every key of `values` against `keys`: presence, JSON type, range; `closed` also refuses
-    keys not listed. The error names the file and the key."""
-    if closed:
-        unknown = sorted(set(values) - set(keys))
-        if unknown:
-            raise error(f"{file}: unknown key {unknown[0]!r} (known keys: {sorted(keys)})")
-    for key, spec in keys.items():
-        if key not in values:
-            if spec.required:
-                raise error(f"{file}: missing key {key!r}")
-            continue
-        value = values[key]
-        if not _type_ok(value, spec.types):
-            expected = " or ".join(_TYPE_NAMES[t] for t in spec.types
-                                   if not (t is int and float in spec.types))
-            raise error(f"{file}: key {key!r} must be {expected}, got {json.dumps(value)}")
-        problem = spec.check(value) if spec.check and value is not None else None
-        if problem:
-            raise error(f"{file}: key {key!r} {problem}, got {json.dumps(value)}")
+               error: type[UserError], closed: bool = False, path: str = "") -> None:
+    """Every key of `values` (at `path` in the file) against `keys`: presence, JSON type,
+    rule; `closed` also refuses keys not listed. The error names the file and the key."""
+    where = Where(str(file), path, error)
+    missing = [key for key, spec in keys.items() if spec.required and key not in values]
+    if missing:
+        raise where.error(f"missing key {missing[0]!r}")
+    check_mapping(values, {key: (spec.hint, spec.rule) for key, spec in keys.items()}, where,
+                  "known keys", closed=closed, strict=True)
 
 
 def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
@@ -490,11 +470,11 @@ def _t5_from_packed(path: Path, tensors: dict[str, torch.Tensor], file: Path
 # `builtin`, or the T5 and timm encoder a run built from `model:` (pretrained weights by name
 # or local file; such a backbone's projection is freshly initialised, so its adapters carry
 # their own). Local paths are stored absolute.
-_DIRECTORY_SOURCE = {"directory": _Key((str,))}
+_DIRECTORY_SOURCE = {"directory": _Key(str)}
 _COMPONENTS_SOURCE = {
-    "t5": _Key((str,)),
-    "tokenizer": _Key((str, _NONE), required=False),
-    "vision": _Key((dict,)),
+    "t5": _Key(str),
+    "tokenizer": _Key(str | None, required=False),
+    "vision": _Key(dict),
     "num_visual_tokens": _MANIFEST_KEYS["num_visual_tokens"],
     "visual_positions": _MANIFEST_KEYS["visual_positions"],
     "max_text_length": _MANIFEST_KEYS["max_text_length"],
@@ -527,12 +507,12 @@ def components_source(t5: str, tokenizer: str | None, vision: VisionConfig,
 
 def check_source(source: dict[str, Any], file: Path) -> None:
     """An adapter's recorded backbone source against its schema; the error names the file."""
-    where = f"{file}: key 'backbone'"
     if "directory" in source:
-        check_keys(source, _DIRECTORY_SOURCE, where, AdapterError, closed=True)
+        check_keys(source, _DIRECTORY_SOURCE, file, AdapterError, closed=True, path="backbone")
         return
-    check_keys(source, _COMPONENTS_SOURCE, where, AdapterError, closed=True)
-    check_keys(source["vision"], _VISION_KEYS, f"{where}, 'vision'", AdapterError, closed=True)
+    check_keys(source, _COMPONENTS_SOURCE, file, AdapterError, closed=True, path="backbone")
+    check_keys(source["vision"], _VISION_KEYS, file, AdapterError, closed=True,
+               path="backbone.vision")
 
 
 def describe_source(source: dict[str, Any]) -> str:

@@ -164,8 +164,8 @@ def test_manifest_naming_another_weights_layout_is_refused_naming_file_and_key(t
     _, packed = packed_pair(tmp_path)
     manifest = json.loads((packed / BACKBONE_MANIFEST).read_text())
     (packed / BACKBONE_MANIFEST).write_text(json.dumps({**manifest, "weights": "packed-bf16"}))
-    with pytest.raises(BackboneError, match=r"dept_vl_backbone.json: key 'weights' is not "
-                                            r"'packed-fp16' \(or absent\)"):
+    with pytest.raises(BackboneError, match=r"dept_vl_backbone.json: weights: must be one of "
+                                            r"\('packed-fp16',\), got 'packed-bf16'"):
         VLT5.from_pretrained(packed)
 
 

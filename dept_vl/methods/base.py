@@ -17,13 +17,13 @@ training and the config checks. A method's module has one face:
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
+from dept_vl.checks import Bound, Where, checked
 from dept_vl.tasks import task_of_prefix, get_task
 
 if TYPE_CHECKING:
@@ -64,9 +64,8 @@ class MethodConfig:
             get_task(self.task)
         except ValueError as error:
             key = "task" if task_prefix is None else "task_prefix"
-            raise ValueError(f"{type(self).__name__}: key {key!r}: {error}") from None
-        if not isinstance(self.extra, dict):
-            raise ValueError(f"{type(self).__name__}: key 'extra' must be a mapping")
+            raise where(self).key(key).error(str(error)) from None
+        checked(dict, None, self.extra, where(self).key("extra"), strict=True)
         check_int(self, "max_length", 0)
         self.validate()
 
@@ -215,20 +214,18 @@ def group(name: str, params: list[torch.Tensor | None], lr: float,
     return [{"name": name, "params": kept, "lr": lr, "weight_decay": weight_decay}] if kept else []
 
 
+def where(config: Any) -> Where:
+    """Where a method config's checks say a field is wrong: `DePTConfig: rank: ...`."""
+    return Where(type(config).__name__)
+
+
 def check_int(config: Any, name: str, low: int) -> None:
-    value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{type(config).__name__}: key {name!r} must be an integer >= {low}, "
-                         f"got {value!r}")
+    """The field is an integer (never a bool) of at least `low` (dept_vl/checks.py)."""
+    checked(int, Bound(low), getattr(config, name), where(config).key(name), strict=True)
 
 
 def check_number(config: Any, name: str, positive: bool = True, high: float | None = None
                  ) -> None:
-    value = getattr(config, name)
-    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-          and (value > 0 if positive else value >= 0) and (high is None or value < high))
-    if not ok:
-        bound = "> 0" if positive else ">= 0"
-        bound += f" and < {high}" if high is not None else ""
-        raise ValueError(f"{type(config).__name__}: key {name!r} must be a finite number "
-                         f"{bound}, got {value!r}")
+    """The field is a finite number above 0 (at least 0 when not `positive`), below `high`."""
+    checked(float, Bound(0, above=positive, high=high), getattr(config, name),
+            where(config).key(name), strict=True)

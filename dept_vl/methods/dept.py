@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from dept_vl.methods.base import check_int, check_number, group
+from dept_vl.methods.base import check_int, check_number, group, where
 from dept_vl.methods.registry import register
 from dept_vl.methods.pt import PromptConfig, SoftPrompt
 
@@ -46,7 +46,7 @@ class DePTConfig(PromptConfig):
         if self.prompt_length == 0 and self.rank == 0:
             raise ValueError("DePTConfig needs prompt_length > 0 or rank > 0 (both are 0)")
         if self.rank > 0 and self.max_length == 0:
-            raise ValueError("DePTConfig: key 'max_length' must be > 0 when rank > 0")
+            raise where(self).key("max_length").error("must be > 0 when rank > 0")
 
     @property
     def scale(self) -> float:

@@ -14,7 +14,10 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
-from dept_vl.methods.base import MethodConfig, MethodModule, check_int, check_number, group
+from dept_vl.checks import checked, nonempty
+from dept_vl.methods.base import (
+    MethodConfig, MethodModule, check_int, check_number, group, where,
+)
 from dept_vl.methods.registry import register
 
 if TYPE_CHECKING:
@@ -36,10 +39,11 @@ class LoraMethodConfig(MethodConfig):
         check_int(self, "lora_rank", 1)
         check_number(self, "lora_alpha")
         check_number(self, "lora_dropout", positive=False, high=1)
-        if (not isinstance(self.target_modules, list) or not self.target_modules
-                or not all(isinstance(m, str) and m for m in self.target_modules)):
-            raise ValueError(f"LoraMethodConfig: key 'target_modules' must be a non-empty list "
-                             f"of module names, got {self.target_modules!r}")
+        checked(list[str], nonempty, self.target_modules, where(self).key("target_modules"),
+                strict=True)
+        if not all(self.target_modules):
+            raise where(self).key("target_modules").error(
+                f"module names must not be empty, got {self.target_modules!r}")
 
 
 def _tuner_layers(t5: torch.nn.Module) -> Iterator[tuple[str, Any]]:

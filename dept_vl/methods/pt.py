@@ -10,7 +10,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from dept_vl.methods.base import PROMPT_INITS, MethodConfig, MethodModule, check_int, group
+from dept_vl.checks import Choice, checked
+from dept_vl.methods.base import (
+    PROMPT_INITS, MethodConfig, MethodModule, check_int, group, where,
+)
 from dept_vl.methods.registry import register
 
 if TYPE_CHECKING:
@@ -30,15 +33,12 @@ class PromptConfig(MethodConfig):
 
     def validate(self) -> None:
         check_int(self, "prompt_length", 0)
-        if self.prompt_init_text is not None and not isinstance(self.prompt_init_text, str):
-            raise ValueError(f"{type(self).__name__}: key 'prompt_init_text' must be a string "
-                             f"or null, got {self.prompt_init_text!r}")
-        if self.prompt_init not in PROMPT_INITS:
-            raise ValueError(f"{type(self).__name__}: key 'prompt_init' must be one of "
-                             f"{PROMPT_INITS}, got {self.prompt_init!r}")
+        checked(str | None, None, self.prompt_init_text, where(self).key("prompt_init_text"),
+                strict=True)
+        checked(str, Choice(PROMPT_INITS), self.prompt_init, where(self).key("prompt_init"),
+                strict=True)
         if self.prompt_init == "text" and not self.prompt_init_text:
-            raise ValueError(f"{type(self).__name__}: key 'prompt_init' is 'text', which needs "
-                             "prompt_init_text")
+            raise where(self).key("prompt_init").error("'text' needs prompt_init_text")
 
     def num_parameters(self, d_model: int) -> int:
         """Trainable parameters of the method at width d_model (the prompt alone: m·d)."""

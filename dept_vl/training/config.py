@@ -29,10 +29,11 @@ from dept_vl.data.formats import LOADERS
 from dept_vl.data.shapes import MIN_IMAGE_SIZE, PALETTES, SHAPE_SETS, TYPE_SETS
 from dept_vl.errors import one_line
 from dept_vl.training.method_block import MOVED, check_partial, merge, method_block, moved
-from dept_vl.training.rules import (
-    AT_LEAST_0, AT_LEAST_1, POSITIVE, SEED, Bound, Choice, ConfigError, Rule, Spec, Where,
-    check_mapping, checked, nonempty, shown,
+from dept_vl.checks import (
+    AT_LEAST_0, AT_LEAST_1, POSITIVE, SEED, Bound, Choice, Rule, Spec, check_mapping, checked,
+    nonempty, shown,
 )
+from dept_vl.training.rules import ConfigError, Where
 from dept_vl.tasks import TASKS
 
 INIT_SELECT = ("best", "average")

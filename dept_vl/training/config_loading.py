@@ -20,7 +20,8 @@ from dept_vl.training.config import JOB_FORBIDDEN, TrainConfig, field_names, tra
 from dept_vl.training.method_block import (
     MOVED, check_partial, merge, method_block, moved, split_overrides,
 )
-from dept_vl.training.rules import ConfigError, Where, checked
+from dept_vl.checks import checked
+from dept_vl.training.rules import ConfigError, Where
 
 # the configs shipped inside the package (the repository's configs/ folder), found by file name
 # wherever dept_vl is installed

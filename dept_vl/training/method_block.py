@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from dept_vl.training.rules import POSITIVE, Choice, ConfigError, Where, check_mapping, typed
+from dept_vl.checks import POSITIVE, Choice, check_mapping, typed
+from dept_vl.training.rules import ConfigError, Where
 
 PREFIX = "method."
 # top-level keys of earlier versions → where they live now
