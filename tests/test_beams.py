@@ -173,7 +173,7 @@ def test_a_runs_evaluation_and_frozen_baseline_use_the_configs_num_beams(monkeyp
                         lambda *args, **kwargs: seen.append(kwargs.get("num_beams")) or {})
 
     class Task:
-        name, eval, test, adapter = "t", ["r"], ["r"], "a"
+        name, kind, eval, test, adapter = "t", "vqa", ["r"], ["r"], "a"
 
     cfg = TrainConfig(num_beams=4)
     results.evaluate_tasks(None, [Task()], "eval", cfg)
