@@ -41,7 +41,9 @@ class Where:
 
     def error(self, problem: str) -> Exception:
         parts = [str(part) for part in (self.source, self.path) if part]
-        return self.kind(": ".join([*parts, problem]))
+        error = self.kind(": ".join([*parts, problem]))
+        error.where, error.problem = self, problem  # a caller may name the place its own way
+        return error
 
 
 Rule = Callable[[Any, Where], Any]  # a checked value (maybe normalised), or the Where's error

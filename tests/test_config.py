@@ -128,7 +128,7 @@ BAD_NUMBERS = [
     ("logging_steps: 0", "logging_steps: must be >= 1, got 0"),
     ("max_grad_norm: -1", "max_grad_norm: must be >= 0, got -1.0"),
     ("method: {name: lora, lora_dropout: 1}",
-     "method: LoraMethodConfig: lora_dropout: must be in [0, 1), got 1.0"),
+     "method.lora_dropout: must be in [0, 1), got 1.0"),
     ("seed: -3", "seed: must be in [0, 2147483648), got -3"),
     ("max_eval_examples: 0", "max_eval_examples: must be >= 1, got 0"),
 ]

@@ -81,7 +81,10 @@ def method_block(value: Any, where: Where) -> dict[str, Any]:
     block["lr"] = learning_rates(given.get("lr"), cls, where.key("lr"))
     try:
         cls(**{n: block[n] for n in fields})
-    except ValueError as error:  # the config class' own checks name the field
+    except ValueError as error:  # the config class' checks: named by the block's key path
+        at = getattr(error, "where", None)
+        if at is not None and at.source == cls.__name__ and at.path:
+            raise where.key(at.path).error(error.problem) from None
         raise where.error(str(error)) from None
     return block
 
