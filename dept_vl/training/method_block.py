@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from dept_vl.checks import POSITIVE, Choice, check_mapping, typed
+from dept_vl.checks import POSITIVE, Choice, check_mapping, checked
 from dept_vl.training.rules import ConfigError, Where
 
 PREFIX = "method."
@@ -104,8 +104,7 @@ def learning_rates(value: Any, cls: Any, where: Where) -> dict[str, float]:
         if role not in roles:
             raise where.key(role).error(f"not a learning-rate role of method {cls.method} "
                                         f"(its roles: {', '.join(roles) or 'none'})")
-    rates = {role: POSITIVE(typed(float, rate, where.key(role)), where.key(role))
-             for role, rate in value.items()}
+    rates = {role: checked(float, POSITIVE, rate, where.key(role)) for role, rate in value.items()}
     return {**roles, **rates}
 
 
